@@ -1,0 +1,37 @@
+# tvixmount developer entry points. Every target bootstraps .venv when needed.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+MNT    ?= mnt
+
+.PHONY: run stop test lint proto bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python -m tvixmount.demo up $(MNT)
+
+stop: $(STAMP)
+	$(BIN)/python -m tvixmount.demo down $(MNT)
+
+lint: $(STAMP)
+	$(BIN)/ruff check tvixmount tests bench
+	$(BIN)/ruff format --check tvixmount tests bench
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+proto: $(STAMP)
+	$(BIN)/python -m tvixmount._protogen protos tvixmount/_proto
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,1 @@
+"""tvixmount: mount a Nix store read-only over FUSE."""

@@ -1,0 +1,51 @@
+"""BLAKE3-256 digests, the addresses of everything in castore."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+import blake3
+
+from ..errors import DigestError
+
+DIGEST_SIZE = 32
+_PREFIX = "b3:"
+
+
+class B3Digest(bytes):
+    """32 raw bytes; ``str()`` is tvix's text form ``b3:<base64 with padding>``."""
+
+    __slots__ = ()
+
+    def __new__(cls, value: bytes) -> B3Digest:
+        if len(value) != DIGEST_SIZE:
+            raise DigestError(f"a BLAKE3 digest is {DIGEST_SIZE} bytes, got {len(value)}")
+        return super().__new__(cls, value)
+
+    @classmethod
+    def of(cls, data: bytes | memoryview) -> B3Digest:
+        return cls(blake3.blake3(data).digest())
+
+    @classmethod
+    def parse(cls, text: str) -> B3Digest:
+        """Parse ``b3:<base64>`` (also accepts 64 hex characters)."""
+        if text.startswith(_PREFIX):
+            try:
+                raw = base64.b64decode(text[len(_PREFIX) :], validate=True)
+            except binascii.Error:
+                raise DigestError(f"invalid digest {text!r}: bad base64") from None
+            return cls(raw)
+        try:
+            return cls(bytes.fromhex(text))
+        except ValueError:
+            raise DigestError(f"invalid digest {text!r}: expected b3:<base64> or hex") from None
+
+    def __str__(self) -> str:
+        return _PREFIX + base64.b64encode(self).decode()
+
+    def __repr__(self) -> str:
+        return f"B3Digest({str(self)!r})"
+
+
+EMPTY_DIGEST = B3Digest.of(b"")

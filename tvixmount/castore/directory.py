@@ -1,0 +1,127 @@
+"""castore Directory: three sorted child lists, validated, content-addressed."""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from google.protobuf.message import DecodeError as _PbDecodeError
+
+from .._proto import castore_pb2 as pb
+from ..errors import DecodeError, ValidationError
+from .digest import B3Digest
+from .nodes import DirectoryNode, FileNode, Node, SymlinkNode
+
+
+@dataclass(frozen=True, slots=True)
+class Directory:
+    """A Directory message. Construct with :meth:`from_nodes` to get sorting for free."""
+
+    directories: tuple[DirectoryNode, ...] = ()
+    files: tuple[FileNode, ...] = ()
+    symlinks: tuple[SymlinkNode, ...] = ()
+    _digest: list[B3Digest] = field(default_factory=list, compare=False, repr=False)
+
+    @classmethod
+    def from_nodes(cls, nodes: Iterable[Node]) -> Directory:
+        dirs: list[DirectoryNode] = []
+        files: list[FileNode] = []
+        links: list[SymlinkNode] = []
+        for node in nodes:
+            if isinstance(node, DirectoryNode):
+                dirs.append(node)
+            elif isinstance(node, FileNode):
+                files.append(node)
+            else:
+                links.append(node)
+        return cls(
+            tuple(sorted(dirs, key=_name)),
+            tuple(sorted(files, key=_name)),
+            tuple(sorted(links, key=_name)),
+        )
+
+    def validate(self) -> None:
+        """Check names, targets, ordering and uniqueness; each failure names the entry."""
+        seen: set[bytes] = set()
+        lists: tuple[tuple[str, tuple[Node, ...]], ...] = (
+            ("directories", self.directories),
+            ("files", self.files),
+            ("symlinks", self.symlinks),
+        )
+        for label, nodes in lists:
+            previous: bytes | None = None
+            for node in nodes:
+                node.validate()
+                if previous is not None and node.name <= previous:
+                    raise ValidationError(
+                        f"{label} not sorted: {node.name!r} after {previous!r}"
+                        if node.name != previous
+                        else f"duplicate name {node.name!r} in {label}"
+                    )
+                if node.name in seen:
+                    raise ValidationError(f"duplicate name {node.name!r} across lists")
+                seen.add(node.name)
+                previous = node.name
+
+    def size(self) -> int:
+        """Entries here plus the sizes of all child directories (the tvix rule)."""
+        return (
+            len(self.directories)
+            + len(self.files)
+            + len(self.symlinks)
+            + sum(d.size for d in self.directories)
+        )
+
+    def to_proto(self) -> pb.Directory:
+        return pb.Directory(
+            directories=[d.to_proto() for d in self.directories],
+            files=[f.to_proto() for f in self.files],
+            symlinks=[s.to_proto() for s in self.symlinks],
+        )
+
+    def serialize(self) -> bytes:
+        return self.to_proto().SerializeToString(deterministic=True)
+
+    def digest(self) -> B3Digest:
+        if not self._digest:
+            self._digest.append(B3Digest.of(self.serialize()))
+        return self._digest[0]
+
+    @classmethod
+    def from_proto(cls, msg: pb.Directory) -> Directory:
+        """Convert and validate."""
+        directory = cls(
+            tuple(DirectoryNode.from_proto(d) for d in msg.directories),
+            tuple(FileNode.from_proto(f) for f in msg.files),
+            tuple(SymlinkNode.from_proto(s) for s in msg.symlinks),
+        )
+        directory.validate()
+        return directory
+
+    @classmethod
+    def parse(cls, data: bytes) -> Directory:
+        """Decode protobuf bytes into a validated Directory."""
+        msg = pb.Directory()
+        try:
+            msg.ParseFromString(data)
+        except (_PbDecodeError, RuntimeError, ValueError) as exc:
+            raise DecodeError(f"corrupt Directory protobuf: {exc}") from None
+        return cls.from_proto(msg)
+
+    def entries(self) -> Iterator[Node]:
+        """All children merged and sorted by raw name bytes."""
+        return heapq.merge(self.directories, self.files, self.symlinks, key=_name)
+
+    def lookup(self, name: bytes) -> Node | None:
+        for node in self.entries():
+            if node.name == name:
+                return node
+        return None
+
+    def __len__(self) -> int:
+        return len(self.directories) + len(self.files) + len(self.symlinks)
+
+
+def _name(node: Node) -> bytes:
+    return node.name

@@ -1,0 +1,1 @@
+"""The command line: one module per command; only this layer knows exit codes."""

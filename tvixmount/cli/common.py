@@ -1,0 +1,50 @@
+"""Argument helpers shared by the command modules."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..stores import Store, StoreOptions, open_store
+from ..storepath import StorePath
+
+
+def add_store_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--store",
+        metavar="URL",
+        default=None,
+        help="store URL (default: the embedded store in $TVIXMOUNT_STORE or "
+        "$XDG_DATA_HOME/tvixmount)",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        type=Path,
+        default=None,
+        help="local castore cache for binary-cache stores",
+    )
+    parser.add_argument(
+        "--trusted-public-key",
+        metavar="KEY",
+        action="append",
+        default=[],
+        help="NAME:BASE64 ed25519 key a binary cache's narinfos must be signed with (repeatable)",
+    )
+
+
+def store_options(args: argparse.Namespace, create: bool = False) -> StoreOptions:
+    return StoreOptions(
+        create=create,
+        cache_dir=args.cache_dir,
+        trusted_public_keys=tuple(args.trusted_public_key),
+    )
+
+
+def open_store_from_args(args: argparse.Namespace, create: bool = False) -> Store:
+    return open_store(args.store, store_options(args, create))
+
+
+def parse_store_paths(texts: list[str]) -> list[StorePath]:
+    """Parse every argument first, so one bad path fails before any work is done."""
+    return [StorePath.parse(text) for text in texts]

@@ -1,0 +1,64 @@
+"""``tvixmount`` entry point: dispatch to the command modules, map errors to exit codes.
+
+Exit codes: 0 success, 1 a tvixmount error (one line on stderr), 2 usage
+errors (argparse), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from ..errors import TvixmountError
+
+# Each module defines ``register(subparsers)`` and sets ``func`` (args -> exit code).
+COMMANDS: tuple[str, ...] = ()
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tvixmount", description="Mount a Nix store read-only over FUSE."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--log-file", metavar="FILE", help="log to FILE instead of stderr")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"{__package__}.{name}").register(subparsers)
+    return parser
+
+
+def setup_logging(verbose: bool, log_file: str | None) -> None:
+    handler: logging.Handler = (
+        logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
+    )
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose, args.log_file)
+    try:
+        code: int = args.func(args)
+    except TvixmountError as exc:
+        print(f"tvixmount: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return EXIT_ERROR
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""Nix's base32 codec ("nixbase32").
+
+Not RFC 4648: the alphabet omits e, o, u and t, and characters are emitted
+from the most significant 5-bit group down, reading bits little-endian across
+bytes. Encoded length of n bytes is ceil(8n / 5).
+"""
+
+from __future__ import annotations
+
+from .errors import Nixbase32Error
+
+ALPHABET = "0123456789abcdfghijklmnpqrsvwxyz"
+_DECODE = {c: i for i, c in enumerate(ALPHABET)}
+
+
+def encoded_len(n: int) -> int:
+    return (8 * n + 4) // 5
+
+
+def decoded_len(n: int) -> int:
+    return (5 * n) // 8
+
+
+def encode(data: bytes) -> str:
+    value = int.from_bytes(data, "little")
+    return "".join(
+        ALPHABET[(value >> (5 * n)) & 0x1F] for n in range(encoded_len(len(data)) - 1, -1, -1)
+    )
+
+
+def decode(text: str) -> bytes:
+    """Decode nixbase32 text, rejecting bad symbols, lengths and leftover bits."""
+    size = decoded_len(len(text))
+    if encoded_len(size) != len(text):
+        raise Nixbase32Error(f"invalid nixbase32 length {len(text)}")
+    value = 0
+    for pos, char in enumerate(text):
+        digit = _DECODE.get(char)
+        if digit is None:
+            raise Nixbase32Error(f"invalid nixbase32 character {char!r} at position {pos}")
+        value |= digit << (5 * (len(text) - 1 - pos))
+    if value >> (8 * size):
+        raise Nixbase32Error("invalid nixbase32: non-zero trailing bits")
+    return value.to_bytes(size, "little")

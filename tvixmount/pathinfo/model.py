@@ -1,0 +1,198 @@
+"""PathInfo: a store path's root node plus its Nix metadata (tvix.store.v1)."""
+
+from __future__ import annotations
+
+import base64
+import enum
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError as _PbDecodeError
+
+from .. import nixbase32
+from .._proto import pathinfo_pb2 as pb
+from ..castore.nodes import Node, node_from_proto, node_to_proto
+from ..errors import DecodeError, StorePathError, ValidationError
+from ..storepath import DIGEST_LEN, StorePath
+
+_HASH_LEN = {"md5": 16, "sha1": 20, "sha256": 32, "sha512": 64}
+
+
+class CAHash(enum.IntEnum):
+    NAR_SHA256 = 0
+    NAR_SHA1 = 1
+    NAR_SHA512 = 2
+    NAR_MD5 = 3
+    TEXT_SHA256 = 4
+    FLAT_SHA1 = 5
+    FLAT_MD5 = 6
+    FLAT_SHA256 = 7
+    FLAT_SHA512 = 8
+
+    @property
+    def prefix(self) -> str:
+        """The Nix CA text prefix, e.g. ``fixed:r:sha256``."""
+        method, algo = self.name.lower().split("_")
+        return {"nar": f"fixed:r:{algo}", "flat": f"fixed:{algo}", "text": f"text:{algo}"}[method]
+
+
+@dataclass(frozen=True, slots=True)
+class ContentAddress:
+    hash_type: CAHash
+    digest: bytes
+
+    def __str__(self) -> str:
+        return f"{self.hash_type.prefix}:{nixbase32.encode(self.digest)}"
+
+    @classmethod
+    def parse(cls, text: str) -> ContentAddress:
+        """Parse Nix's CA text (``fixed:r:sha256:<nixbase32>``, ``text:sha256:...``)."""
+        prefix, _, encoded = text.rpartition(":")
+        for hash_type in CAHash:
+            if hash_type.prefix == prefix:
+                try:
+                    digest = nixbase32.decode(encoded)
+                except ValueError as exc:
+                    raise ValidationError(f"invalid CA {text!r}: {exc}") from None
+                algo = prefix.rpartition(":")[2]
+                if len(digest) != _HASH_LEN[algo]:
+                    raise ValidationError(f"invalid CA {text!r}: wrong {algo} length")
+                return cls(hash_type, digest)
+        raise ValidationError(f"invalid or unsupported CA {text!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    name: str
+    data: bytes
+
+    def __str__(self) -> str:
+        return f"{self.name}:{base64.b64encode(self.data).decode()}"
+
+
+@dataclass(frozen=True, slots=True)
+class NarInfo:
+    nar_size: int
+    nar_sha256: bytes
+    signatures: tuple[Signature, ...] = ()
+    reference_names: tuple[str, ...] = ()
+    deriver: StorePath | None = None  # name without the .drv suffix, as tvix stores it
+    ca: ContentAddress | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PathInfo:
+    """``node.name`` is the store path basename; references are 20-byte digests."""
+
+    node: Node
+    references: tuple[bytes, ...]
+    narinfo: NarInfo
+
+    @property
+    def store_path(self) -> StorePath:
+        return StorePath.from_basename(self.node.name)
+
+    @property
+    def reference_paths(self) -> list[StorePath]:
+        return [StorePath.from_basename(n) for n in self.narinfo.reference_names]
+
+    def validate(self) -> StorePath:
+        """Check the PROTOCOL.md rules; returns the parsed store path."""
+        try:
+            store_path = self.store_path
+        except StorePathError as exc:
+            raise ValidationError(f"root node name is not a store path: {exc}") from None
+        self.node.validate()
+        if len(self.narinfo.nar_sha256) != 32:
+            raise ValidationError(
+                f"{store_path}: nar_sha256 is {len(self.narinfo.nar_sha256)} bytes, expected 32"
+            )
+        if len(self.references) != len(self.narinfo.reference_names):
+            raise ValidationError(
+                f"{store_path}: {len(self.references)} references but "
+                f"{len(self.narinfo.reference_names)} reference names"
+            )
+        for i, (ref, name) in enumerate(
+            zip(self.references, self.narinfo.reference_names, strict=True)
+        ):
+            if len(ref) != DIGEST_LEN:
+                raise ValidationError(f"{store_path}: reference {i} is not {DIGEST_LEN} bytes")
+            try:
+                parsed = StorePath.from_basename(name)
+            except StorePathError as exc:
+                raise ValidationError(f"{store_path}: reference name {i}: {exc}") from None
+            if parsed.digest != ref:
+                raise ValidationError(
+                    f"{store_path}: reference name {name!r} does not match reference {i} "
+                    f"({nixbase32.encode(ref)})"
+                )
+        return store_path
+
+    def to_proto(self) -> pb.PathInfo:
+        info = self.narinfo
+        msg = pb.PathInfo(
+            node=node_to_proto(self.node),
+            references=list(self.references),
+            narinfo=pb.NARInfo(
+                nar_size=info.nar_size,
+                nar_sha256=info.nar_sha256,
+                signatures=[
+                    pb.NARInfo.Signature(name=s.name, data=s.data) for s in info.signatures
+                ],
+                reference_names=list(info.reference_names),
+            ),
+        )
+        if info.deriver is not None:
+            msg.narinfo.deriver.name = info.deriver.name
+            msg.narinfo.deriver.digest = info.deriver.digest
+        if info.ca is not None:
+            msg.narinfo.ca.type = int(info.ca.hash_type)  # type: ignore[assignment]
+            msg.narinfo.ca.digest = info.ca.digest
+        return msg
+
+    def serialize(self) -> bytes:
+        return self.to_proto().SerializeToString(deterministic=True)
+
+    @classmethod
+    def from_proto(cls, msg: pb.PathInfo) -> PathInfo:
+        """Convert and validate a PathInfo message."""
+        if not msg.HasField("node"):
+            raise ValidationError("PathInfo has no root node")
+        if not msg.HasField("narinfo"):
+            raise ValidationError("PathInfo has no narinfo")
+        n = msg.narinfo
+        deriver = None
+        if n.HasField("deriver"):
+            try:
+                deriver = StorePath(n.deriver.digest, n.deriver.name)
+            except StorePathError as exc:
+                raise ValidationError(f"invalid deriver: {exc}") from None
+        ca = None
+        if n.HasField("ca"):
+            try:
+                hash_type = CAHash(n.ca.type)
+            except ValueError:
+                raise ValidationError(f"unknown CA hash type {n.ca.type}") from None
+            ca = ContentAddress(hash_type, n.ca.digest)
+        info = cls(
+            node=node_from_proto(msg.node),
+            references=tuple(msg.references),
+            narinfo=NarInfo(
+                nar_size=n.nar_size,
+                nar_sha256=n.nar_sha256,
+                signatures=tuple(Signature(s.name, s.data) for s in n.signatures),
+                reference_names=tuple(n.reference_names),
+                deriver=deriver,
+                ca=ca,
+            ),
+        )
+        info.validate()
+        return info
+
+    @classmethod
+    def parse(cls, data: bytes) -> PathInfo:
+        msg = pb.PathInfo()
+        try:
+            msg.ParseFromString(data)
+        except (_PbDecodeError, RuntimeError, ValueError) as exc:
+            raise DecodeError(f"corrupt PathInfo protobuf: {exc}") from None
+        return cls.from_proto(msg)

@@ -1,0 +1,95 @@
+"""Store URLs -> the three services (blobs, directories, path infos).
+
+Grammar (DESIGN.md): a directory path (the embedded local store),
+``memory://``, ``grpc+http://HOST:PORT``, ``grpc+unix:///PATH``,
+``file:///DIR``, ``http://...``, ``https://...`` (Nix binary caches).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from .castore.blobservice import BlobService
+from .castore.directoryservice import DirectoryService
+from .castore.memory import MemoryBlobService, MemoryDirectoryService
+from .errors import StoreURLError
+from .localstore import default_store_dir, open_local
+from .pathinfo.memory import MemoryPathInfoService
+from .pathinfo.service import PathInfoService
+
+
+@dataclass
+class StoreOptions:
+    """Options that only some store kinds use."""
+
+    create: bool = False  # create an embedded store that does not exist yet
+    cache_dir: Path | None = None  # local castore cache of a binary cache
+    trusted_public_keys: tuple[str, ...] = ()
+
+
+@dataclass
+class Store:
+    url: str
+    blobs: BlobService
+    directories: DirectoryService
+    pathinfos: PathInfoService
+    _closers: list[Callable[[], None]] = field(default_factory=list, repr=False)
+
+    async def aclose(self) -> None:
+        for service in (self.pathinfos, self.directories, self.blobs):
+            await service.aclose()
+        for close in self._closers:
+            close()
+
+
+def _open_memory(url: str, options: StoreOptions) -> Store:
+    return Store(url, MemoryBlobService(), MemoryDirectoryService(), MemoryPathInfoService())
+
+
+def _open_local_path(url: str, options: StoreOptions) -> Store:
+    blobs, directories, pathinfos, db = open_local(Path(url).expanduser(), options.create)
+    return Store(url, blobs, directories, pathinfos, [db.close])
+
+
+_Opener = Callable[[str, StoreOptions], Store]
+
+# scheme -> opener; other store kinds register here.
+OPENERS: dict[str, _Opener] = {"memory": _open_memory}
+
+
+def scheme_of(url: str) -> str:
+    """The URL's scheme, or ``""`` for a plain directory path."""
+    if "://" not in url:
+        return ""
+    return urlsplit(url).scheme
+
+
+def check_store_url(url: str) -> None:
+    """Validate the URL's form without opening anything (used before forking)."""
+    scheme = scheme_of(url)
+    if scheme and scheme not in OPENERS:
+        known = ", ".join(f"{s}://" for s in sorted(OPENERS))
+        raise StoreURLError(
+            f"unknown store URL scheme {scheme!r} in {url!r}; known: a directory path, {known}"
+        )
+
+
+def default_store_url() -> str:
+    return str(default_store_dir())
+
+
+def open_store(url: str | None = None, options: StoreOptions | None = None) -> Store:
+    """Open the store a URL names (``None``: the embedded default store)."""
+    url = url or default_store_url()
+    options = options or StoreOptions()
+    check_store_url(url)
+    scheme = scheme_of(url)
+    if not scheme:
+        return _open_local_path(url, options)
+    return OPENERS[scheme](url, options)
+
+
+__all__ = ["OPENERS", "Store", "StoreOptions", "check_store_url", "open_store"]
