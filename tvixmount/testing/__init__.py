@@ -1,0 +1,1 @@
+"""Test support shipped with tvixmount (the pytest plugin and fixture stores)."""
