@@ -1,0 +1,1 @@
+"""NAR: the Nix archive format (writer, reader, ingestion into castore)."""
