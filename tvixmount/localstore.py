@@ -41,21 +41,35 @@ def default_store_dir() -> Path:
     return Path(data_home) / "tvixmount"
 
 
+# What a store directory holds before its marker exists: another process may be
+# creating the same store right now, and that must not look like a foreign dir.
+_OWN_NAMES = {MARKER, "blobs", "tmp", "store.sqlite", "store.sqlite-wal", "store.sqlite-shm"}
+
+
 def _is_store(root: Path) -> bool:
     try:
-        return (root / MARKER).read_text() == FORMAT
+        marker = (root / MARKER).read_text()
     except OSError:
         return False
+    if marker != FORMAT:
+        raise StoreError(
+            f"{root} is a tvixmount store of an unsupported format {marker.strip()!r} "
+            f"(this version reads {FORMAT.strip()!r})"
+        )
+    return True
 
 
 def _initialise(root: Path) -> None:
     try:
         root.mkdir(parents=True, exist_ok=True)
-        if any(p.name != MARKER for p in root.iterdir()):
+        if any(p.name not in _OWN_NAMES and not p.name.startswith(MARKER) for p in root.iterdir()):
             raise StoreError(f"{root} is not empty and not a tvixmount store; refusing to use it")
         (root / "blobs").mkdir(exist_ok=True)
         (root / "tmp").mkdir(exist_ok=True)
-        (root / MARKER).write_text(FORMAT)
+        # The marker appears atomically and last: its presence means "complete".
+        staging = root / f"{MARKER}.{os.getpid()}"
+        staging.write_text(FORMAT)
+        os.replace(staging, root / MARKER)
     except OSError as exc:
         raise StoreError(f"cannot create store at {root}: {exc}") from exc
 
@@ -78,11 +92,16 @@ def open_local(
         db = sqlite3.connect(
             root / "store.sqlite", timeout=30, check_same_thread=False, isolation_level=None
         )
+    except sqlite3.Error as exc:
+        raise StoreError(f"{root}: cannot open store database: {exc}") from exc
+    try:
         db.isolation_level = "DEFERRED"
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(_SCHEMA)
-    except sqlite3.Error as exc:
+        (root / "blobs").mkdir(exist_ok=True)
+        (root / "tmp").mkdir(exist_ok=True)
+    except (sqlite3.Error, OSError) as exc:
+        db.close()
         raise StoreError(f"{root}: cannot open store database: {exc}") from exc
-    (root / "tmp").mkdir(exist_ok=True)
     return LocalBlobService(root), LocalDirectoryService(db), LocalPathInfoService(db), db

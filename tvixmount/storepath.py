@@ -45,8 +45,13 @@ class StorePath:
 
     def __post_init__(self) -> None:
         if len(self.digest) != DIGEST_LEN:
-            raise StorePathError(f"store path digest must be {DIGEST_LEN} bytes")
+            raise StorePathError(
+                f"store path digest must be {DIGEST_LEN} bytes, got {len(self.digest)}"
+            )
         _validate_name(self.name)
+        # Equal paths must hash equally whatever bytes-like type the digest came in.
+        if type(self.digest) is not bytes:
+            object.__setattr__(self, "digest", bytes(self.digest))
 
     @classmethod
     def from_basename(cls, basename: str | bytes) -> StorePath:
@@ -116,17 +121,25 @@ class StorePath:
     def __repr__(self) -> str:
         return f"StorePath({str(self)!r})"
 
-    # Nix orders store paths by their basename text.
-    def __lt__(self, other: StorePath) -> bool:
+    # Nix orders store paths by their basename text (hash first, then name).
+    def __lt__(self, other: object) -> bool:
+        if not isinstance(other, StorePath):
+            return NotImplemented
         return str(self) < str(other)
 
-    def __le__(self, other: StorePath) -> bool:
+    def __le__(self, other: object) -> bool:
+        if not isinstance(other, StorePath):
+            return NotImplemented
         return str(self) <= str(other)
 
-    def __gt__(self, other: StorePath) -> bool:
+    def __gt__(self, other: object) -> bool:
+        if not isinstance(other, StorePath):
+            return NotImplemented
         return str(self) > str(other)
 
-    def __ge__(self, other: StorePath) -> bool:
+    def __ge__(self, other: object) -> bool:
+        if not isinstance(other, StorePath):
+            return NotImplemented
         return str(self) >= str(other)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 
 import blake3
 
@@ -11,6 +12,7 @@ from ..errors import DigestError
 
 DIGEST_SIZE = 32
 _PREFIX = "b3:"
+_HEX = re.compile(r"[0-9a-fA-F]{64}")
 
 
 class B3Digest(bytes):
@@ -33,13 +35,14 @@ class B3Digest(bytes):
         if text.startswith(_PREFIX):
             try:
                 raw = base64.b64decode(text[len(_PREFIX) :], validate=True)
-            except binascii.Error:
+            # Non-ASCII text raises a plain ValueError, not binascii.Error.
+            except (binascii.Error, ValueError):
                 raise DigestError(f"invalid digest {text!r}: bad base64") from None
             return cls(raw)
-        try:
-            return cls(bytes.fromhex(text))
-        except ValueError:
-            raise DigestError(f"invalid digest {text!r}: expected b3:<base64> or hex") from None
+        # bytes.fromhex would also accept embedded whitespace; digests have none.
+        if not _HEX.fullmatch(text):
+            raise DigestError(f"invalid digest {text!r}: expected b3:<base64> or 64 hex digits")
+        return cls(bytes.fromhex(text))
 
     def __str__(self) -> str:
         return _PREFIX + base64.b64encode(self).decode()

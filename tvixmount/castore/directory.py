@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -21,7 +22,8 @@ class Directory:
     directories: tuple[DirectoryNode, ...] = ()
     files: tuple[FileNode, ...] = ()
     symlinks: tuple[SymlinkNode, ...] = ()
-    _digest: list[B3Digest] = field(default_factory=list, compare=False, repr=False)
+    # Memoised digest; a list because the dataclass is frozen.
+    _digest: list[B3Digest] = field(default_factory=list, init=False, compare=False, repr=False)
 
     @classmethod
     def from_nodes(cls, nodes: Iterable[Node]) -> Directory:
@@ -114,9 +116,12 @@ class Directory:
         return heapq.merge(self.directories, self.files, self.symlinks, key=_name)
 
     def lookup(self, name: bytes) -> Node | None:
-        for node in self.entries():
-            if node.name == name:
-                return node
+        """The child called ``name``; the lists are sorted, so this bisects each."""
+        nodes: tuple[Node, ...]
+        for nodes in (self.directories, self.files, self.symlinks):
+            i = bisect.bisect_left(nodes, name, key=_name)
+            if i < len(nodes) and nodes[i].name == name:
+                return nodes[i]
         return None
 
     def __len__(self) -> int:

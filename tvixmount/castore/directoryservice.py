@@ -64,7 +64,10 @@ def check_closure(
     for directory in directories:
         directory.validate()
         for child in directory.directories:
-            known = batch.get(child.digest) or present(child.digest)
+            # Not `or`: the empty Directory is falsy (it has no entries).
+            known = batch.get(child.digest)
+            if known is None:
+                known = present(child.digest)
             if known is None:
                 raise ValidationError(
                     f"directory entry {child.name!r} refers to {child.digest}, "

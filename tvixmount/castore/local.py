@@ -172,8 +172,8 @@ class LocalDirectoryService:
         return walk_breadth_first(self.get, root)
 
     async def put_many(self, directories: Sequence[Directory]) -> B3Digest:
-        batch = check_closure(directories, self._get)
         try:
+            batch = check_closure(directories, self._get)
             with self._db:
                 self._db.executemany(
                     "INSERT OR IGNORE INTO directories (digest, data) VALUES (?, ?)",

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from .._proto import castore_pb2 as pb
 from ..errors import DigestError, ValidationError
-from .digest import B3Digest
+from .digest import DIGEST_SIZE, B3Digest
 
 MAX_NAME_LEN = 255
 MAX_TARGET_LEN = 4095
@@ -21,20 +21,34 @@ def validate_name(name: bytes) -> None:
     if not name:
         raise ValidationError("invalid node name: empty")
     if name in (b".", b".."):
-        raise ValidationError(f"invalid node name {name!r}")
+        raise ValidationError(f"invalid node name {name!r}: '.' and '..' are not allowed")
     if len(name) > MAX_NAME_LEN:
-        raise ValidationError(f"invalid node name {name[:40]!r}...: longer than {MAX_NAME_LEN}")
-    if b"\0" in name or b"/" in name:
-        raise ValidationError(f"invalid node name {name!r}: contains NUL or '/'")
+        raise ValidationError(
+            f"invalid node name {name[:40]!r}...: {len(name)} bytes, at most {MAX_NAME_LEN}"
+        )
+    if b"\0" in name:
+        raise ValidationError(f"invalid node name {name!r}: contains a NUL byte")
+    if b"/" in name:
+        raise ValidationError(f"invalid node name {name!r}: contains '/'")
 
 
 def validate_target(name: bytes, target: bytes) -> None:
     if not target:
         raise ValidationError(f"symlink {name!r}: empty target")
     if len(target) > MAX_TARGET_LEN:
-        raise ValidationError(f"symlink {name!r}: target longer than {MAX_TARGET_LEN}")
+        raise ValidationError(
+            f"symlink {name!r}: target is {len(target)} bytes, at most {MAX_TARGET_LEN}"
+        )
     if b"\0" in target:
         raise ValidationError(f"symlink {name!r}: target contains NUL")
+
+
+def _validate_reference(name: bytes, digest: bytes, size: int) -> None:
+    # Nodes built in code (not from protobuf) may carry plain bytes or a bad size.
+    if len(digest) != DIGEST_SIZE:
+        raise ValidationError(f"entry {name!r}: digest is {len(digest)} bytes, not {DIGEST_SIZE}")
+    if not 0 <= size < 1 << 64:
+        raise ValidationError(f"entry {name!r}: size {size} is not a uint64")
 
 
 def _digest(name: bytes, raw: bytes) -> B3Digest:
@@ -52,6 +66,7 @@ class DirectoryNode:
 
     def validate(self) -> None:
         validate_name(self.name)
+        _validate_reference(self.name, self.digest, self.size)
 
     def to_proto(self) -> pb.DirectoryNode:
         return pb.DirectoryNode(name=self.name, digest=bytes(self.digest), size=self.size)
@@ -70,6 +85,7 @@ class FileNode:
 
     def validate(self) -> None:
         validate_name(self.name)
+        _validate_reference(self.name, self.digest, self.size)
 
     def to_proto(self) -> pb.FileNode:
         return pb.FileNode(

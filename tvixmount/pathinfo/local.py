@@ -5,7 +5,8 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import AsyncIterator
 
-from ..errors import StoreError
+from .. import nixbase32
+from ..errors import DecodeError, IntegrityError, StoreError, ValidationError
 from .model import PathInfo
 
 
@@ -20,7 +21,15 @@ class LocalPathInfoService:
             ).fetchone()
         except sqlite3.Error as exc:
             raise StoreError(f"local store: {exc}") from exc
-        return None if row is None else PathInfo.parse(row[0])
+        if row is None:
+            return None
+        info = _parse_row(row[0])
+        if info.store_path.digest != digest:
+            raise IntegrityError(
+                f"local store: path info stored under {nixbase32.encode(digest)} "
+                f"is for {info.store_path}"
+            )
+        return info
 
     async def put(self, info: PathInfo) -> PathInfo:
         store_path = info.validate()
@@ -40,7 +49,15 @@ class LocalPathInfoService:
         except sqlite3.Error as exc:
             raise StoreError(f"local store: {exc}") from exc
         for (data,) in rows:
-            yield PathInfo.parse(data)
+            yield _parse_row(data)
 
     async def aclose(self) -> None:
         pass
+
+
+def _parse_row(data: bytes) -> PathInfo:
+    # Rows were validated on put; a row that no longer parses is corruption.
+    try:
+        return PathInfo.parse(data)
+    except (DecodeError, ValidationError) as exc:
+        raise IntegrityError(f"local store: corrupt path info: {exc}") from exc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import enum
 from dataclasses import dataclass
 
@@ -29,10 +30,31 @@ class CAHash(enum.IntEnum):
     FLAT_SHA512 = 8
 
     @property
+    def algorithm(self) -> str:
+        """The hash algorithm, e.g. ``sha256``."""
+        return self.name.lower().split("_")[1]
+
+    @property
     def prefix(self) -> str:
         """The Nix CA text prefix, e.g. ``fixed:r:sha256``."""
         method, algo = self.name.lower().split("_")
         return {"nar": f"fixed:r:{algo}", "flat": f"fixed:{algo}", "text": f"text:{algo}"}[method]
+
+
+def _decode_hash(encoded: str, size: int) -> bytes:
+    """A hash in any encoding Nix prints: nixbase32, hex or base64 (told apart by length)."""
+    if len(encoded) == nixbase32.encoded_len(size):
+        return nixbase32.decode(encoded)
+    if len(encoded) == 2 * size:
+        if not all(c in "0123456789abcdefABCDEF" for c in encoded):
+            raise ValueError("bad hex digit")
+        return bytes.fromhex(encoded)
+    if len(encoded) == 4 * ((size + 2) // 3):
+        try:
+            return base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("bad base64") from None
+    raise ValueError(f"hash text of length {len(encoded)} fits no encoding")
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,22 +62,30 @@ class ContentAddress:
     hash_type: CAHash
     digest: bytes
 
+    def __post_init__(self) -> None:
+        expected = _HASH_LEN[self.hash_type.algorithm]
+        if len(self.digest) != expected:
+            raise ValidationError(
+                f"CA {self.hash_type.prefix}: digest is {len(self.digest)} bytes, "
+                f"expected {expected}"
+            )
+
     def __str__(self) -> str:
         return f"{self.hash_type.prefix}:{nixbase32.encode(self.digest)}"
 
     @classmethod
     def parse(cls, text: str) -> ContentAddress:
-        """Parse Nix's CA text (``fixed:r:sha256:<nixbase32>``, ``text:sha256:...``)."""
+        """Parse Nix's CA text (``fixed:r:sha256:<hash>``, ``text:sha256:<hash>``).
+
+        Nix prints the hash in nixbase32; hex and base64 are accepted as Nix does.
+        """
         prefix, _, encoded = text.rpartition(":")
         for hash_type in CAHash:
             if hash_type.prefix == prefix:
                 try:
-                    digest = nixbase32.decode(encoded)
+                    digest = _decode_hash(encoded, _HASH_LEN[hash_type.algorithm])
                 except ValueError as exc:
                     raise ValidationError(f"invalid CA {text!r}: {exc}") from None
-                algo = prefix.rpartition(":")[2]
-                if len(digest) != _HASH_LEN[algo]:
-                    raise ValidationError(f"invalid CA {text!r}: wrong {algo} length")
                 return cls(hash_type, digest)
         raise ValidationError(f"invalid or unsupported CA {text!r}")
 
