@@ -61,3 +61,14 @@ class IntegrityError(StoreError):
 
 class MountError(TvixmountError):
     """The mount point cannot be used (missing, not empty, already mounted)."""
+
+
+class SpecError(ValidationError):
+    """A fixture spec (TOML) that cannot be built; says which file, which line and why."""
+
+    def __init__(self, file: str, line: int | None, reason: str) -> None:
+        self.file = file
+        self.line = line
+        self.reason = reason
+        where = f"{file}:{line}" if line is not None else file
+        super().__init__(f"{where}: {reason}")
