@@ -39,6 +39,10 @@ class NarinfoError(TvixmountError, ValueError):
     """A malformed narinfo file."""
 
 
+class SigningKeyError(TvixmountError, ValueError):
+    """A public or secret signing key (``NAME:BASE64``) that cannot be used."""
+
+
 class IngestError(TvixmountError):
     """A local file tree that cannot be ingested (e.g. a socket or device)."""
 

@@ -1,0 +1,315 @@
+"""Narinfo files: a Nix binary cache's per-path metadata (``<hash>.narinfo``).
+
+The parser is strict where a mistake could let wrong data through (every
+known field is checked, a malformed line is an error naming its line number)
+and lenient where Nix is (unknown fields are kept and ignored, hashes may be
+nixbase32, hex, base64 or SRI, ``Compression`` defaults to ``bzip2``).
+:meth:`Narinfo.format` writes the text the way Nix 2.8 does.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from dataclasses import dataclass, field
+
+from .. import nixbase32
+from ..castore.nodes import Node, rename
+from ..errors import NarinfoError, StorePathError, ValidationError
+from ..pathinfo.model import (
+    _HASH_LEN,
+    ContentAddress,
+    NarInfo,
+    PathInfo,
+    Signature,
+    _decode_hash,
+)
+from ..storepath import StorePath
+
+# Fields that may appear at most once; "Sig" is the only repeatable one.
+_SINGLE_FIELDS = (
+    "StorePath",
+    "URL",
+    "Compression",
+    "FileHash",
+    "FileSize",
+    "NarHash",
+    "NarSize",
+    "References",
+    "Deriver",
+    "System",
+    "CA",
+)
+_SIGNATURE_LEN = 64  # ed25519
+_UNKNOWN_DERIVER = "unknown-deriver"  # what some tools write instead of leaving the field out
+
+
+@dataclass(frozen=True, slots=True)
+class NixHash:
+    """A hash with its algorithm; ``str()`` is Nix's ``sha256:<nixbase32>``."""
+
+    algorithm: str
+    digest: bytes
+
+    def __str__(self) -> str:
+        return f"{self.algorithm}:{nixbase32.encode(self.digest)}"
+
+    @classmethod
+    def parse(cls, text: str) -> NixHash:
+        """Parse ``<algo>:<nixbase32|hex|base64>`` or SRI ``<algo>-<base64>``.
+
+        Raises :class:`ValueError` with the reason.
+        """
+        algorithm, sep, encoded = text.partition(":")
+        sri = not sep
+        if sri:
+            algorithm, sep, encoded = text.partition("-")
+            if not sep:
+                raise ValueError(
+                    f"hash {text!r} has no '<algorithm>:' or SRI '<algorithm>-' prefix"
+                )
+        size = _HASH_LEN.get(algorithm)
+        if size is None:
+            raise ValueError(f"hash {text!r}: unknown algorithm {algorithm!r}")
+        if sri:
+            # SRI hashes are base64 only.
+            try:
+                digest = base64.b64decode(encoded, validate=True)
+            except (binascii.Error, ValueError):
+                raise ValueError(f"hash {text!r}: bad base64") from None
+            if len(digest) != size:
+                raise ValueError(f"hash {text!r}: {len(digest)} bytes, {algorithm} has {size}")
+            return cls(algorithm, digest)
+        try:
+            return cls(algorithm, _decode_hash(encoded, size))
+        except ValueError as exc:
+            raise ValueError(f"hash {text!r}: {exc}") from None
+
+    def hasher(self) -> hashlib._Hash:
+        """A fresh hashlib object of this hash's algorithm."""
+        return hashlib.new(self.algorithm)
+
+
+def _parse_size(text: str) -> int:
+    if not text.isascii() or not text.isdigit():
+        raise ValueError(f"{text!r} is not a non-negative decimal integer")
+    return int(text)
+
+
+def _parse_signature(text: str) -> Signature:
+    name, sep, encoded = text.partition(":")
+    if not sep or not name:
+        raise ValueError(f"signature {text!r} is not NAME:BASE64")
+    try:
+        data = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"signature {text!r}: bad base64") from None
+    if len(data) != _SIGNATURE_LEN:
+        raise ValueError(f"signature {text!r}: {len(data)} bytes, an ed25519 one has 64")
+    return Signature(name, data)
+
+
+@dataclass(frozen=True, slots=True)
+class Narinfo:
+    """One parsed narinfo. ``references`` and ``deriver`` are full store paths."""
+
+    store_path: StorePath
+    url: str
+    nar_hash: bytes  # sha256
+    nar_size: int
+    compression: str = "bzip2"
+    file_hash: NixHash | None = None
+    file_size: int | None = None
+    references: tuple[StorePath, ...] = ()
+    deriver: StorePath | None = None
+    system: str | None = None
+    signatures: tuple[Signature, ...] = ()
+    ca: ContentAddress | None = None
+    unknown: tuple[tuple[str, str], ...] = field(default=())  # kept, never interpreted
+
+    @classmethod
+    def parse(cls, text: str | bytes, source: str = "narinfo") -> Narinfo:
+        """Parse narinfo text; ``source`` (a URL or file name) prefixes every error."""
+        if isinstance(text, bytes):
+            try:
+                text = text.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise NarinfoError(f"{source}: not UTF-8 text: {exc}") from None
+        lines = text.split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()  # the final newline
+        values: dict[str, tuple[int, str]] = {}
+        signatures: list[Signature] = []
+        unknown: list[tuple[str, str]] = []
+        for lineno, line in enumerate(lines, start=1):
+            key, sep, value = line.partition(":")
+            if not sep or not key or " " in key:
+                raise NarinfoError(
+                    f"{source}: line {lineno}: expected 'Field: value', got {line!r}"
+                )
+            if value.startswith(" "):
+                value = value[1:]
+            elif value:
+                raise NarinfoError(f"{source}: line {lineno}: no space after ':' in {line!r}")
+            if key == "Sig":
+                try:
+                    signature = _parse_signature(value)
+                except ValueError as exc:
+                    raise NarinfoError(f"{source}: line {lineno}: {exc}") from None
+                # Nix keeps signatures in a set: a repeated one counts once.
+                if signature not in signatures:
+                    signatures.append(signature)
+            elif key in _SINGLE_FIELDS:
+                if key in values:
+                    raise NarinfoError(
+                        f"{source}: line {lineno}: duplicate {key} (first on line {values[key][0]})"
+                    )
+                values[key] = (lineno, value)
+            else:
+                unknown.append((key, value))
+        for required in ("StorePath", "URL", "NarHash", "NarSize"):
+            if required not in values:
+                raise NarinfoError(f"{source}: missing required field {required}")
+        return cls._from_fields(values, tuple(signatures), tuple(unknown), source)
+
+    @classmethod
+    def _from_fields(
+        cls,
+        values: dict[str, tuple[int, str]],
+        signatures: tuple[Signature, ...],
+        unknown: tuple[tuple[str, str], ...],
+        source: str,
+    ) -> Narinfo:
+        def field_error(key: str, reason: object) -> NarinfoError:
+            lineno, value = values[key]
+            return NarinfoError(f"{source}: line {lineno}: invalid {key} {value!r}: {reason}")
+
+        def get(key: str) -> str | None:
+            entry = values.get(key)
+            return None if entry is None else entry[1]
+
+        try:
+            store_path = StorePath.from_absolute(values["StorePath"][1])
+        except StorePathError as exc:
+            raise field_error("StorePath", exc) from None
+        url = values["URL"][1]
+        if not url:
+            raise field_error("URL", "empty")
+        try:
+            nar_hash = NixHash.parse(values["NarHash"][1])
+        except ValueError as exc:
+            raise field_error("NarHash", exc) from None
+        if nar_hash.algorithm != "sha256":
+            raise field_error("NarHash", "must be a sha256 hash")
+        try:
+            nar_size = _parse_size(values["NarSize"][1])
+        except ValueError as exc:
+            raise field_error("NarSize", exc) from None
+        if nar_size == 0:
+            raise field_error("NarSize", "a NAR is never empty")
+        compression = get("Compression")
+        if compression == "":
+            raise field_error("Compression", "empty")
+        file_hash = file_size = None
+        if get("FileHash") is not None:
+            try:
+                file_hash = NixHash.parse(values["FileHash"][1])
+            except ValueError as exc:
+                raise field_error("FileHash", exc) from None
+        if get("FileSize") is not None:
+            try:
+                file_size = _parse_size(values["FileSize"][1])
+            except ValueError as exc:
+                raise field_error("FileSize", exc) from None
+        references: list[StorePath] = []
+        for basename in (get("References") or "").split():
+            try:
+                references.append(StorePath.from_basename(basename))
+            except StorePathError as exc:
+                raise field_error("References", exc) from None
+        deriver = None
+        deriver_text = get("Deriver")
+        if deriver_text and deriver_text != _UNKNOWN_DERIVER:
+            try:
+                deriver = StorePath.from_basename(deriver_text)
+            except StorePathError as exc:
+                raise field_error("Deriver", exc) from None
+        ca = None
+        if get("CA"):
+            try:
+                ca = ContentAddress.parse(values["CA"][1])
+            except ValidationError as exc:
+                raise field_error("CA", exc) from None
+        return cls(
+            store_path=store_path,
+            url=url,
+            nar_hash=nar_hash.digest,
+            nar_size=nar_size,
+            compression=compression or "bzip2",
+            file_hash=file_hash,
+            file_size=file_size,
+            references=tuple(sorted(set(references))),
+            deriver=deriver,
+            system=get("System") or None,
+            signatures=signatures,
+            ca=ca,
+            unknown=unknown,
+        )
+
+    @property
+    def nar_hash_text(self) -> str:
+        return f"sha256:{nixbase32.encode(self.nar_hash)}"
+
+    def fingerprint(self) -> bytes:
+        """What a ``Sig:`` signs: ``1;<path>;<NarHash>;<NarSize>;<refs, comma-separated>``."""
+        refs = ",".join(ref.absolute for ref in self.references)
+        return f"1;{self.store_path.absolute};{self.nar_hash_text};{self.nar_size};{refs}".encode()
+
+    def format(self) -> str:
+        """The narinfo text, field order and spelling as Nix 2.8 writes it."""
+        lines = [
+            f"StorePath: {self.store_path.absolute}",
+            f"URL: {self.url}",
+            f"Compression: {self.compression}",
+        ]
+        if self.file_hash is not None:
+            lines.append(f"FileHash: {self.file_hash}")
+        if self.file_size is not None:
+            lines.append(f"FileSize: {self.file_size}")
+        lines.append(f"NarHash: {self.nar_hash_text}")
+        lines.append(f"NarSize: {self.nar_size}")
+        lines.append("References: " + " ".join(str(ref) for ref in self.references))
+        if self.deriver is not None:
+            lines.append(f"Deriver: {self.deriver}")
+        if self.system is not None:
+            lines.append(f"System: {self.system}")
+        lines.extend(f"Sig: {sig}" for sig in self.signatures)
+        if self.ca is not None:
+            lines.append(f"CA: {self.ca}")
+        lines.extend(f"{key}: {value}" for key, value in self.unknown)
+        return "\n".join(lines) + "\n"
+
+    def to_pathinfo(self, node: Node) -> PathInfo:
+        """The PathInfo for this path, with ``node`` (the ingested NAR root) as its root."""
+        deriver = None
+        if self.deriver is not None:
+            # tvix stores the deriver's name without ".drv".
+            deriver = StorePath(self.deriver.digest, self.deriver.name.removesuffix(".drv"))
+        info = PathInfo(
+            node=rename(node, str(self.store_path).encode()),
+            references=tuple(ref.digest for ref in self.references),
+            narinfo=NarInfo(
+                nar_size=self.nar_size,
+                nar_sha256=self.nar_hash,
+                signatures=self.signatures,
+                reference_names=tuple(str(ref) for ref in self.references),
+                deriver=deriver,
+                ca=self.ca,
+            ),
+        )
+        info.validate()
+        return info
+
+
+__all__ = ["Narinfo", "NixHash"]
