@@ -1,0 +1,51 @@
+"""``tvixmount mount``: check the mount point, then serve (in the background by default)."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+
+from ..fs.mount import (
+    MountOptions,
+    check_mountpoint,
+    mount_background,
+    mount_foreground,
+)
+from ..stores import check_store_url, default_store_url
+from .common import add_store_argument, open_store_from_args
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    mount = subparsers.add_parser(
+        "mount",
+        help="mount the store read-only at MOUNTPOINT",
+        description="Mount the store read-only over FUSE. Without --foreground, return once "
+        "the mount answers and keep serving in the background (logs go to --log-file).",
+    )
+    mount.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing empty directory")
+    add_store_argument(mount)
+    mount.add_argument(
+        "--list-root", action="store_true", help="allow listing the mount root (all store paths)"
+    )
+    mount.add_argument("--no-xattr", action="store_true", help="do not serve extended attributes")
+    mount.add_argument(
+        "--allow-other", action="store_true", help="let other users access the mount"
+    )
+    mount.add_argument(
+        "--foreground", action="store_true", help="serve in this process until unmounted"
+    )
+    mount.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    check_store_url(args.store or default_store_url())
+    mountpoint = check_mountpoint(args.mountpoint)
+    options = MountOptions(
+        list_root=args.list_root, xattr=not args.no_xattr, allow_other=args.allow_other
+    )
+    open_store = functools.partial(open_store_from_args, args)
+    if args.foreground:
+        mount_foreground(mountpoint, open_store, options)
+    else:
+        mount_background(mountpoint, open_store, options)
+    return 0

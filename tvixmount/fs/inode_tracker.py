@@ -1,0 +1,94 @@
+"""Allocate, deduplicate and free inodes.
+
+Identical content gets one inode: files by (blob digest, executable bit),
+symlinks by target, directories by Directory digest. Each inode carries the
+kernel's lookup count (one per successful lookup and per readdirplus entry
+the kernel accepted); when ``forget`` brings it to zero the inode and its
+dedup entry go away, so the next lookup of the same content allocates a fresh
+inode. Inode numbers are never reused, so a stale number can never name other
+content.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import pyfuse3
+
+from ..castore.digest import B3Digest
+from ..castore.nodes import DirectoryNode, FileNode, Node
+from .inodes import DirectoryInode, FileInode, InodeData, RootInode, SymlinkInode
+
+ROOT_INODE: int = pyfuse3.ROOT_INODE
+
+_DedupKey = tuple[B3Digest, bool] | bytes | B3Digest
+
+
+def _key(data: DirectoryInode | FileInode | SymlinkInode) -> tuple[str, _DedupKey]:
+    if isinstance(data, FileInode):
+        return "file", (data.digest, data.executable)
+    if isinstance(data, SymlinkInode):
+        return "symlink", data.target
+    return "directory", data.digest
+
+
+def _data_of(node: Node) -> DirectoryInode | FileInode | SymlinkInode:
+    if isinstance(node, DirectoryNode):
+        return DirectoryInode(node.digest, node.size)
+    if isinstance(node, FileNode):
+        return FileInode(node.digest, node.size, node.executable)
+    return SymlinkInode(node.target)
+
+
+class InodeTracker:
+    def __init__(self) -> None:
+        self._data: dict[int, InodeData] = {ROOT_INODE: RootInode()}
+        self._lookups: dict[int, int] = {}
+        self._by_content: dict[tuple[str, _DedupKey], int] = {}
+        self._next = ROOT_INODE + 1
+
+    def __len__(self) -> int:
+        """Live inodes, the root included."""
+        return len(self._data)
+
+    def get(self, inode: int) -> InodeData | None:
+        return self._data.get(inode)
+
+    def lookup_count(self, inode: int) -> int:
+        return self._lookups.get(inode, 0)
+
+    def remember(self, node: Node) -> tuple[int, InodeData]:
+        """The inode for ``node``'s content, with the kernel's lookup count raised by one.
+
+        Call this only when the inode is handed to the kernel (a lookup reply or
+        an accepted readdirplus entry); undo with :meth:`forget` otherwise.
+        """
+        fresh = _data_of(node)
+        key = _key(fresh)
+        inode = self._by_content.get(key)
+        if inode is None:
+            inode = self._next
+            self._next += 1
+            self._data[inode] = fresh
+            self._by_content[key] = inode
+        self._lookups[inode] = self._lookups.get(inode, 0) + 1
+        return inode, self._data[inode]
+
+    def forget(self, inode: int, count: int) -> None:
+        """Drop ``count`` kernel references; free the inode when none remain."""
+        if inode == ROOT_INODE:
+            return
+        remaining = self._lookups.get(inode, 0) - count
+        if remaining > 0:
+            self._lookups[inode] = remaining
+            return
+        self._lookups.pop(inode, None)
+        data = self._data.pop(inode, None)
+        if isinstance(data, DirectoryInode | FileInode | SymlinkInode):
+            key = _key(data)
+            if self._by_content.get(key) == inode:
+                del self._by_content[key]
+
+    def forget_many(self, counts: Iterable[tuple[int, int]]) -> None:
+        for inode, count in counts:
+            self.forget(inode, count)

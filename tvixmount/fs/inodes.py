@@ -1,0 +1,92 @@
+"""Inode data: what the filesystem knows about one inode, and its attributes.
+
+Every inode is one of four kinds. Files, symlinks and directories are pure
+content (a blob digest, a target, a Directory digest), so two inodes with the
+same content are interchangeable; the root is the only inode with identity.
+"""
+
+from __future__ import annotations
+
+import stat
+from dataclasses import dataclass, field
+
+import pyfuse3
+
+from ..castore.digest import B3Digest
+from ..castore.directory import Directory
+from ..castore.nodes import Node
+
+# The content behind an inode never changes, so the kernel may keep names and
+# attributes for as long as it likes (a year; effectively forever).
+CACHE_TIMEOUT = 365 * 24 * 3600.0
+
+_BLOCK_SIZE = 4096
+
+
+@dataclass(slots=True)
+class RootInode:
+    """The mount root: its children come from a RootNodes provider."""
+
+
+@dataclass(slots=True)
+class DirectoryInode:
+    digest: B3Digest
+    size: int
+    # Filled on the first lookup/readdir below this inode (sparse population).
+    children: dict[bytes, Node] | None = field(default=None, compare=False)
+    entries: tuple[Node, ...] = field(default=(), compare=False)
+
+    @property
+    def populated(self) -> bool:
+        return self.children is not None
+
+    def populate(self, directory: Directory) -> None:
+        self.entries = tuple(directory.entries())
+        self.children = {node.name: node for node in self.entries}
+
+
+@dataclass(frozen=True, slots=True)
+class FileInode:
+    digest: B3Digest
+    size: int
+    executable: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SymlinkInode:
+    target: bytes
+
+
+InodeData = RootInode | DirectoryInode | FileInode | SymlinkInode
+
+
+def _mode_and_size(data: InodeData) -> tuple[int, int]:
+    if isinstance(data, RootInode):
+        return stat.S_IFDIR | 0o555, 0
+    if isinstance(data, DirectoryInode):
+        return stat.S_IFDIR | 0o555, data.size
+    if isinstance(data, FileInode):
+        return stat.S_IFREG | (0o555 if data.executable else 0o444), data.size
+    return stat.S_IFLNK | 0o444, len(data.target)
+
+
+def entry_attributes(inode: int, data: InodeData) -> pyfuse3.EntryAttributes:
+    """Attributes as tvix serves them: fixed modes, owner root, all times 0."""
+    attrs = pyfuse3.EntryAttributes()
+    mode, size = _mode_and_size(data)
+    attrs.st_ino = inode
+    attrs.generation = 0
+    attrs.entry_timeout = CACHE_TIMEOUT
+    attrs.attr_timeout = CACHE_TIMEOUT
+    attrs.st_mode = mode
+    attrs.st_nlink = 1
+    attrs.st_uid = 0
+    attrs.st_gid = 0
+    attrs.st_rdev = 0
+    attrs.st_size = size
+    attrs.st_blksize = _BLOCK_SIZE
+    attrs.st_blocks = (size + 511) // 512 if isinstance(data, FileInode) else 0
+    attrs.st_atime_ns = 0
+    attrs.st_mtime_ns = 0
+    attrs.st_ctime_ns = 0
+    return attrs

@@ -1,0 +1,351 @@
+"""The pyfuse3 Operations: the only place that turns errors into errno.
+
+Mapping (DESIGN.md's FUSE table): an absent root name -> ENOENT; a missing
+Directory or blob, a blob failing verification, and any backend error -> EIO
+(with a log line naming the digest); listing the root without ``list_root``
+-> EPERM; xattrs disabled -> ENOSYS (the kernel then says EOPNOTSUPP); any
+write -> EROFS.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, Concatenate, NoReturn, ParamSpec, TypeVar
+
+import pyfuse3
+
+from ..castore.blobservice import BlobService
+from ..castore.directoryservice import DirectoryService
+from ..castore.nodes import Node
+from ..errors import NotFoundError, TvixmountError
+from .handles import DirectoryHandle, FileHandle, HandleTable
+from .inode_tracker import InodeTracker
+from .inodes import DirectoryInode, FileInode, InodeData, RootInode, SymlinkInode, entry_attributes
+from .root_nodes import RootNodes
+
+log = logging.getLogger(__name__)
+
+XATTR_DIRECTORY_DIGEST = b"user.tvix.castore.directory.digest"
+XATTR_BLOB_DIGEST = b"user.tvix.castore.blob.digest"
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _eio(message: str, *args: object) -> pyfuse3.FUSEError:
+    log.error(message, *args)
+    return pyfuse3.FUSEError(errno.EIO)
+
+
+def _fuse_errors(
+    handler: Callable[Concatenate[TvixmountFS, _P], Coroutine[Any, Any, _T]],
+) -> Callable[Concatenate[TvixmountFS, _P], Coroutine[Any, Any, _T]]:
+    """Any exception leaving a handler becomes an errno (pyfuse3 only accepts FUSEError)."""
+
+    @functools.wraps(handler)
+    async def wrapper(self: TvixmountFS, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return await handler(self, *args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except NotFoundError as exc:
+            log.debug("%s: %s", handler.__name__, exc)
+            raise pyfuse3.FUSEError(errno.ENOENT) from None
+        except TvixmountError as exc:
+            raise _eio("%s: %s", handler.__name__, exc) from None
+        except Exception:
+            log.exception("%s failed unexpectedly", handler.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+def _read_only() -> NoReturn:
+    raise pyfuse3.FUSEError(errno.EROFS)
+
+
+class TvixmountFS(pyfuse3.Operations):
+    """A read-only filesystem over castore content, rooted in a RootNodes provider.
+
+    Why inodes are content-addressed: everything below the root is immutable
+    and named by its content (a blob digest, a symlink target, a Directory
+    digest), so two entries with the same content are indistinguishable to a
+    reader. Giving them one inode means the kernel's page cache holds one copy
+    of a file shared by a thousand store paths, a Directory is fetched and
+    decoded once however many paths contain it, and `find -samefile`/`du`
+    see the sharing that really exists in the store. Files are keyed by
+    (blob digest, executable bit) because the mode is part of the inode;
+    directories by digest; symlinks by target. The inode data itself is
+    sparse: a directory inode knows only its digest until the kernel first
+    looks below it, which keeps a mount of a huge store cheap to start.
+
+    Why inodes are freed on forget: tvix never frees inodes, so its memory
+    grows with every entry ever touched (a `find` over the store keeps all of
+    it). Here each inode carries the kernel's lookup count (lookups and the
+    readdirplus entries pyfuse3 hands out), and when the kernel forgets it the
+    inode and its dedup entry are dropped; a later lookup of the same content
+    allocates a new inode, populated afresh. Memory thus follows what the
+    kernel holds in its dentry/inode caches, not what was ever visited.
+    Numbers are never reused, so a stale inode number cannot name new content.
+    """
+
+    # There is no unique parent for a shared directory inode, so '..' lookups
+    # (needed only for NFS export) cannot be answered.
+    supports_dot_lookup = False
+
+    def __init__(
+        self,
+        root_nodes: RootNodes,
+        blobs: BlobService,
+        directories: DirectoryService,
+        *,
+        list_root: bool = False,
+        xattr: bool = True,
+    ) -> None:
+        super().__init__()
+        self.inodes = InodeTracker()
+        self._root_nodes = root_nodes
+        self._blobs = blobs
+        self._directories = directories
+        self._list_root = list_root
+        self._xattr = xattr
+        self._files: HandleTable[FileHandle] = HandleTable()
+        self._dirs: HandleTable[DirectoryHandle] = HandleTable()
+
+    # -- helpers ---------------------------------------------------------
+
+    def _inode(self, inode: int) -> InodeData:
+        data = self.inodes.get(inode)
+        if data is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return data
+
+    async def _populate(self, data: DirectoryInode) -> DirectoryInode:
+        if data.populated:
+            return data
+        try:
+            directory = await self._directories.get(data.digest)
+        except TvixmountError as exc:
+            raise _eio("cannot fetch directory %s: %s", data.digest, exc) from None
+        if directory is None:
+            raise _eio("directory %s is missing from the directory service", data.digest)
+        data.populate(directory)
+        return data
+
+    async def _child(self, parent: int, name: bytes) -> Node | None:
+        data = self._inode(parent)
+        if isinstance(data, RootInode):
+            try:
+                return await self._root_nodes.lookup(name)
+            except NotFoundError:
+                return None
+            except TvixmountError as exc:
+                raise _eio("cannot look up root name %r: %s", name, exc) from None
+        if isinstance(data, DirectoryInode):
+            children = (await self._populate(data)).children
+            assert children is not None
+            return children.get(name)
+        raise pyfuse3.FUSEError(errno.ENOTDIR)
+
+    # -- lookups and attributes ------------------------------------------
+
+    @_fuse_errors
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        node = await self._child(parent_inode, name)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        inode, data = self.inodes.remember(node)
+        return entry_attributes(inode, data)
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        self.inodes.forget_many(inode_list)
+
+    @_fuse_errors
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return entry_attributes(inode, self._inode(inode))
+
+    @_fuse_errors
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        data = self._inode(inode)
+        if not isinstance(data, SymlinkInode):
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return data.target
+
+    # -- directories -----------------------------------------------------
+
+    @_fuse_errors
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        data = self._inode(inode)
+        if isinstance(data, RootInode):
+            if not self._list_root:
+                raise pyfuse3.FUSEError(errno.EPERM)
+            return self._dirs.add(DirectoryHandle(inode))
+        if isinstance(data, DirectoryInode):
+            return self._dirs.add(DirectoryHandle(inode, (await self._populate(data)).entries))
+        raise pyfuse3.FUSEError(errno.ENOTDIR)
+
+    @_fuse_errors
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        handle = self._dirs.get(fh)
+        if handle is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        if handle.entries is None:
+            try:
+                handle.entries = tuple([node async for node in self._root_nodes.list()])
+            except TvixmountError as exc:
+                raise _eio("cannot list the root nodes: %s", exc) from None
+        for offset in range(start_id, len(handle.entries)):
+            node = handle.entries[offset]
+            # readdirplus: an accepted entry counts as a lookup for the kernel.
+            inode, data = self.inodes.remember(node)
+            if not pyfuse3.readdir_reply(
+                token, node.name, entry_attributes(inode, data), offset + 1
+            ):
+                self.inodes.forget(inode, 1)
+                return
+
+    @_fuse_errors
+    async def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh)
+
+    # -- files -----------------------------------------------------------
+
+    @_fuse_errors
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        data = self._inode(inode)
+        if isinstance(data, RootInode | DirectoryInode):
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        if isinstance(data, SymlinkInode):
+            raise pyfuse3.FUSEError(errno.ELOOP)
+        if flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_CREAT):
+            _read_only()
+        try:
+            reader = await self._blobs.open_read(data.digest)
+        except TvixmountError as exc:
+            raise _eio("cannot open blob %s: %s", data.digest, exc) from None
+        if reader is None:
+            raise _eio("blob %s is missing from the blob service", data.digest)
+        fh = self._files.add(FileHandle(data.digest, reader))
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    # pyfuse3 replies from any buffer; a memoryview slice avoids a copy.
+    @_fuse_errors
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:  # type: ignore[override]
+        handle = self._files.get(fh)
+        if handle is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        try:
+            return await handle.read(off, size)
+        except TvixmountError as exc:
+            raise _eio("cannot read blob %s at %d: %s", handle.digest, off, exc) from None
+
+    @_fuse_errors
+    async def release(self, fh: int) -> None:
+        handle = self._files.pop(fh)
+        if handle is not None:
+            await handle.aclose()
+
+    # -- xattrs and statfs -----------------------------------------------
+
+    def _xattrs(self, inode: int) -> dict[bytes, bytes]:
+        if not self._xattr:
+            raise pyfuse3.FUSEError(errno.ENOSYS)
+        data = self._inode(inode)
+        if isinstance(data, DirectoryInode):
+            return {XATTR_DIRECTORY_DIGEST: str(data.digest).encode()}
+        if isinstance(data, FileInode):
+            return {XATTR_BLOB_DIGEST: str(data.digest).encode()}
+        return {}
+
+    @_fuse_errors
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        value = self._xattrs(inode).get(name)
+        if value is None:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        return value
+
+    @_fuse_errors
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
+        return list(self._xattrs(inode))
+
+    @_fuse_errors
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        stats = pyfuse3.StatvfsData()
+        stats.f_bsize = 4096
+        stats.f_frsize = 4096
+        stats.f_blocks = stats.f_bfree = stats.f_bavail = 0
+        stats.f_files = len(self.inodes)
+        stats.f_ffree = stats.f_favail = 0
+        stats.f_namemax = 255
+        return stats
+
+    # -- everything that would write -------------------------------------
+
+    async def setattr(
+        self,
+        inode: int,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: int | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        _read_only()
+
+    async def mknod(
+        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        _read_only()
+
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        _read_only()
+
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        _read_only()
+
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        _read_only()
+
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        _read_only()
+
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        _read_only()
+
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        _read_only()
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        _read_only()
+
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        _read_only()
+
+    async def setxattr(
+        self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
+    ) -> None:
+        _read_only()
+
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        _read_only()
