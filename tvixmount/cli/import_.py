@@ -1,0 +1,111 @@
+"""``tvixmount import PATH... [--store URL]``: add local paths, like ``nix-store --add``.
+
+Prints one absolute store path per PATH, in order. The embedded store is
+created when it does not exist yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import stat
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import trio
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from ..castore.ingest import Progress as ProgressCallback
+from ..errors import IngestError
+from ..importer import import_path
+from .common import add_store_argument, open_store_from_args
+
+# Below this much file data an import is over before a bar would be worth drawing.
+PROGRESS_MIN_BYTES = 8 << 20
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "import",
+        help="add local paths to the store (like nix-store --add)",
+        description="Add each PATH to the store and print its store path, like nix-store --add.",
+    )
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="file, directory or symlink")
+    add_store_argument(parser)
+    parser.set_defaults(func=run)
+
+
+def _check_exists(paths: list[str]) -> None:
+    """Fail on a missing argument before importing any of them."""
+    for path in paths:
+        try:
+            os.lstat(path)
+        except FileNotFoundError:
+            raise IngestError(f"{path}: no such file or directory") from None
+        except OSError as exc:
+            raise IngestError(f"{path}: cannot stat: {exc.strerror}") from None
+
+
+def _file_bytes(path: str) -> int:
+    """Total size of the regular files under ``path`` (for the progress bar only)."""
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        return st.st_size if stat.S_ISREG(st.st_mode) else 0
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                child = os.lstat(os.path.join(root, name))
+            except OSError:
+                continue  # the import itself reports it
+            if stat.S_ISREG(child.st_mode):
+                total += child.st_size
+    return total
+
+
+@contextmanager
+def _progress_bar(path: str) -> Iterator[ProgressCallback | None]:
+    """A rich bar on stderr for big imports, only when stderr is a terminal."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    total = _file_bytes(path)
+    if total < PROGRESS_MIN_BYTES:
+        yield None
+        return
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task(os.path.basename(os.path.abspath(path)), total=total)
+        yield lambda count: progress.advance(task, count)
+
+
+async def _import_all(args: argparse.Namespace) -> int:
+    store = open_store_from_args(args, create=True)
+    try:
+        for path in args.paths:
+            with _progress_bar(path) as progress:
+                info = await import_path(store, path, progress=progress)
+            print(info.store_path.absolute, flush=True)
+    finally:
+        await store.aclose()
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_exists(args.paths)
+    return trio.run(_import_all, args)

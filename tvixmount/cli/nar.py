@@ -1,0 +1,49 @@
+"""``tvixmount nar STORE_PATH [--store URL]``: write a path's NAR to stdout.
+
+The output is byte-identical to ``nix-store --dump`` of the same path and is
+streamed: memory use does not grow with the size of the path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import trio
+
+from ..errors import NotFoundError
+from ..nar.writer import write_nar
+from ..storepath import StorePath
+from .common import add_store_argument, open_store_from_args, parse_store_paths
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "nar",
+        help="write a store path's NAR to stdout (like nix-store --dump)",
+        description="Write the NAR serialisation of STORE_PATH to stdout.",
+    )
+    parser.add_argument("store_path", metavar="STORE_PATH", help="basename or /nix/store/...")
+    add_store_argument(parser)
+    parser.set_defaults(func=run)
+
+
+async def _dump(args: argparse.Namespace, store_path: StorePath) -> int:
+    store = open_store_from_args(args)
+    try:
+        info = await store.pathinfos.get(store_path.digest)
+        # Same digest but another name is another (absent) store path.
+        if info is None or info.store_path != store_path:
+            raise NotFoundError(f"path '{store_path.absolute}' is not in the store")
+        out = sys.stdout.buffer
+        async for chunk in write_nar(info.node, store.blobs, store.directories):
+            out.write(chunk)
+        out.flush()
+    finally:
+        await store.aclose()
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    [store_path] = parse_store_paths([args.store_path])
+    return trio.run(_dump, args, store_path)
