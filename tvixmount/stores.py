@@ -54,10 +54,28 @@ def _open_local_path(url: str, options: StoreOptions) -> Store:
     return Store(url, blobs, directories, pathinfos, [db.close])
 
 
+def _open_grpc(url: str, options: StoreOptions) -> Store:
+    # Imported here: grpc is heavy, and mount must fork before any channel exists.
+    from .castore.grpc_blobs import GrpcBlobService
+    from .castore.grpc_directories import GrpcDirectoryService
+    from .grpc_transport import GrpcTransport
+    from .pathinfo.grpc import GrpcPathInfoService
+
+    transport = GrpcTransport(url)
+    return Store(
+        url,
+        GrpcBlobService(transport),
+        GrpcDirectoryService(transport),
+        GrpcPathInfoService(transport),
+        [transport.close],
+    )
+
+
 _Opener = Callable[[str, StoreOptions], Store]
 
 # scheme -> opener; other store kinds register here.
 OPENERS: dict[str, _Opener] = {"memory": _open_memory}
+OPENERS["grpc+http"] = OPENERS["grpc+unix"] = _open_grpc
 
 
 def scheme_of(url: str) -> str:

@@ -1,0 +1,178 @@
+"""gRPC plumbing shared by the three gRPC clients.
+
+One :class:`GrpcTransport` per store URL owns the channel. Every call runs in
+a worker thread (``trio.to_thread.run_sync(..., abandon_on_cancel=True)``):
+grpc's synchronous API blocks, and a slow or dead server must never stall the
+trio loop that also serves FUSE requests. Transient failures (UNAVAILABLE,
+DEADLINE_EXCEEDED) are retried a bounded number of times with exponential
+backoff; the retry sleeps happen on the trio side so they stay cancellable.
+Other statuses become the project's exceptions with the URL in the message.
+
+URL forms: ``grpc+http://HOST:PORT`` and ``grpc+unix:///PATH``, optionally
+with ``?timeout=SECONDS&retries=N`` (per-call timeout of unary calls, number
+of retries after the first attempt).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
+
+import grpc
+import trio
+
+from .errors import IntegrityError, NotFoundError, StoreError, StoreURLError, ValidationError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Large enough for any Directory or PathInfo message and for 1 MiB blob chunks
+# with room to spare; grpc's 4 MiB default would reject big directories.
+MAX_MESSAGE_BYTES = 256 << 20
+
+_CHANNEL_OPTIONS = (
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    # grpc's default reconnect backoff grows to 120 s; a restarted server
+    # must be usable again within our own retry budget.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+)
+
+_TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+
+@dataclass(frozen=True)
+class CallPolicy:
+    """Timeouts and retry budget of every call made through one transport."""
+
+    timeout: float = 30.0  # seconds, unary calls and small streams
+    stream_timeout: float = 600.0  # seconds, a whole blob or a recursive listing
+    retries: int = 4  # further attempts after the first, transient errors only
+    backoff: float = 0.1  # first retry delay; doubles per attempt
+    max_backoff: float = 2.0
+
+
+def parse_grpc_url(url: str) -> tuple[str, CallPolicy]:
+    """``grpc+http://HOST:PORT`` / ``grpc+unix:///PATH`` -> (grpc target, policy)."""
+    parts = urlsplit(url)
+    if parts.scheme == "grpc+http":
+        try:
+            port = parts.port
+        except ValueError:
+            raise StoreURLError(f"invalid port in gRPC store URL {url!r}") from None
+        if not parts.hostname or port is None:
+            raise StoreURLError(
+                f"gRPC store URL {url!r} needs a host and port: grpc+http://HOST:PORT"
+            )
+        if parts.path not in ("", "/"):
+            raise StoreURLError(f"gRPC store URL {url!r} must not have a path")
+        target = parts.netloc
+    elif parts.scheme == "grpc+unix":
+        if parts.netloc or not parts.path.startswith("/") or parts.path == "/":
+            raise StoreURLError(
+                f"gRPC store URL {url!r} must name an absolute socket path: grpc+unix:///PATH"
+            )
+        target = f"unix:{parts.path}"
+    else:
+        raise StoreURLError(f"not a gRPC store URL: {url!r}")
+    return target, _parse_policy(url, parts.query)
+
+
+def _parse_policy(url: str, query: str) -> CallPolicy:
+    policy = CallPolicy()
+    for key, values in parse_qs(query, keep_blank_values=True, strict_parsing=False).items():
+        value = values[-1]
+        try:
+            if key == "timeout":
+                seconds = float(value)
+                if seconds <= 0:
+                    raise ValueError(value)
+                policy = replace(policy, timeout=seconds)
+            elif key == "retries":
+                count = int(value)
+                if count < 0:
+                    raise ValueError(value)
+                policy = replace(policy, retries=count)
+            else:
+                raise StoreURLError(
+                    f"unknown parameter {key!r} in gRPC store URL {url!r} (known: timeout, retries)"
+                )
+        except ValueError:
+            raise StoreURLError(f"invalid {key}={value!r} in gRPC store URL {url!r}") from None
+    return policy
+
+
+class GrpcTransport:
+    """A channel plus the call discipline (threads, timeouts, retries, error mapping)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.target, self.policy = parse_grpc_url(url)
+        self.channel: Any = grpc.insecure_channel(self.target, options=_CHANNEL_OPTIONS)
+
+    async def call(self, what: str, fn: Callable[[float], T], *, stream: bool = False) -> T:
+        """Run ``fn(timeout)`` (which makes one gRPC call) in a worker thread.
+
+        ``what`` names the operation for error messages. NOT_FOUND raises
+        :class:`NotFoundError` (callers turn it into "absent"); ``fn`` must be
+        safe to repeat, since transient failures run it again.
+        """
+        timeout = self.policy.stream_timeout if stream else self.policy.timeout
+        delay = self.policy.backoff
+        attempts = self.policy.retries + 1
+        for attempt in range(1, attempts + 1):
+            try:
+                return await trio.to_thread.run_sync(fn, timeout, abandon_on_cancel=True)
+            except grpc.RpcError as exc:
+                code = _code_of(exc)
+                if code in _TRANSIENT and attempt < attempts:
+                    log.debug("%s via %s: %s, retrying in %.1fs", what, self.url, code, delay)
+                    await trio.sleep(delay)
+                    delay = min(delay * 2, self.policy.max_backoff)
+                    continue
+                raise self._error(what, code, _details_of(exc), attempt, timeout) from None
+        raise AssertionError("the retry loop always returns or raises")
+
+    def _error(
+        self, what: str, code: Any, details: str, attempts: int, timeout: float
+    ) -> Exception:
+        where = f"gRPC store {self.url}"
+        if code == grpc.StatusCode.NOT_FOUND:
+            return NotFoundError(f"{what}: not found in {where}")
+        if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION):
+            return ValidationError(f"{what}: {where} rejected the request: {details}")
+        if code == grpc.StatusCode.DATA_LOSS:
+            return IntegrityError(f"{what}: {where} reports corrupt data: {details}")
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return StoreError(
+                f"{what}: {where} is unreachable ({attempts} attempts): {details or 'unavailable'}"
+            )
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return StoreError(
+                f"{what}: {where} did not answer within {timeout:g}s ({attempts} attempts)"
+            )
+        name = getattr(code, "name", str(code))
+        return StoreError(f"{what}: {where} failed: {name}: {details}")
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+def _code_of(exc: grpc.RpcError) -> Any:
+    code = getattr(exc, "code", None)
+    return code() if callable(code) else grpc.StatusCode.UNKNOWN
+
+
+def _details_of(exc: grpc.RpcError) -> str:
+    details = getattr(exc, "details", None)
+    text = details() if callable(details) else None
+    return str(text) if text else ""
+
+
+__all__ = ["MAX_MESSAGE_BYTES", "CallPolicy", "GrpcTransport", "parse_grpc_url"]

@@ -1,0 +1,402 @@
+"""The three tvix gRPC services in front of any :class:`~tvixmount.stores.Store`.
+
+Threading model: grpc's server runs every handler in a thread of its pool,
+while tvixmount's services are async (trio) and not thread-safe (the local
+store shares one SQLite connection, the memory store plain dicts). So trio
+runs in the main thread and owns the store; a handler thread hands each store
+call to the loop with ``trio.from_thread.run`` and blocks only itself while
+waiting. Every store access is thus serialized on one loop — exactly how the
+services are used by the FUSE daemon — and CPU-heavy work that is not store
+access (hashing synthetic chunks, protobuf encoding) stays in the handler
+threads, off the loop.
+
+Chunks: a Stat with ``send_chunks`` for a big unchunked blob answers with
+fixed-size chunks whose digests the server computes once and indexes, and
+``Read`` of such a chunk digest serves that range of the blob. Clients (tvix's
+and ours) then fetch only the chunks a positioned read needs instead of the
+whole blob. The index lives in memory; a client that hits a forgotten chunk
+after a restart re-Stats the blob, which rebuilds it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, NoReturn, ParamSpec, TypeVar
+
+import blake3
+import grpc
+import trio
+
+from ._proto import rpc_blobstore_pb2 as blob_pb
+from ._proto import rpc_blobstore_pb2_grpc as blob_grpc
+from ._proto import rpc_directory_pb2 as dir_pb
+from ._proto import rpc_directory_pb2_grpc as dir_grpc
+from ._proto import rpc_pathinfo_pb2 as pi_pb
+from ._proto import rpc_pathinfo_pb2_grpc as pi_grpc
+from .castore.blobservice import BlobReader, BlobService
+from .castore.digest import B3Digest
+from .castore.directory import Directory
+from .castore.nodes import node_from_proto
+from .errors import (
+    DecodeError,
+    DigestError,
+    IntegrityError,
+    NotFoundError,
+    StoreError,
+    StorePathError,
+    TvixmountError,
+    ValidationError,
+)
+from .grpc_transport import MAX_MESSAGE_BYTES
+from .pathinfo.model import PathInfo
+from .storepath import DIGEST_LEN
+from .stores import Store
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+READ_MESSAGE_BYTES = 1 << 20  # bytes per BlobChunk the server streams
+SYNTHETIC_CHUNK_BYTES = 1 << 20  # blobs larger than this are offered in chunks this big
+_CHUNK_INDEX_BLOBS = 4096  # blobs whose synthetic chunk lists are remembered
+_HANDLER_THREADS = 16
+
+
+class _Loop:
+    """Runs store coroutines on the trio loop from grpc handler threads."""
+
+    def __init__(self, token: trio.lowlevel.TrioToken) -> None:
+        self._token = token
+
+    def run(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
+        return trio.from_thread.run(functools.partial(fn, *args, **kwargs), trio_token=self._token)
+
+
+async def _collect(items: AsyncIterator[T]) -> list[T]:
+    return [item async for item in items]
+
+
+class _Unimplemented(Exception):
+    """A method this server cannot answer (UNIMPLEMENTED)."""
+
+
+def _status_of(exc: Exception) -> tuple[Any, str]:
+    if isinstance(exc, _Unimplemented):
+        return grpc.StatusCode.UNIMPLEMENTED, str(exc)
+    if isinstance(exc, NotFoundError):
+        return grpc.StatusCode.NOT_FOUND, str(exc)
+    if isinstance(exc, ValidationError | DecodeError | DigestError | StorePathError):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    if isinstance(exc, IntegrityError):
+        return grpc.StatusCode.DATA_LOSS, str(exc)
+    if isinstance(exc, trio.RunFinishedError):
+        return grpc.StatusCode.UNAVAILABLE, "the server is shutting down"
+    if isinstance(exc, TvixmountError):
+        return grpc.StatusCode.INTERNAL, str(exc)
+    log.exception("unexpected error in a gRPC handler")
+    return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+
+
+def _abort(context: Any, exc: Exception) -> NoReturn:
+    code, message = _status_of(exc)
+    context.abort(code, message)
+    raise AssertionError("context.abort raises")
+
+
+def _unary(fn: Callable[[Any, Any, Any], T]) -> Callable[[Any, Any, Any], T]:
+    @functools.wraps(fn)
+    def handler(self: Any, request: Any, context: Any) -> T:
+        try:
+            return fn(self, request, context)
+        except Exception as exc:
+            _abort(context, exc)
+
+    return handler
+
+
+def _streaming(
+    fn: Callable[[Any, Any, Any], Iterator[T]],
+) -> Callable[[Any, Any, Any], Iterator[T]]:
+    @functools.wraps(fn)
+    def handler(self: Any, request: Any, context: Any) -> Iterator[T]:
+        try:
+            yield from fn(self, request, context)
+        except Exception as exc:
+            _abort(context, exc)
+
+    return handler
+
+
+def _digest(raw: bytes, what: str) -> B3Digest:
+    try:
+        return B3Digest(raw)
+    except DigestError as exc:
+        raise ValidationError(f"{what}: {exc}") from None
+
+
+class ChunkIndex:
+    """Synthetic chunk lists (blob -> chunks) and where each chunk lives (chunk -> range).
+
+    Shared by handler threads, hence the lock; bounded by number of blobs.
+    """
+
+    def __init__(self, max_blobs: int = _CHUNK_INDEX_BLOBS) -> None:
+        self._lock = threading.Lock()
+        self._max_blobs = max_blobs
+        self._blobs: OrderedDict[B3Digest, list[tuple[B3Digest, int]]] = OrderedDict()
+        self._ranges: dict[B3Digest, tuple[B3Digest, int, int]] = {}
+
+    def chunks_of(self, blob: B3Digest) -> list[tuple[B3Digest, int]] | None:
+        with self._lock:
+            chunks = self._blobs.get(blob)
+            if chunks is not None:
+                self._blobs.move_to_end(blob)
+            return chunks
+
+    def locate(self, chunk: B3Digest) -> tuple[B3Digest, int, int] | None:
+        """(blob digest, offset, size) of a chunk, if indexed."""
+        with self._lock:
+            return self._ranges.get(chunk)
+
+    def add(self, blob: B3Digest, chunks: list[tuple[B3Digest, int]]) -> None:
+        with self._lock:
+            self._blobs[blob] = chunks
+            offset = 0
+            for chunk, size in chunks:
+                self._ranges[chunk] = (blob, offset, size)
+                offset += size
+            while len(self._blobs) > self._max_blobs:
+                evicted, evicted_chunks = self._blobs.popitem(last=False)
+                for chunk, _ in evicted_chunks:
+                    if self._ranges.get(chunk, (None,))[0] == evicted:
+                        del self._ranges[chunk]
+
+
+class BlobServicer(blob_grpc.BlobServiceServicer):  # type: ignore[misc]
+    def __init__(self, loop: _Loop, blobs: BlobService) -> None:
+        self._loop = loop
+        self._blobs = blobs
+        self.index = ChunkIndex()
+
+    @_unary
+    def Stat(self, request: Any, context: Any) -> Any:
+        digest = _digest(request.digest, "stat blob")
+        chunks = self._loop.run(self._blobs.chunks, digest)
+        if chunks is None:
+            if self.index.locate(digest) is None:
+                raise NotFoundError(f"blob {digest} not found")
+            chunks = []  # a synthetic chunk is itself a (small, unchunked) blob
+        elif request.send_chunks and not chunks:
+            chunks = self._synthetic_chunks(digest)
+        return blob_pb.StatBlobResponse(
+            chunks=[blob_pb.StatBlobResponse.ChunkMeta(digest=bytes(d), size=s) for d, s in chunks]
+        )
+
+    def _synthetic_chunks(self, digest: B3Digest) -> list[tuple[B3Digest, int]]:
+        known = self.index.chunks_of(digest)
+        if known is not None:
+            return known
+        reader = self._open(digest)
+        try:
+            if reader.size <= SYNTHETIC_CHUNK_BYTES:
+                return []
+            chunks = []
+            for offset in range(0, reader.size, SYNTHETIC_CHUNK_BYTES):
+                data = self._read_exactly(reader, offset, SYNTHETIC_CHUNK_BYTES, digest)
+                chunks.append((B3Digest(blake3.blake3(data).digest()), len(data)))
+        finally:
+            self._loop.run(reader.aclose)
+        self.index.add(digest, chunks)
+        return chunks
+
+    def _open(self, digest: B3Digest) -> BlobReader:
+        reader = self._loop.run(self._blobs.open_read, digest)
+        if reader is None:
+            raise NotFoundError(f"blob {digest} not found")
+        return reader
+
+    def _read_exactly(
+        self, reader: BlobReader, offset: int, length: int, digest: B3Digest
+    ) -> bytes:
+        length = min(length, reader.size - offset)
+        data = bytes(self._loop.run(reader.pread, offset, length))
+        if len(data) != length:
+            raise StoreError(f"blob {digest}: short read at offset {offset}")
+        return data
+
+    @_streaming
+    def Read(self, request: Any, context: Any) -> Iterator[Any]:
+        digest = _digest(request.digest, "read blob")
+        reader = self._loop.run(self._blobs.open_read, digest)
+        start = 0
+        if reader is None:
+            located = self.index.locate(digest)
+            if located is None:
+                raise NotFoundError(f"blob {digest} not found")
+            parent, start, size = located
+            reader = self._open(parent)
+            end = start + size
+        else:
+            end = reader.size
+        try:
+            for offset in range(start, end, READ_MESSAGE_BYTES):
+                yield blob_pb.BlobChunk(
+                    data=self._read_exactly(
+                        reader, offset, min(READ_MESSAGE_BYTES, end - offset), digest
+                    )
+                )
+        finally:
+            with contextlib.suppress(trio.RunFinishedError):
+                self._loop.run(reader.aclose)
+
+    @_unary
+    def Put(self, request_iterator: Any, context: Any) -> Any:
+        writer = self._loop.run(self._blobs.open_write)
+        try:
+            for message in request_iterator:
+                self._loop.run(writer.write, message.data)
+        except BaseException:
+            self._loop.run(writer.abort)
+            raise
+        digest = self._loop.run(writer.finish)
+        return blob_pb.PutBlobResponse(digest=bytes(digest))
+
+
+class DirectoryServicer(dir_grpc.DirectoryServiceServicer):  # type: ignore[misc]
+    def __init__(self, loop: _Loop, store: Store) -> None:
+        self._loop = loop
+        self._directories = store.directories
+
+    @_streaming
+    def Get(self, request: Any, context: Any) -> Iterator[Any]:
+        if request.WhichOneof("by_what") != "digest":
+            raise ValidationError("get directory: no digest given")
+        digest = _digest(request.digest, "get directory")
+        root = self._loop.run(self._directories.get, digest)
+        if root is None:
+            raise NotFoundError(f"directory {digest} not found")
+        if not request.recursive:
+            yield root.to_proto()
+            return
+        try:
+            closure = self._loop.run(_collect, self._directories.get_recursive(digest))
+        except NotFoundError as exc:
+            raise StoreError(f"the closure of directory {digest} is incomplete: {exc}") from None
+        for directory in closure:
+            yield directory.to_proto()
+
+    @_unary
+    def Put(self, request_iterator: Any, context: Any) -> Any:
+        directories = [Directory.from_proto(message) for message in request_iterator]
+        root = self._loop.run(self._directories.put_many, directories)
+        return dir_pb.PutDirectoryResponse(root_digest=bytes(root))
+
+
+class PathInfoServicer(pi_grpc.PathInfoServiceServicer):  # type: ignore[misc]
+    def __init__(self, loop: _Loop, store: Store) -> None:
+        self._loop = loop
+        self._store = store
+
+    @_unary
+    def Get(self, request: Any, context: Any) -> Any:
+        if request.WhichOneof("by_what") != "by_output_hash":
+            raise ValidationError("get path info: no output hash given")
+        digest = request.by_output_hash
+        if len(digest) != DIGEST_LEN:
+            raise ValidationError(
+                f"get path info: an output hash is {DIGEST_LEN} bytes, got {len(digest)}"
+            )
+        info = self._loop.run(self._store.pathinfos.get, digest)
+        if info is None:
+            raise NotFoundError("path info not found")
+        return info.to_proto()
+
+    @_unary
+    def Put(self, request: Any, context: Any) -> Any:
+        info = PathInfo.from_proto(request)
+        return self._loop.run(self._store.pathinfos.put, info).to_proto()
+
+    @_streaming
+    def List(self, request: Any, context: Any) -> Iterator[Any]:
+        for info in self._loop.run(_collect, self._store.pathinfos.list()):
+            yield info.to_proto()
+
+    @_unary
+    def CalculateNAR(self, request: Any, context: Any) -> Any:
+        node = node_from_proto(request)
+        try:
+            from .nar.writer import calculate_nar
+        except ImportError:
+            raise _Unimplemented("this server cannot write NARs") from None
+        size, sha256 = self._loop.run(
+            calculate_nar, node, self._store.blobs, self._store.directories
+        )
+        return pi_pb.CalculateNARResponse(nar_size=size, nar_sha256=sha256)
+
+
+def _bind(server: Any, listen: str) -> str:
+    """Bind ``listen`` (``HOST:PORT`` or ``unix:///PATH``); returns the client store URL."""
+    if listen.startswith("unix:"):
+        path = listen.removeprefix("unix:").removeprefix("//")
+        if not path.startswith("/") or path == "/":
+            raise TvixmountError(f"cannot listen on {listen!r}: expected unix:///ABSOLUTE/PATH")
+        address, url = f"unix:{path}", f"grpc+unix://{path}"
+    else:
+        host, sep, port = listen.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise TvixmountError(f"cannot listen on {listen!r}: expected HOST:PORT or unix:///PATH")
+        address, url = listen, ""
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise TvixmountError(f"cannot listen on {listen!r}: {exc}") from None
+    if not bound:
+        raise TvixmountError(f"cannot listen on {listen!r}: the address is in use or invalid")
+    return url or f"grpc+http://{host}:{bound}"
+
+
+class GrpcServer:
+    """A started gRPC server; create with :meth:`start` inside ``trio.run``."""
+
+    def __init__(self, server: Any, url: str, blobs: BlobServicer) -> None:
+        self._server = server
+        self.url = url
+        self.blob_servicer = blobs
+
+    @classmethod
+    def start(cls, store: Store, listen: str) -> GrpcServer:
+        loop = _Loop(trio.lowlevel.current_trio_token())
+        server = grpc.server(
+            ThreadPoolExecutor(max_workers=_HANDLER_THREADS, thread_name_prefix="grpc-handler"),
+            options=(
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ),
+        )
+        blobs = BlobServicer(loop, store.blobs)
+        blob_grpc.add_BlobServiceServicer_to_server(blobs, server)
+        dir_grpc.add_DirectoryServiceServicer_to_server(DirectoryServicer(loop, store), server)
+        pi_grpc.add_PathInfoServiceServicer_to_server(PathInfoServicer(loop, store), server)
+        url = _bind(server, listen)
+        server.start()
+        log.info("serving %s on %s", store.url, url)
+        return cls(server, url, blobs)
+
+    async def stop(self, grace: float = 2.0) -> None:
+        """Stop accepting calls and let running ones finish for ``grace`` seconds.
+
+        Shielded and run in a thread so the loop keeps serving the store calls
+        of in-flight handlers while they drain.
+        """
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(lambda: self._server.stop(grace).wait())
+
+
+__all__ = ["READ_MESSAGE_BYTES", "SYNTHETIC_CHUNK_BYTES", "ChunkIndex", "GrpcServer"]
