@@ -24,6 +24,7 @@ from .castore.digest import B3Digest
 from .castore.directory import Directory
 from .castore.nodes import DirectoryNode, FileNode, Node, SymlinkNode
 from .errors import NotFoundError, StoreError
+from .nar import wire
 from .pathinfo.model import PathInfo
 from .storepath import StorePath
 from .stores import Store
@@ -144,45 +145,35 @@ def display_name(name: bytes) -> str:
 # --- NAR layout -------------------------------------------------------------------------
 
 
-def _pad8(n: int) -> int:
-    return (n + 7) & ~7
-
-
 def _string(n: int) -> int:
-    """A NAR string token: 8-byte length, the bytes, zero padding to 8."""
-    return 8 + _pad8(n)
+    """A NAR string of ``n`` bytes: 8-byte length, the bytes, zero padding to 8."""
+    return 8 + n + wire.padding(n)
 
 
-_MAGIC = _string(len(b"nix-archive-1"))
-_OPEN = _string(1)  # "(" and ")"
-_TYPE = _string(len(b"type"))
-# "(" "type" <kind>: where every node begins.
-_REGULAR_HEAD = _OPEN + _TYPE + _string(len(b"regular"))
-_EXECUTABLE = _string(len(b"executable")) + _string(0)
-_CONTENTS = _string(len(b"contents")) + 8  # the token, then the u64 length before the data
-_SYMLINK_HEAD = _OPEN + _TYPE + _string(len(b"symlink")) + _string(len(b"target"))
-_DIRECTORY_HEAD = _OPEN + _TYPE + _string(len(b"directory"))
-# "entry" "(" "name" <name> "node" <node> ")": the framing around each child.
-_ENTRY_BEFORE_NAME = _string(len(b"entry")) + _OPEN + _string(len(b"name"))
-_ENTRY_BEFORE_NODE = _string(len(b"node"))
+_MAGIC = len(wire.HEADER)
+_CLOSE = len(wire.CLOSE)
+_DIRECTORY_HEAD = len(wire.DIRECTORY_PREFIX)
+_SYMLINK_HEAD = len(wire.SYMLINK_PREFIX)
+_U64 = 8  # the contents length between a file's tokens and its bytes
 
 
 def _contents_offset(node: FileNode) -> int:
     """Where a file's data starts, relative to the start of its node."""
-    return _REGULAR_HEAD + (_EXECUTABLE if node.executable else 0) + _CONTENTS
+    prefix = wire.EXECUTABLE_PREFIX if node.executable else wire.REGULAR_PREFIX
+    return len(prefix) + _U64
 
 
 def _file_nar_size(node: FileNode) -> int:
-    return _contents_offset(node) + _pad8(node.size) + _OPEN
+    return _contents_offset(node) + node.size + wire.padding(node.size) + _CLOSE
 
 
 def _symlink_nar_size(node: SymlinkNode) -> int:
-    return _SYMLINK_HEAD + _string(len(node.target)) + _OPEN
+    return _SYMLINK_HEAD + _string(len(node.target)) + _CLOSE
 
 
 def _child_node_offset(name: bytes) -> int:
-    """From the start of an entry to the start of its node."""
-    return _ENTRY_BEFORE_NAME + _string(len(name)) + _ENTRY_BEFORE_NODE
+    """From the start of a directory entry to the start of its node."""
+    return len(wire.ENTRY_PREFIX) + _string(len(name)) + len(wire.ENTRY_NODE)
 
 
 # --- the walk ---------------------------------------------------------------------------
@@ -232,7 +223,7 @@ class _Walker:
         if cached is not None:
             return cached
         directory = await self.directory(node, path)
-        size = _DIRECTORY_HEAD + _OPEN
+        size = _DIRECTORY_HEAD + _CLOSE
         for child in directory.entries():
             size += await self._entry_nar_size(child, path)
         self._nar_sizes[node.digest] = size
@@ -243,7 +234,7 @@ class _Walker:
         return (
             _child_node_offset(child.name)
             + await self.nar_size(child, (*parent, child.name))
-            + _OPEN
+            + len(wire.ENTRY_CLOSE)
         )
 
     async def find_child(
