@@ -71,11 +71,21 @@ def _open_grpc(url: str, options: StoreOptions) -> Store:
     )
 
 
+def _open_binary_cache(url: str, options: StoreOptions) -> Store:
+    from .pathinfo.binarycache import open_binary_cache  # httpx: only load when used
+
+    blobs, directories, pathinfos, db = open_binary_cache(
+        url, options.cache_dir, options.trusted_public_keys
+    )
+    return Store(url, blobs, directories, pathinfos, [db.close])
+
+
 _Opener = Callable[[str, StoreOptions], Store]
 
 # scheme -> opener; other store kinds register here.
 OPENERS: dict[str, _Opener] = {"memory": _open_memory}
 OPENERS["grpc+http"] = OPENERS["grpc+unix"] = _open_grpc
+OPENERS["file"] = OPENERS["http"] = OPENERS["https"] = _open_binary_cache
 
 
 def scheme_of(url: str) -> str:
