@@ -29,7 +29,7 @@ from ..nar.narinfo import Narinfo, NixHash
 from ..nar.writer import calculate_nar, write_nar
 from ..pathinfo.model import CAHash, ContentAddress, NarInfo, PathInfo
 from ..storepath import StorePath, from_nar_hash
-from ..stores import Store
+from ..stores import Store, StoreOptions, open_store
 from .spec import (
     Content,
     DirectoryEntry,
@@ -217,3 +217,21 @@ async def _write_nar_file(
     finally:
         partial.unlink(missing_ok=True)
     return sha.digest(), size, name
+
+
+async def build_into(
+    spec: FixtureSpec,
+    url: str | None,
+    options: StoreOptions | None = None,
+    nix_cache: Path | None = None,
+    compression: str = "xz",
+) -> BuiltFixture:
+    """Open the store at ``url`` (creating an embedded one), build, optionally write a cache."""
+    store = open_store(url, options or StoreOptions(create=True))
+    try:
+        fixture = await build_fixture(spec, store)
+        if nix_cache is not None:
+            await write_nix_cache(fixture, store, nix_cache, compression)
+    finally:
+        await store.aclose()
+    return fixture
