@@ -156,9 +156,11 @@ def _bind_socket(path: Path) -> socket.socket:
 
 
 async def test_socket_is_rejected_naming_its_path(tree: Path, store: Store) -> None:
-    with _bind_socket(tree / "nested" / "deeper" / "sock"):
-        with pytest.raises(IngestError, match=r"nested/deeper/sock: cannot import a socket"):
-            await import_path(store, tree)
+    with (
+        _bind_socket(tree / "nested" / "deeper" / "sock"),
+        pytest.raises(IngestError, match=r"nested/deeper/sock: cannot import a socket"),
+    ):
+        await import_path(store, tree)
 
 
 async def test_fifo_is_rejected_naming_its_path(tree: Path, store: Store) -> None:
