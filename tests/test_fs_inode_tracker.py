@@ -1,0 +1,123 @@
+"""InodeTracker: content deduplication, lookup counts and freeing on forget."""
+
+from __future__ import annotations
+
+from tests.fixtures import castore as fx
+from tvixmount.castore.nodes import DirectoryNode, FileNode, SymlinkNode
+from tvixmount.fs.inode_tracker import ROOT_INODE, InodeTracker
+from tvixmount.fs.inodes import DirectoryInode, FileInode, RootInode
+
+FILE_A = FileNode(b"a", fx.BLOB_A_DIGEST, len(fx.BLOB_A))
+KEEP_DIR = DirectoryNode(b"d", fx.DIRECTORY_WITH_KEEP.digest(), fx.DIRECTORY_WITH_KEEP.size())
+
+
+def test_root_exists_from_the_start() -> None:
+    tracker = InodeTracker()
+    assert isinstance(tracker.get(ROOT_INODE), RootInode)
+    assert len(tracker) == 1
+
+
+def test_same_file_content_under_other_names_shares_an_inode() -> None:
+    tracker = InodeTracker()
+    a, _ = tracker.remember(FILE_A)
+    b, _ = tracker.remember(FileNode(b"other", fx.BLOB_A_DIGEST, len(fx.BLOB_A)))
+    assert a == b
+
+
+def test_executable_bit_separates_file_inodes() -> None:
+    tracker = InodeTracker()
+    a, _ = tracker.remember(FILE_A)
+    b, _ = tracker.remember(FileNode(b"a", fx.BLOB_A_DIGEST, len(fx.BLOB_A), True))
+    assert a != b
+
+
+def test_same_symlink_target_shares_an_inode() -> None:
+    tracker = InodeTracker()
+    a, _ = tracker.remember(SymlinkNode(b"x", b"/target"))
+    b, _ = tracker.remember(SymlinkNode(b"y", b"/target"))
+    c, _ = tracker.remember(SymlinkNode(b"z", b"/elsewhere"))
+    assert a == b != c
+
+
+def test_same_directory_digest_shares_an_inode() -> None:
+    tracker = InodeTracker()
+    a, data = tracker.remember(KEEP_DIR)
+    b, _ = tracker.remember(DirectoryNode(b"e", KEEP_DIR.digest, KEEP_DIR.size))
+    assert a == b
+    assert isinstance(data, DirectoryInode)
+    assert not data.populated
+
+
+def test_each_remember_adds_one_lookup() -> None:
+    tracker = InodeTracker()
+    inode, _ = tracker.remember(FILE_A)
+    tracker.remember(FILE_A)
+    assert tracker.lookup_count(inode) == 2
+
+
+def test_partial_forget_keeps_the_inode() -> None:
+    tracker = InodeTracker()
+    inode, _ = tracker.remember(FILE_A)
+    tracker.remember(FILE_A)
+    tracker.forget(inode, 1)
+    assert isinstance(tracker.get(inode), FileInode)
+    assert tracker.lookup_count(inode) == 1
+
+
+def test_full_forget_frees_the_inode() -> None:
+    tracker = InodeTracker()
+    inode, _ = tracker.remember(FILE_A)
+    tracker.forget(inode, 1)
+    assert tracker.get(inode) is None
+    assert len(tracker) == 1
+
+
+def test_forgotten_content_gets_a_fresh_valid_inode() -> None:
+    tracker = InodeTracker()
+    old, _ = tracker.remember(KEEP_DIR)
+    tracker.forget(old, 1)
+    new, data = tracker.remember(KEEP_DIR)
+    assert new != old
+    assert isinstance(data, DirectoryInode)
+    assert tracker.get(new) is data
+    again, _ = tracker.remember(KEEP_DIR)
+    assert again == new
+
+
+def test_populated_directory_is_dropped_with_its_inode() -> None:
+    tracker = InodeTracker()
+    inode, data = tracker.remember(KEEP_DIR)
+    assert isinstance(data, DirectoryInode)
+    data.populate(fx.DIRECTORY_WITH_KEEP)
+    tracker.forget(inode, 1)
+    _, fresh = tracker.remember(KEEP_DIR)
+    assert isinstance(fresh, DirectoryInode)
+    assert not fresh.populated
+
+
+def test_forget_many_frees_all_inodes_down_to_the_root() -> None:
+    tracker = InodeTracker()
+    inodes = [tracker.remember(node)[0] for node in fx.ROOT_NODES]
+    tracker.forget_many((inode, 1) for inode in inodes)
+    assert len(tracker) == 1
+
+
+def test_root_is_never_freed() -> None:
+    tracker = InodeTracker()
+    tracker.forget(ROOT_INODE, 5)
+    assert isinstance(tracker.get(ROOT_INODE), RootInode)
+
+
+def test_forgetting_an_unknown_inode_is_harmless() -> None:
+    tracker = InodeTracker()
+    inode, _ = tracker.remember(FILE_A)
+    tracker.forget(inode + 100, 1)
+    assert tracker.lookup_count(inode) == 1
+
+
+def test_inode_numbers_are_not_reused() -> None:
+    tracker = InodeTracker()
+    first, _ = tracker.remember(FILE_A)
+    tracker.forget(first, 1)
+    second, _ = tracker.remember(SymlinkNode(b"s", b"t"))
+    assert second != first

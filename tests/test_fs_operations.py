@@ -1,0 +1,163 @@
+"""TvixmountFS handlers called directly: errno mapping and lookup accounting."""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+import pyfuse3
+import pytest
+
+from tests.fixtures import castore as fx
+from tvixmount.castore.blobservice import put_stream
+from tvixmount.castore.memory import MemoryBlobService, MemoryDirectoryService
+from tvixmount.errors import StoreError
+from tvixmount.fs.inode_tracker import ROOT_INODE
+from tvixmount.fs.operations import TvixmountFS
+from tvixmount.fs.root_nodes import PathInfoRootNodes
+from tvixmount.pathinfo.memory import MemoryPathInfoService
+from tvixmount.pathinfo.model import NarInfo, PathInfo
+
+CTX = cast(pyfuse3.RequestContext, None)
+
+
+class FailingPathInfos:
+    def __init__(self, error: Exception) -> None:
+        self._error = error
+
+    async def get(self, digest: bytes) -> PathInfo | None:
+        raise self._error
+
+    async def put(self, info: PathInfo) -> PathInfo:
+        raise self._error
+
+    async def list(self) -> AsyncIterator[PathInfo]:
+        raise self._error
+        yield
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def _fs(**kwargs: Any) -> TvixmountFS:
+    blobs = MemoryBlobService()
+    for blob in fx.BLOBS:
+        await put_stream(blobs, [blob])
+    directories = MemoryDirectoryService()
+    await directories.put_many(fx.DIRECTORIES)
+    pathinfos = MemoryPathInfoService()
+    for node in fx.ROOT_NODES:
+        await pathinfos.put(PathInfo(node, (), NarInfo(0, bytes(32))))
+    return TvixmountFS(PathInfoRootNodes(pathinfos), blobs, directories, **kwargs)
+
+
+async def _errno_of(call: Any) -> int:
+    with pytest.raises(pyfuse3.FUSEError) as excinfo:
+        await call
+    return excinfo.value.errno
+
+
+async def test_pathinfo_service_error_is_eio() -> None:
+    fs = TvixmountFS(
+        PathInfoRootNodes(FailingPathInfos(StoreError("backend down"))),
+        MemoryBlobService(),
+        MemoryDirectoryService(),
+    )
+    assert await _errno_of(fs.lookup(ROOT_INODE, fx.ROOT_BLOB_A, CTX)) == errno.EIO
+
+
+async def test_unexpected_backend_exception_is_eio() -> None:
+    fs = TvixmountFS(
+        PathInfoRootNodes(FailingPathInfos(RuntimeError("bug"))),
+        MemoryBlobService(),
+        MemoryDirectoryService(),
+    )
+    assert await _errno_of(fs.lookup(ROOT_INODE, fx.ROOT_BLOB_A, CTX)) == errno.EIO
+
+
+async def test_unknown_root_name_is_enoent() -> None:
+    fs = await _fs()
+    assert await _errno_of(fs.lookup(ROOT_INODE, b"z" * 32 + b"-x", CTX)) == errno.ENOENT
+
+
+async def test_root_opendir_without_list_root_is_eperm() -> None:
+    fs = await _fs()
+    assert await _errno_of(fs.opendir(ROOT_INODE, CTX)) == errno.EPERM
+
+
+async def test_lookup_raises_the_lookup_count() -> None:
+    fs = await _fs()
+    attrs = await fs.lookup(ROOT_INODE, fx.ROOT_BLOB_A, CTX)
+    await fs.lookup(ROOT_INODE, fx.ROOT_BLOB_A, CTX)
+    assert fs.inodes.lookup_count(attrs.st_ino) == 2
+
+
+async def test_forget_frees_looked_up_inodes() -> None:
+    fs = await _fs()
+    attrs = await fs.lookup(ROOT_INODE, fx.ROOT_DIRECTORY_COMPLICATED, CTX)
+    await fs.forget([(attrs.st_ino, 1)])
+    assert len(fs.inodes) == 1
+    assert await _errno_of(fs.getattr(attrs.st_ino, CTX)) == errno.ENOENT
+
+
+async def test_every_entry_attribute_has_long_timeouts() -> None:
+    fs = await _fs()
+    root = await fs.getattr(ROOT_INODE, CTX)
+    child = await fs.lookup(ROOT_INODE, fx.ROOT_BLOB_A, CTX)
+    for attrs in (root, child):
+        assert attrs.entry_timeout >= 86400
+        assert attrs.attr_timeout >= 86400
+
+
+async def test_read_is_a_positioned_slice() -> None:
+    fs = await _fs()
+    attrs = await fs.lookup(ROOT_INODE, fx.ROOT_BLOB_B, CTX)
+    info = await fs.open(attrs.st_ino, os.O_RDONLY, CTX)
+    assert info.keep_cache
+    try:
+        data = await fs.read(info.fh, 1001, 4096)
+        assert bytes(data) == fx.BLOB_B[1001 : 1001 + 4096]
+    finally:
+        await fs.release(info.fh)
+
+
+async def test_xattrs_disabled_is_enosys() -> None:
+    fs = await _fs(xattr=False)
+    attrs = await fs.lookup(ROOT_INODE, fx.ROOT_BLOB_A, CTX)
+    name = b"user.tvix.castore.blob.digest"
+    assert await _errno_of(fs.getxattr(attrs.st_ino, name, CTX)) == errno.ENOSYS
+    assert await _errno_of(fs.listxattr(attrs.st_ino, CTX)) == errno.ENOSYS
+
+
+async def test_readlink_of_a_file_is_einval() -> None:
+    fs = await _fs()
+    attrs = await fs.lookup(ROOT_INODE, fx.ROOT_BLOB_A, CTX)
+    assert await _errno_of(fs.readlink(attrs.st_ino, CTX)) == errno.EINVAL
+
+
+async def test_open_of_a_directory_is_eisdir() -> None:
+    fs = await _fs()
+    attrs = await fs.lookup(ROOT_INODE, fx.ROOT_DIRECTORY_WITH_KEEP, CTX)
+    assert await _errno_of(fs.open(attrs.st_ino, os.O_RDONLY, CTX)) == errno.EISDIR
+
+
+async def test_lookup_below_a_file_is_enotdir() -> None:
+    fs = await _fs()
+    attrs = await fs.lookup(ROOT_INODE, fx.ROOT_BLOB_A, CTX)
+    assert await _errno_of(fs.lookup(attrs.st_ino, b"x", CTX)) == errno.ENOTDIR
+
+
+async def test_write_handlers_are_erofs() -> None:
+    fs = await _fs()
+    assert await _errno_of(fs.mkdir(ROOT_INODE, b"d", 0o755, CTX)) == errno.EROFS
+    assert await _errno_of(fs.unlink(ROOT_INODE, fx.ROOT_BLOB_A, CTX)) == errno.EROFS
+    assert await _errno_of(fs.create(ROOT_INODE, b"f", 0o644, os.O_WRONLY, CTX)) == errno.EROFS
+    assert await _errno_of(fs.write(1, 0, b"x")) == errno.EROFS
+
+
+async def test_open_for_writing_is_erofs() -> None:
+    fs = await _fs()
+    attrs = await fs.lookup(ROOT_INODE, fx.ROOT_BLOB_A, CTX)
+    assert await _errno_of(fs.open(attrs.st_ino, os.O_RDWR, CTX)) == errno.EROFS

@@ -1,0 +1,96 @@
+"""Missing or corrupt store content: stat still works, content access fails with EIO."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures import castore as fx
+from tests.mounting import make_fixture_store, mounted, requires_fuse
+
+pytestmark = requires_fuse
+
+COMPLICATED = fx.ROOT_NODES[3]
+BLOB_A_ROOT = fx.ROOT_NODES[0]
+
+
+def _eio(excinfo: pytest.ExceptionInfo[OSError]) -> bool:
+    return excinfo.value.errno == errno.EIO
+
+
+def test_missing_directory_stat_works(tmp_path: Path) -> None:
+    store = make_fixture_store(tmp_path / "store", with_directories=False, roots=[COMPLICATED])
+    with mounted(store, tmp_path / "mnt") as mnt:
+        st = os.stat(mnt / fx.ROOT_DIRECTORY_COMPLICATED)
+    assert stat.S_ISDIR(st.st_mode)
+    assert st.st_size == fx.DIRECTORY_COMPLICATED.size()
+
+
+def test_missing_directory_listing_is_eio(tmp_path: Path) -> None:
+    store = make_fixture_store(tmp_path / "store", with_directories=False, roots=[COMPLICATED])
+    with mounted(store, tmp_path / "mnt") as mnt:
+        with pytest.raises(OSError) as excinfo:
+            os.listdir(mnt / fx.ROOT_DIRECTORY_COMPLICATED)
+        log = mnt.log()
+    assert _eio(excinfo)
+    assert str(fx.DIRECTORY_COMPLICATED.digest()) in log
+
+
+def test_missing_directory_lookup_below_is_eio(tmp_path: Path) -> None:
+    store = make_fixture_store(tmp_path / "store", with_directories=False, roots=[COMPLICATED])
+    with mounted(store, tmp_path / "mnt") as mnt:
+        with pytest.raises(OSError) as excinfo:
+            os.stat(mnt / fx.ROOT_DIRECTORY_COMPLICATED / ".keep")
+    assert _eio(excinfo)
+
+
+def test_missing_blob_stat_works(tmp_path: Path) -> None:
+    store = make_fixture_store(tmp_path / "store", blobs=[], roots=[BLOB_A_ROOT])
+    with mounted(store, tmp_path / "mnt") as mnt:
+        st = os.stat(mnt / fx.ROOT_BLOB_A)
+    assert st.st_size == len(fx.BLOB_A)
+
+
+def test_missing_blob_read_is_eio_and_logged(tmp_path: Path) -> None:
+    store = make_fixture_store(tmp_path / "store", blobs=[], roots=[BLOB_A_ROOT])
+    with mounted(store, tmp_path / "mnt") as mnt:
+        with pytest.raises(OSError) as excinfo:
+            (mnt / fx.ROOT_BLOB_A).read_bytes()
+        log = mnt.log()
+    assert _eio(excinfo)
+    assert str(fx.BLOB_A_DIGEST) in log
+
+
+def _corrupt_blob(store_dir: Path, digest: bytes, offset: int) -> None:
+    path = store_dir / "blobs" / digest.hex()[:2] / digest.hex()
+    path.chmod(0o644)
+    with path.open("r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def test_corrupted_blob_read_is_eio_and_logged(tmp_path: Path) -> None:
+    store = make_fixture_store(tmp_path / "store")
+    _corrupt_blob(tmp_path / "store", fx.BLOB_B_DIGEST, 500_000)
+    with mounted(store, tmp_path / "mnt") as mnt:
+        with pytest.raises(OSError) as excinfo:
+            (mnt / fx.ROOT_BLOB_B).read_bytes()
+        log = mnt.log()
+    assert _eio(excinfo)
+    assert str(fx.BLOB_B_DIGEST) in log
+
+
+def test_corrupted_blob_leaves_the_rest_readable(tmp_path: Path) -> None:
+    store = make_fixture_store(tmp_path / "store")
+    _corrupt_blob(tmp_path / "store", fx.BLOB_B_DIGEST, 7)
+    with mounted(store, tmp_path / "mnt") as mnt:
+        with pytest.raises(OSError):
+            (mnt / fx.ROOT_BLOB_B).read_bytes()
+        assert (mnt / fx.ROOT_BLOB_A).read_bytes() == fx.BLOB_A
+        assert os.listdir(mnt / fx.ROOT_DIRECTORY_COMPLICATED) == [".keep", "aa", "keep"]
