@@ -42,9 +42,8 @@ def test_missing_directory_listing_is_eio(tmp_path: Path) -> None:
 
 def test_missing_directory_lookup_below_is_eio(tmp_path: Path) -> None:
     store = make_fixture_store(tmp_path / "store", with_directories=False, roots=[COMPLICATED])
-    with mounted(store, tmp_path / "mnt") as mnt:
-        with pytest.raises(OSError) as excinfo:
-            os.stat(mnt / fx.ROOT_DIRECTORY_COMPLICATED / ".keep")
+    with mounted(store, tmp_path / "mnt") as mnt, pytest.raises(OSError) as excinfo:
+        os.stat(mnt / fx.ROOT_DIRECTORY_COMPLICATED / ".keep")
     assert _eio(excinfo)
 
 

@@ -278,9 +278,11 @@ def test_blob_xattr_on_directory_is_enodata(mnt: Mount) -> None:
 
 
 def test_xattrs_disabled_is_eopnotsupp(store: str, tmp_path: Path) -> None:
-    with mounted(store, tmp_path / "mnt", "--no-xattr") as mount:
-        with pytest.raises(OSError) as excinfo:
-            os.getxattr(mount / fx.ROOT_DIRECTORY_COMPLICATED, DIR_DIGEST_XATTR)
+    with (
+        mounted(store, tmp_path / "mnt", "--no-xattr") as mount,
+        pytest.raises(OSError) as excinfo,
+    ):
+        os.getxattr(mount / fx.ROOT_DIRECTORY_COMPLICATED, DIR_DIGEST_XATTR)
     assert _errno_of(excinfo) == errno.EOPNOTSUPP
 
 
