@@ -50,7 +50,7 @@ def test_helloworld_content() -> None:
 
 def test_blob_b_is_bytes_0_to_254_repeated() -> None:
     assert fx.BLOB_B[:255] == bytes(range(255))
-    assert fx.BLOB_B == fx.BLOB_B[:255] * 4096
+    assert fx.BLOB_B[:255] * 4096 == fx.BLOB_B
 
 
 def test_directory_with_keep_digest_and_size() -> None:

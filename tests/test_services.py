@@ -170,7 +170,7 @@ async def test_blob_corrupted_on_disk_fails_integrity_check_on_open(store: Store
     else:
         assert isinstance(store.blobs, MemoryBlobService)
         store.blobs.blobs[digest] = b"Hello World?"
-    with pytest.raises(IntegrityError, match="corrupt|does not match"):
+    with pytest.raises(IntegrityError, match=r"corrupt|does not match"):
         await store.blobs.open_read(digest)
 
 
@@ -209,7 +209,7 @@ async def test_put_many_accepts_empty_directory_child_in_batch(store: Store) -> 
 
 
 async def test_put_many_rejects_absent_child_and_stores_nothing(store: Store) -> None:
-    with pytest.raises(ValidationError, match="b'keep'.*neither stored nor put"):
+    with pytest.raises(ValidationError, match=r"b'keep'.*neither stored nor put"):
         await store.directories.put_many([DIRECTORY_COMPLICATED])
     assert await store.directories.get(DIRECTORY_COMPLICATED.digest()) is None
 
@@ -222,7 +222,7 @@ async def test_put_many_rejects_root_first_order(store: Store) -> None:
 
 async def test_put_many_rejects_wrong_child_size_and_stores_nothing(store: Store) -> None:
     parent = Directory.from_nodes([DirectoryNode(b"keep", DIRECTORY_WITH_KEEP.digest(), 7)])
-    with pytest.raises(ValidationError, match="b'keep' has size 7.*has size 1"):
+    with pytest.raises(ValidationError, match=r"b'keep' has size 7.*has size 1"):
         await store.directories.put_many([DIRECTORY_WITH_KEEP, parent])
     assert await store.directories.get(DIRECTORY_WITH_KEEP.digest()) is None
 

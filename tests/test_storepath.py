@@ -146,7 +146,7 @@ def test_order_follows_basename_text() -> None:
 
 def test_comparison_with_a_string_is_a_type_error() -> None:
     with pytest.raises(TypeError):
-        _ = StorePath.parse(BASENAME) < BASENAME  # type: ignore[operator]
+        _ = StorePath.parse(BASENAME) < BASENAME
 
 
 def test_parse_with_subpath_of_a_basename() -> None:
