@@ -406,7 +406,13 @@ class _Parser:
                 self._uses.setdefault((self._index, match.group(1)), at)
             pos = match.end()
         parts.append(text[pos:])
-        return tuple(p for p in parts if p != "")
+        merged: list[str | Ref] = []
+        for part in parts:
+            if isinstance(part, str) and merged and isinstance(merged[-1], str):
+                merged[-1] += part
+            elif part != "":
+                merged.append(part)
+        return tuple(merged)
 
     def _check_target(self, template: Template, at: KeyPath) -> None:
         if not template:
