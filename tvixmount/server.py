@@ -378,6 +378,9 @@ class GrpcServer:
             options=(
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                # grpc's default SO_REUSEPORT lets a second server bind a busy
+                # port and silently share its traffic; fail loudly instead.
+                ("grpc.so_reuseport", 0),
             ),
         )
         blobs = BlobServicer(loop, store.blobs)

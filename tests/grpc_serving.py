@@ -1,0 +1,172 @@
+"""gRPC servers for tests: the real ``tvixmount serve`` in a subprocess, and a
+dict-backed in-process server that serves whatever it is given (so tests can
+make it lie).
+
+Both always stop in ``finally``, whatever the test did.
+"""
+
+from __future__ import annotations
+
+import re
+import select
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from tests.mounting import tvixmount_command
+from tvixmount._proto import castore_pb2
+from tvixmount._proto import rpc_blobstore_pb2 as blob_pb
+from tvixmount._proto import rpc_blobstore_pb2_grpc as blob_grpc
+from tvixmount._proto import rpc_directory_pb2_grpc as dir_grpc
+from tvixmount._proto import rpc_pathinfo_pb2_grpc as pi_grpc
+from tvixmount._proto.pathinfo_pb2 import PathInfo as PathInfoMsg
+
+_READY = re.compile(r"^tvixmount: serving .* at (\S+)$")
+_START_TIMEOUT = 30.0
+_STOP_TIMEOUT = 10.0
+
+
+@dataclass
+class Served:
+    """A running ``tvixmount serve`` subprocess."""
+
+    url: str
+    process: subprocess.Popen[str]
+    log_file: Path
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    def log(self) -> str:
+        return self.log_file.read_text() if self.log_file.exists() else ""
+
+
+def _await_ready(process: subprocess.Popen[str], log_file: Path) -> str:
+    assert process.stdout is not None
+    deadline = time.monotonic() + _START_TIMEOUT
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([process.stdout], [], [], 0.1)
+        if ready:
+            line = process.stdout.readline()
+            match = _READY.match(line.strip())
+            if match:
+                return match.group(1)
+            if not line and process.poll() is not None:
+                break
+    raise AssertionError(
+        f"tvixmount serve did not become ready (exit {process.poll()}): {log_file.read_text()}"
+    )
+
+
+def stop(process: subprocess.Popen[str], sig: int = signal.SIGTERM) -> int:
+    """Signal the server and reap it (SIGKILL as the last resort); returns its exit code."""
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    if process.stdout is not None:
+        process.stdout.close()
+    return process.returncode
+
+
+@contextmanager
+def serving(store: str, log_file: Path, listen: str = "127.0.0.1:0") -> Iterator[Served]:
+    """``tvixmount serve --store STORE --listen LISTEN`` until the block ends."""
+    with log_file.open("a") as log:
+        process = subprocess.Popen(
+            tvixmount_command("serve", "--listen", listen, "--store", store),
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        )
+    try:
+        yield Served(_await_ready(process, log_file), process, log_file)
+    finally:
+        stop(process)
+
+
+@dataclass
+class FakeBackend:
+    """What the in-process server answers, keyed by the raw digest asked for.
+
+    Values are served as they are, so a test makes the server lie by storing
+    the wrong thing under a key.
+    """
+
+    blobs: dict[bytes, bytes] = field(default_factory=dict)
+    chunks: dict[bytes, list[tuple[bytes, int]]] = field(default_factory=dict)
+    directories: dict[bytes, list[castore_pb2.Directory]] = field(default_factory=dict)
+    pathinfos: dict[bytes, PathInfoMsg] = field(default_factory=dict)
+    read_calls: list[bytes] = field(default_factory=list)
+
+
+class _Blobs(blob_grpc.BlobServiceServicer):  # type: ignore[misc]
+    def __init__(self, backend: FakeBackend) -> None:
+        self.backend = backend
+
+    def Stat(self, request: Any, context: Any) -> Any:
+        if request.digest not in self.backend.blobs and request.digest not in self.backend.chunks:
+            context.abort(grpc.StatusCode.NOT_FOUND, "no such blob")
+        chunks = self.backend.chunks.get(request.digest, []) if request.send_chunks else []
+        return blob_pb.StatBlobResponse(
+            chunks=[blob_pb.StatBlobResponse.ChunkMeta(digest=d, size=s) for d, s in chunks]
+        )
+
+    def Read(self, request: Any, context: Any) -> Iterator[Any]:
+        self.backend.read_calls.append(request.digest)
+        data = self.backend.blobs.get(request.digest)
+        if data is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, "no such blob")
+            return
+        for offset in range(0, len(data), 1 << 16):
+            yield blob_pb.BlobChunk(data=data[offset : offset + (1 << 16)])
+
+
+class _Directories(dir_grpc.DirectoryServiceServicer):  # type: ignore[misc]
+    def __init__(self, backend: FakeBackend) -> None:
+        self.backend = backend
+
+    def Get(self, request: Any, context: Any) -> Iterator[Any]:
+        messages = self.backend.directories.get(request.digest)
+        if messages is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, "no such directory")
+            return
+        yield from messages if request.recursive else messages[:1]
+
+
+class _PathInfos(pi_grpc.PathInfoServiceServicer):  # type: ignore[misc]
+    def __init__(self, backend: FakeBackend) -> None:
+        self.backend = backend
+
+    def Get(self, request: Any, context: Any) -> Any:
+        info = self.backend.pathinfos.get(request.by_output_hash)
+        if info is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, "no such path")
+        return info
+
+
+@contextmanager
+def fake_server(backend: FakeBackend) -> Iterator[str]:
+    """A dict-backed gRPC server on a free loopback port; yields its store URL."""
+    server = grpc.server(ThreadPoolExecutor(max_workers=8))
+    blob_grpc.add_BlobServiceServicer_to_server(_Blobs(backend), server)
+    dir_grpc.add_DirectoryServiceServicer_to_server(_Directories(backend), server)
+    pi_grpc.add_PathInfoServiceServicer_to_server(_PathInfos(backend), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"grpc+http://127.0.0.1:{port}"
+    finally:
+        server.stop(0).wait()
