@@ -18,17 +18,17 @@ from tvixmount.nar.narinfo import Narinfo, NixHash
 from tvixmount.pathinfo.model import CAHash, PathInfo
 
 # Verbatim from Nix 2.8 (PROTOCOL.md).
-NIX_NARINFO = """\
-StorePath: /nix/store/9nfz1dd7qmd9wgxv6z94gh62n0vddgln-nixdir
-URL: nar/1lizc4xw4zba61qhqadnsrv1fvarnqyzs16ks97kiwzm0szb2ba3.nar.xz
-Compression: xz
-FileHash: sha256:1lizc4xw4zba61qhqadnsrv1fvarnqyzs16ks97kiwzm0szb2ba3
-FileSize: 256
-NarHash: sha256:1sy94p3ilc7c9q0qk5xvrwyy7n1gf44yh070xj2y490np8r23dfw
-NarSize: 896
-References: 
-CA: fixed:r:sha256:1sy94p3ilc7c9q0qk5xvrwyy7n1gf44yh070xj2y490np8r23dfw
-"""
+NIX_NARINFO = (
+    "StorePath: /nix/store/9nfz1dd7qmd9wgxv6z94gh62n0vddgln-nixdir\n"
+    "URL: nar/1lizc4xw4zba61qhqadnsrv1fvarnqyzs16ks97kiwzm0szb2ba3.nar.xz\n"
+    "Compression: xz\n"
+    "FileHash: sha256:1lizc4xw4zba61qhqadnsrv1fvarnqyzs16ks97kiwzm0szb2ba3\n"
+    "FileSize: 256\n"
+    "NarHash: sha256:1sy94p3ilc7c9q0qk5xvrwyy7n1gf44yh070xj2y490np8r23dfw\n"
+    "NarSize: 896\n"
+    "References: \n"
+    "CA: fixed:r:sha256:1sy94p3ilc7c9q0qk5xvrwyy7n1gf44yh070xj2y490np8r23dfw\n"
+)
 NAR_HASH = nixbase32.decode("1sy94p3ilc7c9q0qk5xvrwyy7n1gf44yh070xj2y490np8r23dfw")
 REF_A = "00bgd045z0d4icpbc2yyz4gx48ak44la-a"
 REF_B = "0c5b8vw40dy178xlpddw65q9gf1h2186-b"
