@@ -89,13 +89,17 @@ def _canonical_without_touching(path: str | Path) -> str:
     return os.path.join(os.path.realpath(os.path.dirname(absolute)), os.path.basename(absolute))
 
 
-def _stat_with_timeout(path: str, timeout: float) -> os.stat_result | OSError | None:
-    """``os.stat`` in a helper thread: the result, the error, or ``None`` on timeout."""
-    outcome: list[os.stat_result | OSError] = []
+def _statvfs_with_timeout(path: str, timeout: float) -> os.statvfs_result | OSError | None:
+    """``os.statvfs`` in a helper thread: the result, the error, or ``None`` on timeout.
+
+    statfs always reaches the daemon (attributes are cached in the kernel for
+    a long time, so a stat would not notice a dead server).
+    """
+    outcome: list[os.statvfs_result | OSError] = []
 
     def probe() -> None:
         try:
-            outcome.append(os.stat(path))
+            outcome.append(os.statvfs(path))
         except OSError as exc:
             outcome.append(exc)
 
@@ -118,7 +122,7 @@ def check_mountpoint(path: str | Path) -> str:
     if not is_mounted(candidate):
         candidate = os.path.realpath(candidate)
     if is_mounted(candidate):
-        probe = _stat_with_timeout(candidate, _STALE_PROBE_TIMEOUT)
+        probe = _statvfs_with_timeout(candidate, _STALE_PROBE_TIMEOUT)
         if isinstance(probe, OSError) and probe.errno == errno.ENOTCONN:
             raise MountError(_stale_message(path))
         raise MountError(f"mount point {path} is busy: something is already mounted there")
@@ -317,9 +321,9 @@ def mount_background(mountpoint: str, open_store: StoreOpener, options: MountOpt
         raise MountError(
             report.decode(errors="replace") or "the serving process died before mounting"
         )
-    # The kernel holds requests until the server's loop runs; one stat of the
-    # root proves the mount answers.
-    probe = _stat_with_timeout(mountpoint, _ANSWER_TIMEOUT)
+    # The kernel holds requests until the server's loop runs; one statfs
+    # answered proves the mount is live.
+    probe = _statvfs_with_timeout(mountpoint, _ANSWER_TIMEOUT)
     if probe is None:
         raise MountError(f"{mountpoint} is mounted but does not answer (pid {pid})")
     if isinstance(probe, OSError):

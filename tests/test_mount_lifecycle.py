@@ -1,0 +1,226 @@
+"""Mount lifecycle: background start, clean exits, refused mount points, stale mounts."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures import castore as fx
+from tests.mounting import (
+    force_unmount,
+    make_fixture_store,
+    mounted,
+    requires_fuse,
+    run_tvixmount,
+    tvixmount_command,
+)
+from tvixmount.fs.mount import is_mounted, serving_pids
+
+pytestmark = requires_fuse
+
+_WAIT = 10.0
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return make_fixture_store(tmp_path_factory.mktemp("lifecycle") / "store")
+
+
+def _wait_until(condition: object, timeout: float = _WAIT) -> bool:
+    assert callable(condition)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return bool(condition())
+
+
+def _one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("tvixmount: error: ")
+    return lines[0]
+
+
+# -- background mode --------------------------------------------------------
+
+
+def test_background_mount_returns_once_the_mount_answers(store: str, tmp_path: Path) -> None:
+    with mounted(store, tmp_path / "mnt") as mnt:
+        assert is_mounted(str(mnt.path))
+        assert (mnt / fx.ROOT_BLOB_A).read_bytes() == fx.BLOB_A
+
+
+def test_serving_process_command_line_names_the_mount_point(store: str, tmp_path: Path) -> None:
+    with mounted(store, tmp_path / "mnt") as mnt:
+        pids = mnt.pids
+        assert len(pids) == 1
+        argv = Path(f"/proc/{pids[0]}/cmdline").read_bytes().split(b"\0")
+        assert os.fsencode(mnt.path) in argv
+
+
+def test_background_server_exits_after_external_unmount(store: str, tmp_path: Path) -> None:
+    with mounted(store, tmp_path / "mnt") as mnt:
+        pids = mnt.pids
+        subprocess.run(["fusermount3", "-u", str(mnt.path)], check=True)
+        assert _wait_until(lambda: not set(pids) & set(serving_pids()))
+        assert "unmounted" in mnt.log()
+
+
+def test_background_server_unmounts_on_sigterm(store: str, tmp_path: Path) -> None:
+    with mounted(store, tmp_path / "mnt") as mnt:
+        pids = mnt.pids
+        os.kill(pids[0], signal.SIGTERM)
+        assert _wait_until(lambda: not set(pids) & set(serving_pids()))
+        assert not is_mounted(str(mnt.path))
+
+
+def test_umount_command_unmounts_and_waits_for_the_server(store: str, tmp_path: Path) -> None:
+    with mounted(store, tmp_path / "mnt") as mnt:
+        pids = mnt.pids
+        result = run_tvixmount("umount", mnt.path)
+        assert result.returncode == 0, result.stderr
+        assert not is_mounted(str(mnt.path))
+        assert not set(pids) & set(serving_pids())
+
+
+def test_umount_of_an_unmounted_directory_fails_in_one_line(tmp_path: Path) -> None:
+    line = _one_line_error(run_tvixmount("umount", tmp_path))
+    assert "not mounted" in line
+
+
+# -- foreground mode: exit codes ----------------------------------------------
+
+
+@pytest.fixture
+def foreground(store: str, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    proc = subprocess.Popen(
+        tvixmount_command("mount", mountpoint, "--store", store, "--foreground"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert _wait_until(lambda: is_mounted(str(mountpoint)) or proc.poll() is not None)
+        assert proc.poll() is None
+        os.stat(mountpoint / os.fsdecode(fx.ROOT_BLOB_A))
+        yield proc, mountpoint
+    finally:
+        force_unmount(mountpoint)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def test_foreground_exits_0_after_external_unmount(
+    foreground: tuple[subprocess.Popen[bytes], Path],
+) -> None:
+    proc, mountpoint = foreground
+    subprocess.run(["fusermount3", "-u", str(mountpoint)], check=True)
+    assert proc.wait(timeout=_WAIT) == 0
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_foreground_exits_0_and_unmounts_on_signal(
+    foreground: tuple[subprocess.Popen[bytes], Path], signum: signal.Signals
+) -> None:
+    proc, mountpoint = foreground
+    proc.send_signal(signum)
+    assert proc.wait(timeout=_WAIT) == 0
+    assert not is_mounted(str(mountpoint))
+
+
+def test_sigterm_with_an_open_file_still_unmounts(
+    foreground: tuple[subprocess.Popen[bytes], Path],
+) -> None:
+    proc, mountpoint = foreground
+    fd = os.open(mountpoint / os.fsdecode(fx.ROOT_BLOB_B), os.O_RDONLY)
+    try:
+        assert os.read(fd, 4096) == fx.BLOB_B[:4096]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=_WAIT) == 0
+        assert not is_mounted(str(mountpoint))
+    finally:
+        # The connection is gone, so the kernel may fail the close (ENOTCONN).
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+# -- refused mount points ---------------------------------------------------
+
+
+def test_missing_mount_point_fails_in_one_line(store: str, tmp_path: Path) -> None:
+    line = _one_line_error(run_tvixmount("mount", tmp_path / "absent", "--store", store))
+    assert "does not exist" in line
+
+
+def test_non_empty_mount_point_fails_in_one_line(store: str, tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    line = _one_line_error(run_tvixmount("mount", tmp_path, "--store", store))
+    assert "not empty" in line
+
+
+def test_file_as_mount_point_fails_in_one_line(store: str, tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    line = _one_line_error(run_tvixmount("mount", tmp_path / "file", "--store", store))
+    assert "not a directory" in line
+
+
+def test_busy_mount_point_fails_in_one_line(store: str, tmp_path: Path) -> None:
+    with mounted(store, tmp_path / "mnt") as mnt:
+        line = _one_line_error(run_tvixmount("mount", mnt.path, "--store", store))
+        assert "busy" in line
+
+
+def test_missing_store_fails_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "mnt").mkdir()
+    line = _one_line_error(run_tvixmount("mount", tmp_path / "mnt", "--store", tmp_path / "nope"))
+    assert "no tvixmount store" in line
+    assert not is_mounted(str(tmp_path / "mnt"))
+
+
+def test_unknown_store_scheme_fails_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "mnt").mkdir()
+    line = _one_line_error(run_tvixmount("mount", tmp_path / "mnt", "--store", "bogus://x"))
+    assert "bogus" in line
+
+
+# -- SIGKILL leaves a stale mount -------------------------------------------
+
+
+@pytest.fixture
+def stale_mount(store: str, tmp_path: Path) -> Iterator[Path]:
+    mountpoint = tmp_path / "mnt"
+    try:
+        with mounted(store, mountpoint) as mnt:
+            pids = mnt.pids
+            os.kill(pids[0], signal.SIGKILL)
+            assert _wait_until(lambda: not set(pids) & set(serving_pids()))
+            assert is_mounted(str(mountpoint))
+            yield mountpoint
+    finally:
+        force_unmount(mountpoint)
+
+
+def test_stale_mount_is_explained_at_the_next_mount(store: str, stale_mount: Path) -> None:
+    line = _one_line_error(run_tvixmount("mount", stale_mount, "--store", store))
+    assert "stale" in line
+    assert "tvixmount umount" in line
+
+
+def test_umount_clears_a_stale_mount(store: str, stale_mount: Path) -> None:
+    result = run_tvixmount("umount", stale_mount)
+    assert result.returncode == 0, result.stderr
+    assert not is_mounted(str(stale_mount))
+    with mounted(store, stale_mount) as mnt:
+        assert (mnt / fx.ROOT_BLOB_A).read_bytes() == fx.BLOB_A
