@@ -9,7 +9,6 @@ from typing import Any
 
 import trio
 
-from ..server import GrpcServer
 from ..stores import Store
 from .common import add_store_argument, open_store_from_args
 
@@ -42,6 +41,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve(store: Store, listen: str) -> int:
+    # Imported here: every command imports this module, and grpc must not be
+    # loaded before `mount` forks.
+    from ..server import GrpcServer
+
     try:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             server = GrpcServer.start(store, listen)
