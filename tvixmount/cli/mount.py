@@ -5,12 +5,6 @@ from __future__ import annotations
 import argparse
 import functools
 
-from ..fs.mount import (
-    MountOptions,
-    check_mountpoint,
-    mount_background,
-    mount_foreground,
-)
 from ..stores import check_store_url, default_store_url
 from .common import add_store_argument, open_store_from_args
 
@@ -38,6 +32,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here: pyfuse3 and trio are not needed to build the parser for other commands.
+    from ..fs.mount import MountOptions, check_mountpoint, mount_background, mount_foreground
+
     check_store_url(args.store or default_store_url())
     mountpoint = check_mountpoint(args.mountpoint)
     options = MountOptions(

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..fs.mount import unmount
-
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
@@ -18,5 +16,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..fs.mount import unmount
+
     unmount(args.mountpoint)
     return 0
