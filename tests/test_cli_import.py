@@ -1,0 +1,182 @@
+"""``tvixmount import``, ``nar`` and ``path-info`` as subprocesses, against real Nix."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .fixtures.local_tree import make_tree, nix, nix_add, nix_dump, requires_nix
+
+UNKNOWN = "/nix/store/00000000000000000000000000000000-unknown"
+
+
+def tvixmount(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "tvixmount", *args], capture_output=True, check=False, timeout=120
+    )
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    return make_tree(tmp_path / "tree")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> str:
+    return str(tmp_path / "store")
+
+
+def imported(store: str, *paths: Path) -> list[str]:
+    result = tvixmount("import", *map(str, paths), "--store", store)
+    assert result.returncode == 0, result.stderr.decode()
+    return result.stdout.decode().splitlines()
+
+
+def one_error_line(result: subprocess.CompletedProcess[bytes]) -> str:
+    lines = result.stderr.decode().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+@requires_nix
+def test_import_prints_the_store_path_nix_store_add_prints(tree: Path, store: str) -> None:
+    assert imported(store, tree) == [nix_add(tree)]
+
+
+@requires_nix
+def test_import_prints_one_path_per_argument_in_order(tree: Path, store: str) -> None:
+    paths = [tree / "nested" / "run.sh", tree, tree / "absolute-link"]
+    assert imported(store, *paths) == [nix_add(p) for p in paths]
+
+
+def test_import_creates_the_store(tree: Path, store: str) -> None:
+    imported(store, tree)
+    assert (Path(store) / "tvixmount-store").is_file()
+
+
+@requires_nix
+def test_nar_is_byte_identical_to_nix_store_dump(tree: Path, store: str) -> None:
+    [path] = imported(store, tree)
+    result = tvixmount("nar", path, "--store", store)
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout == nix_dump(tree)
+
+
+@requires_nix
+def test_nar_accepts_a_basename(tree: Path, store: str) -> None:
+    [path] = imported(store, tree / "hello.txt")
+    result = tvixmount("nar", os.path.basename(path), "--store", store)
+    assert result.stdout == nix_dump(tree / "hello.txt")
+
+
+@requires_nix
+def test_path_info_json_matches_nix_path_info(tree: Path, store: str) -> None:
+    [path] = imported(store, tree)
+    nix_add(tree)
+    theirs = json.loads(
+        nix("nix", "path-info", "--json", "--extra-experimental-features", "nix-command", path)
+    )
+    result = tvixmount("path-info", "--json", path, "--store", store)
+    assert result.returncode == 0, result.stderr.decode()
+    ours = json.loads(result.stdout)
+    keys = ("path", "narHash", "narSize", "references", "ca")
+    assert [{k: o[k] for k in keys} for o in ours] == [{k: t[k] for k in keys} for t in theirs]
+
+
+def test_path_info_json_has_no_signatures_or_deriver_when_absent(tree: Path, store: str) -> None:
+    [path] = imported(store, tree)
+    [obj] = json.loads(tvixmount("path-info", "--json", path, "--store", store).stdout)
+    assert "signatures" not in obj
+    assert "deriver" not in obj
+
+
+def test_path_info_prints_each_path_once_sorted(tree: Path, store: str) -> None:
+    paths = imported(store, tree / "hello.txt", tree / "nested")
+    result = tvixmount("path-info", *paths, paths[0], "--store", store)
+    assert result.stdout.decode().splitlines() == sorted(paths)
+
+
+@pytest.mark.parametrize("command", ["nar", "path-info"])
+def test_unknown_store_path_is_one_line_and_exit_1(tree: Path, store: str, command: str) -> None:
+    imported(store, tree)
+    result = tvixmount(command, UNKNOWN, "--store", store)
+    assert result.returncode == 1
+    assert "is not in the store" in one_error_line(result)
+    assert result.stdout == b""
+
+
+@pytest.mark.parametrize("command", ["nar", "path-info"])
+def test_same_digest_with_another_name_is_unknown(tree: Path, store: str, command: str) -> None:
+    [path] = imported(store, tree)
+    result = tvixmount(command, path + "-other", "--store", store)
+    assert result.returncode == 1
+    assert "is not in the store" in one_error_line(result)
+
+
+@pytest.mark.parametrize("command", ["nar", "path-info"])
+def test_invalid_store_path_is_one_line_and_exit_1(store: str, command: str) -> None:
+    result = tvixmount(command, "not-a-store-path", "--store", store)
+    assert result.returncode == 1
+    assert "invalid store path" in one_error_line(result)
+
+
+def test_reading_a_missing_store_is_one_line_and_exit_1(store: str) -> None:
+    result = tvixmount("path-info", UNKNOWN, "--store", store)
+    assert result.returncode == 1
+    assert "no tvixmount store" in one_error_line(result)
+    assert not Path(store).exists()
+
+
+def test_import_of_a_missing_path_fails_before_importing_anything(
+    tree: Path, store: str, tmp_path: Path
+) -> None:
+    result = tvixmount("import", str(tree), str(tmp_path / "absent"), "--store", store)
+    assert result.returncode == 1
+    assert "absent: no such file or directory" in one_error_line(result)
+    assert result.stdout == b""
+
+
+def test_import_of_a_socket_is_one_line_and_records_nothing(tree: Path, store: str) -> None:
+    imported(store, tree / "hello.txt")  # creates the store; the blob stays, the rest must not
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(tree / "nested" / "sock"))
+        result = tvixmount("import", str(tree), "--store", store)
+    assert result.returncode == 1
+    assert "nested/sock: cannot import a socket" in one_error_line(result)
+    [hello] = imported(store, tree / "hello.txt")
+    listing = tvixmount("path-info", hello, "--store", store)
+    assert listing.stdout.decode().split() == [hello]
+
+
+def test_import_of_a_fifo_records_no_directory_and_no_path_info(tree: Path, store: str) -> None:
+    os.mkfifo(tree / "nested" / "deeper" / "fifo")
+    tvixmount("import", str(tree / "empty-file"), "--store", store)  # just creates the store
+    result = tvixmount("import", str(tree), "--store", store)
+    assert result.returncode == 1
+    assert "cannot import a FIFO" in one_error_line(result)
+    db = Path(store) / "store.sqlite"
+    counts = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+            "print(*(c.execute(f'select count(*) from {t}').fetchone()[0] "
+            "for t in ('pathinfos', 'directories')))",
+            str(db),
+        ],
+        capture_output=True,
+        check=True,
+        text=True,
+    ).stdout.split()
+    assert counts == ["1", "0"]  # only empty-file's path info, no directory at all
+
+
+def test_no_progress_bar_when_stderr_is_not_a_terminal(tree: Path, store: str) -> None:
+    result = tvixmount("import", str(tree), "--store", store)
+    assert result.stderr == b""
