@@ -237,3 +237,22 @@ def test_two_writer_processes_both_land(tmp_path: Path) -> None:
     _wait_all(writers)
     check = _spawn(_READER, root, 300)
     assert _wait_all([check]) == ["300\n"]
+
+
+async def test_putting_a_blob_again_heals_a_corrupted_copy(tmp_path: Path) -> None:
+    blobs = _open(tmp_path / "s", create=True)
+    writer = await blobs.open_write()
+    await writer.write(b"precious bytes")
+    digest = await writer.finish()
+    path = blobs.path_of(digest)
+    path.chmod(0o644)
+    path.write_bytes(b"rotten bytes!!")
+    writer = await blobs.open_write()
+    await writer.write(b"precious bytes")
+    await writer.finish()
+    reader = await blobs.open_read(digest)
+    assert reader is not None
+    try:
+        assert await reader.pread(0, 100) == b"precious bytes"
+    finally:
+        await reader.aclose()

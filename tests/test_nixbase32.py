@@ -70,17 +70,9 @@ def test_decode_inverts_encode(data: bytes) -> None:
     assert nixbase32.decode(encoded) == data
 
 
-@given(st.text(max_size=80))
+# Plain random text almost never decodes; text over the alphabet often does.
+@given(st.text(max_size=80) | st.text(alphabet=nixbase32.ALPHABET, max_size=80))
 def test_decode_of_random_text_gives_bytes_or_nixbase32_error(text: str) -> None:
-    try:
-        data = nixbase32.decode(text)
-    except Nixbase32Error:
-        return
-    assert nixbase32.encode(data) == text
-
-
-@given(st.text(alphabet=nixbase32.ALPHABET, max_size=80))
-def test_decode_of_alphabet_text_gives_bytes_or_nixbase32_error(text: str) -> None:
     try:
         data = nixbase32.decode(text)
     except Nixbase32Error:

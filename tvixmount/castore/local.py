@@ -65,12 +65,11 @@ class LocalBlobWriter:
             self._tmp.flush()
             os.fsync(self._tmp.fileno())
             self._tmp.close()
-            if final.exists():
-                os.unlink(self._tmp.name)
-            else:
-                final.parent.mkdir(exist_ok=True)
-                os.chmod(self._tmp.name, 0o444)
-                os.replace(self._tmp.name, final)
+            # Replace even an existing blob file: the new bytes are verified by
+            # construction, so putting a blob again heals a corrupted copy.
+            final.parent.mkdir(exist_ok=True)
+            os.chmod(self._tmp.name, 0o444)
+            os.replace(self._tmp.name, final)
         except OSError as exc:
             await self.abort()
             raise StoreError(f"cannot store blob {digest}: {exc}") from exc
