@@ -17,14 +17,16 @@ import socket
 import subprocess
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from tvixmount.nar.narinfo import Narinfo
+from tvixmount.nar.writer import calculate_nar
 from tvixmount.storepath import StorePath
+from tvixmount.stores import Store, StoreOptions, open_store
 
 HAVE_NIX = shutil.which("nix-store") is not None and shutil.which("nix") is not None
 requires_nix = pytest.mark.skipif(not HAVE_NIX, reason="nix-bin (nix-store, nix) is not installed")
@@ -240,3 +242,38 @@ def hanging_server() -> Iterator[str]:
 def nix_hash(path: Path | str) -> str:
     """``nix-hash --type sha256 --base32`` of a tree (the NAR hash, nixbase32)."""
     return _run("nix-hash", "--type", "sha256", "--base32", str(path))
+
+
+# -- opening a cache through the store layer ------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def opened(url: str, cache_dir: Path, keys: Sequence[str] = ()) -> AsyncIterator[Store]:
+    """``open_store`` on a binary cache URL with a local cache in ``cache_dir``."""
+    store = open_store(url, StoreOptions(cache_dir=cache_dir, trusted_public_keys=tuple(keys)))
+    try:
+        yield store
+    finally:
+        await store.aclose()
+
+
+def digest_of(store_path: str) -> bytes:
+    return StorePath.parse(store_path).digest
+
+
+async def cached_paths(store: Store) -> list[str]:
+    """What the local cache has recorded (``list`` never touches the network)."""
+    return [str(info.store_path) async for info in store.pathinfos.list()]
+
+
+async def assert_served_as_nix_wrote(store: Store, cache: NixCache, store_path: str) -> None:
+    """The path is served and its castore content is the NAR Nix described."""
+    info = await store.pathinfos.get(digest_of(store_path))
+    assert info is not None, f"{store_path} not served"
+    narinfo = cache.narinfos[store_path]
+    assert info.store_path == narinfo.store_path
+    nar_size, nar_sha256 = await calculate_nar(info.node, store.blobs, store.directories)
+    assert (nar_size, nar_sha256) == (narinfo.nar_size, narinfo.nar_hash)
+    assert info.narinfo.reference_names == tuple(str(r) for r in narinfo.references)
+    assert info.narinfo.signatures == narinfo.signatures
+    assert info.narinfo.ca == narinfo.ca

@@ -488,7 +488,7 @@ class BinaryCachePathInfoService:
             flight.finished = True
             return flight.result
         except StoreError as exc:
-            log.error("%s", exc)
+            log.error("%s: lookup of %s failed: %s", self.cache.base, nixbase32.encode(digest), exc)
             flight.error = exc
             raise
         finally:
