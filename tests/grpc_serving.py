@@ -110,6 +110,7 @@ class FakeBackend:
     directories: dict[bytes, list[castore_pb2.Directory]] = field(default_factory=dict)
     pathinfos: dict[bytes, PathInfoMsg] = field(default_factory=dict)
     read_calls: list[bytes] = field(default_factory=list)
+    pathinfo_delay: float = 0.0  # seconds each PathInfo Get stalls before answering
 
 
 class _Blobs(blob_grpc.BlobServiceServicer):  # type: ignore[misc]
@@ -151,6 +152,7 @@ class _PathInfos(pi_grpc.PathInfoServiceServicer):  # type: ignore[misc]
         self.backend = backend
 
     def Get(self, request: Any, context: Any) -> Any:
+        time.sleep(self.backend.pathinfo_delay)
         info = self.backend.pathinfos.get(request.by_output_hash)
         if info is None:
             context.abort(grpc.StatusCode.NOT_FOUND, "no such path")

@@ -86,23 +86,23 @@ def parse_grpc_url(url: str) -> tuple[str, CallPolicy]:
 
 def _parse_policy(url: str, query: str) -> CallPolicy:
     policy = CallPolicy()
-    for key, values in parse_qs(query, keep_blank_values=True, strict_parsing=False).items():
+    for key, values in parse_qs(query, keep_blank_values=True).items():
+        if key not in ("timeout", "retries"):
+            raise StoreURLError(
+                f"unknown parameter {key!r} in gRPC store URL {url!r} (known: timeout, retries)"
+            )
         value = values[-1]
         try:
             if key == "timeout":
                 seconds = float(value)
-                if seconds <= 0:
+                if not seconds > 0:
                     raise ValueError(value)
                 policy = replace(policy, timeout=seconds)
-            elif key == "retries":
+            else:
                 count = int(value)
                 if count < 0:
                     raise ValueError(value)
                 policy = replace(policy, retries=count)
-            else:
-                raise StoreURLError(
-                    f"unknown parameter {key!r} in gRPC store URL {url!r} (known: timeout, retries)"
-                )
         except ValueError:
             raise StoreURLError(f"invalid {key}={value!r} in gRPC store URL {url!r}") from None
     return policy
