@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import random
+import shutil
+import subprocess
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -78,3 +82,38 @@ def test_decode_of_random_text_gives_bytes_or_nixbase32_error(text: str) -> None
     except Nixbase32Error:
         return
     assert nixbase32.encode(data) == text
+
+
+requires_nix_hash = pytest.mark.skipif(
+    shutil.which("nix-hash") is None, reason="nix-hash (Debian package nix-bin) not installed"
+)
+
+NIX_HASH_SIZES = {"md5": 16, "sha1": 20, "sha256": 32, "sha512": 64}
+
+
+def _nix_hash(direction: str, algorithm: str, values: list[str]) -> list[str]:
+    out = subprocess.run(
+        ["nix-hash", "--type", algorithm, direction, *values],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return out.split()
+
+
+@requires_nix_hash
+@pytest.mark.parametrize("algorithm", sorted(NIX_HASH_SIZES))
+def test_encode_agrees_with_nix_hash(algorithm: str) -> None:
+    rng = random.Random(algorithm)
+    digests = [rng.randbytes(NIX_HASH_SIZES[algorithm]) for _ in range(64)]
+    expected = _nix_hash("--to-base32", algorithm, [d.hex() for d in digests])
+    assert [nixbase32.encode(d) for d in digests] == expected
+
+
+@requires_nix_hash
+@pytest.mark.parametrize("algorithm", sorted(NIX_HASH_SIZES))
+def test_decode_agrees_with_nix_hash(algorithm: str) -> None:
+    rng = random.Random(algorithm + "-decode")
+    texts = [nixbase32.encode(rng.randbytes(NIX_HASH_SIZES[algorithm])) for _ in range(64)]
+    expected = _nix_hash("--to-base16", algorithm, texts)
+    assert [nixbase32.decode(t).hex() for t in texts] == expected

@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -239,7 +240,7 @@ def test_from_basename_of_random_bytes_gives_store_path_or_store_path_error(data
 
 
 def _build_tree(root: Path) -> None:
-    (root / "nested" / "deeper").mkdir(parents=True)
+    (root / "nested" / "deeper").mkdir(parents=True)  # creates root too
     (root / "empty-dir").mkdir()
     (root / "empty-file").write_bytes(b"")
     (root / "nested" / "deeper" / "data.txt").write_bytes(b"hello\n" * 100)
@@ -250,14 +251,31 @@ def _build_tree(root: Path) -> None:
     os.symlink("/etc/hostname", root / "absolute-link")
 
 
+def _regular_file(path: Path) -> None:
+    path.write_bytes(bytes(range(256)) * 64)
+
+
+def _executable(path: Path) -> None:
+    path.write_text("#!/bin/sh\nexit 0\n")
+    path.chmod(0o755)
+
+
 @requires_nix
-def test_from_nar_hash_equals_nix_store_add(tmp_path: Path) -> None:
-    tree = tmp_path / "oracle-tree"
-    tree.mkdir()
-    _build_tree(tree)
+@pytest.mark.parametrize(
+    ("name", "build"),
+    [("oracle-tree", _build_tree), ("data.bin", _regular_file), ("tool", _executable)],
+    ids=["directory", "file", "executable"],
+)
+def test_from_nar_hash_equals_nix_store_add(
+    tmp_path: Path, name: str, build: Callable[[Path], None]
+) -> None:
+    target = tmp_path / name
+    build(target)
     added = subprocess.run(
-        ["nix-store", "--add", str(tree)], check=True, capture_output=True, text=True
+        ["nix-store", "--add", str(target)], check=True, capture_output=True, text=True
     ).stdout.strip()
-    nar = subprocess.run(["nix-store", "--dump", str(tree)], check=True, capture_output=True).stdout
-    computed = from_nar_hash(hashlib.sha256(nar).digest(), tree.name)
+    nar = subprocess.run(
+        ["nix-store", "--dump", str(target)], check=True, capture_output=True
+    ).stdout
+    computed = from_nar_hash(hashlib.sha256(nar).digest(), name)
     assert computed.absolute == added
