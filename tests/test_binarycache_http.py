@@ -1,0 +1,182 @@
+"""The binary-cache PathInfoService over loopback HTTP (python's http.server)."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import socket
+from pathlib import Path
+
+import pytest
+import trio
+
+from tests.nixcache import (
+    NixCache,
+    assert_served_as_nix_wrote,
+    build_cache,
+    cached_paths,
+    digest_of,
+    generate_key,
+    opened,
+    requires_nix,
+    serve_directory,
+)
+from tvixmount.errors import IntegrityError, StoreError
+from tvixmount.pathinfo.binarycache import BEARER_TOKEN_ENV
+
+pytestmark = requires_nix
+
+ABSENT = "00000000000000000000000000000000-absent"
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> NixCache:
+    workdir = tmp_path_factory.mktemp("http")
+    key = generate_key(workdir, "http-test-1")
+    return build_cache(workdir, "xz", key=key, trees=2)
+
+
+def narinfo_name(store_path: str) -> str:
+    return f"{store_path.removeprefix('/nix/store/')[:32]}.narinfo"
+
+
+async def test_every_path_is_served_over_http(cache: NixCache, tmp_path: Path):
+    assert cache.key is not None
+    with serve_directory(cache.dir) as served:
+        async with opened(served.url, tmp_path / "local", [cache.key.public]) as store:
+            for path in cache.paths:
+                await assert_served_as_nix_wrote(store, cache, path)
+
+
+async def test_404_means_absent(cache: NixCache, tmp_path: Path):
+    with serve_directory(cache.dir) as served:
+        async with opened(served.url, tmp_path / "local") as store:
+            assert await store.pathinfos.get(digest_of(ABSENT)) is None
+        assert served.requests[narinfo_name(ABSENT)] == 1
+
+
+async def test_concurrent_gets_of_one_path_fetch_once(cache: NixCache, tmp_path: Path):
+    path = cache.paths[0]
+    results = []
+    with serve_directory(cache.dir) as served:
+        async with opened(served.url, tmp_path / "local") as store:
+
+            async def get() -> None:
+                results.append(await store.pathinfos.get(digest_of(path)))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(get)
+                nursery.start_soon(get)
+        assert served.requests[narinfo_name(path)] == 1
+        assert served.requests[cache.narinfos[path].url] == 1
+    assert len(results) == 2 and results[0] == results[1] is not None
+
+
+async def test_concurrent_gets_share_one_failure(
+    cache: NixCache, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    path = cache.paths[0]
+    other = generate_key(tmp_path, "other-1")
+    errors: list[Exception] = []
+    with serve_directory(cache.dir) as served:
+        async with opened(served.url, tmp_path / "local", [other.public]) as store:
+
+            async def get() -> None:
+                try:
+                    await store.pathinfos.get(digest_of(path))
+                except IntegrityError as exc:
+                    errors.append(exc)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(get)
+                nursery.start_soon(get)
+        assert served.requests[narinfo_name(path)] == 1
+    assert len(errors) == 2
+
+
+async def test_server_errors_are_retried(cache: NixCache, tmp_path: Path):
+    path = cache.paths[0]
+    with serve_directory(cache.dir) as served:
+        served.fail_next[cache.narinfos[path].url] = 2
+        async with opened(f"{served.url}?retries=3", tmp_path / "local") as store:
+            await assert_served_as_nix_wrote(store, cache, path)
+        assert served.requests[cache.narinfos[path].url] == 3
+
+
+async def test_persistent_server_errors_give_up_after_the_retries(
+    cache: NixCache, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    path = cache.paths[0]
+    with serve_directory(cache.dir) as served:
+        served.fail_next[narinfo_name(path)] = 100
+        async with opened(f"{served.url}?retries=1", tmp_path / "local") as store:
+            with caplog.at_level(logging.ERROR), pytest.raises(StoreError, match="503"):
+                await store.pathinfos.get(digest_of(path))
+            assert await cached_paths(store) == []
+            await assert_served_as_nix_wrote(store, cache, cache.paths[1])
+        assert served.requests[narinfo_name(path)] == 2
+    assert "gave up after 2 attempts" in caplog.text
+
+
+async def test_refused_connection_is_an_error(tmp_path: Path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again: nothing listens there
+    url = f"http://127.0.0.1:{port}?retries=0"
+    async with opened(url, tmp_path / "local") as store:
+        with pytest.raises(StoreError, match="cannot connect"):
+            await store.pathinfos.get(digest_of(ABSENT))
+
+
+async def test_bearer_token_from_url_parameter_is_sent(cache: NixCache, tmp_path: Path):
+    with serve_directory(cache.dir) as served:
+        async with opened(f"{served.url}?bearer-token=s3cret", tmp_path / "local") as store:
+            await store.pathinfos.get(digest_of(ABSENT))
+    assert served.headers[-1]["Authorization"] == "Bearer s3cret"
+
+
+async def test_bearer_token_from_environment_is_sent(
+    cache: NixCache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv(BEARER_TOKEN_ENV, "from-env")
+    with serve_directory(cache.dir) as served:
+        async with opened(served.url, tmp_path / "local") as store:
+            await store.pathinfos.get(digest_of(ABSENT))
+    assert served.headers[-1]["Authorization"] == "Bearer from-env"
+
+
+async def test_netrc_credentials_are_sent(
+    cache: NixCache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login alice password wonderland\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    monkeypatch.delenv(BEARER_TOKEN_ENV, raising=False)
+    with serve_directory(cache.dir) as served:
+        async with opened(served.url, tmp_path / "local") as store:
+            await store.pathinfos.get(digest_of(ABSENT))
+    expected = "Basic " + base64.b64encode(b"alice:wonderland").decode()
+    assert served.headers[-1]["Authorization"] == expected
+
+
+async def test_no_credentials_are_sent_unless_configured(
+    cache: NixCache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("NETRC", str(tmp_path / "absent"))
+    monkeypatch.delenv(BEARER_TOKEN_ENV, raising=False)
+    with serve_directory(cache.dir) as served:
+        async with opened(served.url, tmp_path / "local") as store:
+            await store.pathinfos.get(digest_of(ABSENT))
+    assert "Authorization" not in served.headers[-1]
+
+
+async def test_cached_path_is_served_without_any_request(cache: NixCache, tmp_path: Path):
+    path = cache.paths[0]
+    with serve_directory(cache.dir) as served:
+        async with opened(served.url, tmp_path / "local") as store:
+            await store.pathinfos.get(digest_of(path))
+        before = sum(served.requests.values())
+        async with opened(served.url, tmp_path / "local") as store:
+            await assert_served_as_nix_wrote(store, cache, path)
+        assert sum(served.requests.values()) == before
