@@ -129,6 +129,12 @@ def test_bad_node_name_error_names_the_entry() -> None:
         Directory.from_nodes([_file(b"bad/name")]).validate()
 
 
+def test_bad_entry_error_names_its_list_and_position() -> None:
+    directory = Directory.from_nodes([_file(b"a"), _file(b"b"), _file(b"")])
+    with pytest.raises(ValidationError, match=r"^files\[0\]: invalid node name: empty"):
+        directory.validate()
+
+
 def test_node_name_of_255_bytes_is_accepted() -> None:
     Directory.from_nodes([_file(b"x" * 255)]).validate()
 

@@ -53,8 +53,12 @@ class Directory:
         )
         for label, nodes in lists:
             previous: bytes | None = None
-            for node in nodes:
-                node.validate()
+            for index, node in enumerate(nodes):
+                try:
+                    node.validate()
+                except ValidationError as exc:
+                    # An empty name cannot name its entry; the position can.
+                    raise ValidationError(f"{label}[{index}]: {exc}") from None
                 if previous is not None and node.name <= previous:
                     raise ValidationError(
                         f"{label} not sorted: {node.name!r} after {previous!r}"
