@@ -30,6 +30,7 @@ from .._proto import rpc_blobstore_pb2_grpc as pb_grpc
 from ..errors import DigestError, IntegrityError, NotFoundError, StoreError, ValidationError
 from ..grpc_transport import GrpcTransport
 from .digest import B3Digest
+from .memory import MemoryBlobReader
 
 log = logging.getLogger(__name__)
 
@@ -96,23 +97,6 @@ def _fetch_verified(
             f"blob {digest}: {received} bytes received, but the chunk list says {expected_size}"
         )
     return b"".join(parts)
-
-
-class GrpcBlobReader:
-    """A blob fetched whole and verified (the server reported no chunks)."""
-
-    def __init__(self, data: bytes) -> None:
-        self._view = memoryview(data)
-
-    @property
-    def size(self) -> int:
-        return len(self._view)
-
-    async def pread(self, offset: int, length: int) -> memoryview:
-        return self._view[offset : offset + length]
-
-    async def aclose(self) -> None:
-        self._view.release()
 
 
 class GrpcChunkedBlobReader:
@@ -231,14 +215,15 @@ class GrpcBlobService:
             chunks.append((chunk_digest, meta.size))
         return chunks
 
-    async def open_read(self, digest: B3Digest) -> GrpcBlobReader | GrpcChunkedBlobReader | None:
+    async def open_read(self, digest: B3Digest) -> MemoryBlobReader | GrpcChunkedBlobReader | None:
         chunks = await self.chunks(digest)
         if chunks is None:
             return None
         if chunks:
             return GrpcChunkedBlobReader(self, digest, chunks)
         try:
-            return GrpcBlobReader(await self.fetch_verified(digest, None))
+            # Unchunked: the whole blob, verified, served from memory.
+            return MemoryBlobReader(await self.fetch_verified(digest, None))
         except NotFoundError:
             return None  # removed between Stat and Read
 
