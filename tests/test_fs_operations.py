@@ -59,20 +59,10 @@ async def _errno_of(call: Any) -> int:
     return excinfo.value.errno
 
 
-async def test_pathinfo_service_error_is_eio() -> None:
+@pytest.mark.parametrize("error", [StoreError("backend down"), RuntimeError("a bug")])
+async def test_pathinfo_service_error_is_eio(error: Exception) -> None:
     fs = TvixmountFS(
-        PathInfoRootNodes(FailingPathInfos(StoreError("backend down"))),
-        MemoryBlobService(),
-        MemoryDirectoryService(),
-    )
-    assert await _errno_of(fs.lookup(ROOT_INODE, fx.ROOT_BLOB_A, CTX)) == errno.EIO
-
-
-async def test_unexpected_backend_exception_is_eio() -> None:
-    fs = TvixmountFS(
-        PathInfoRootNodes(FailingPathInfos(RuntimeError("bug"))),
-        MemoryBlobService(),
-        MemoryDirectoryService(),
+        PathInfoRootNodes(FailingPathInfos(error)), MemoryBlobService(), MemoryDirectoryService()
     )
     assert await _errno_of(fs.lookup(ROOT_INODE, fx.ROOT_BLOB_A, CTX)) == errno.EIO
 

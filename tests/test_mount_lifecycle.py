@@ -98,6 +98,30 @@ def test_umount_of_an_unmounted_directory_fails_in_one_line(tmp_path: Path) -> N
     assert "not mounted" in line
 
 
+def _mount_entry(mountpoint: Path) -> tuple[str, str, list[str]]:
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        source, point, fstype, options, *_ = line.split(" ")
+        if point == str(mountpoint):
+            return source, fstype, options.split(",")
+    raise AssertionError(f"{mountpoint} is not mounted")
+
+
+def test_mount_is_read_only_and_named_tvixmount(store: str, tmp_path: Path) -> None:
+    with mounted(store, tmp_path / "mnt") as mnt:
+        source, fstype, options = _mount_entry(mnt.path)
+    assert source == "tvixmount"
+    assert fstype == "fuse.tvixmount"
+    assert "ro" in options
+    assert "default_permissions" in options
+    assert "allow_other" not in options
+
+
+def test_allow_other_is_passed_to_the_mount(store: str, tmp_path: Path) -> None:
+    with mounted(store, tmp_path / "mnt", "--allow-other") as mnt:
+        _, _, options = _mount_entry(mnt.path)
+    assert "allow_other" in options
+
+
 # -- foreground mode: exit codes ----------------------------------------------
 
 

@@ -251,7 +251,11 @@ async def _serve(store: Store, mountpoint: str) -> None:
 def mount_foreground(mountpoint: str, open_store: StoreOpener, options: MountOptions) -> None:
     """Mount and serve in this process until unmounted or signalled."""
     store = open_store()
-    _mount(store, mountpoint, options)
+    try:
+        _mount(store, mountpoint, options)
+    except BaseException:
+        trio.run(store.aclose)
+        raise
     log.info("serving %s", mountpoint)
     trio.run(_serve, store, mountpoint)
 

@@ -13,12 +13,13 @@ import errno
 import functools
 import logging
 import os
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Concatenate, NoReturn, ParamSpec, TypeVar
 
 import pyfuse3
 
 from ..castore.blobservice import BlobService
+from ..castore.digest import B3Digest
 from ..castore.directoryservice import DirectoryService
 from ..castore.nodes import Node
 from ..errors import NotFoundError, TvixmountError
@@ -39,6 +40,17 @@ _T = TypeVar("_T")
 def _eio(message: str, *args: object) -> pyfuse3.FUSEError:
     log.error(message, *args)
     return pyfuse3.FUSEError(errno.EIO)
+
+
+async def _fetch(kind: str, digest: B3Digest, request: Awaitable[_T | None]) -> _T:
+    """Content the tree refers to: absent or unreadable means EIO, logged with its digest."""
+    try:
+        found = await request
+    except TvixmountError as exc:
+        raise _eio("cannot fetch %s %s: %s", kind, digest, exc) from None
+    if found is None:
+        raise _eio("%s %s is missing from the %s service", kind, digest, kind)
+    return found
 
 
 def _fuse_errors(
@@ -127,13 +139,7 @@ class TvixmountFS(pyfuse3.Operations):
     async def _populate(self, data: DirectoryInode) -> DirectoryInode:
         if data.populated:
             return data
-        try:
-            directory = await self._directories.get(data.digest)
-        except TvixmountError as exc:
-            raise _eio("cannot fetch directory %s: %s", data.digest, exc) from None
-        if directory is None:
-            raise _eio("directory %s is missing from the directory service", data.digest)
-        data.populate(directory)
+        data.populate(await _fetch("directory", data.digest, self._directories.get(data.digest)))
         return data
 
     async def _child(self, parent: int, name: bytes) -> Node | None:
@@ -225,12 +231,7 @@ class TvixmountFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ELOOP)
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_CREAT):
             _read_only()
-        try:
-            reader = await self._blobs.open_read(data.digest)
-        except TvixmountError as exc:
-            raise _eio("cannot open blob %s: %s", data.digest, exc) from None
-        if reader is None:
-            raise _eio("blob %s is missing from the blob service", data.digest)
+        reader = await _fetch("blob", data.digest, self._blobs.open_read(data.digest))
         fh = self._files.add(FileHandle(data.digest, reader))
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
