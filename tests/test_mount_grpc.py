@@ -1,0 +1,79 @@
+"""Mounting from a gRPC store (``tvixmount serve`` over a unix socket)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures import castore as fx
+from tests.mounting import Mount, make_fixture_store, mounted, requires_fuse, tvixmount_command
+
+pytestmark = requires_fuse
+
+
+@pytest.fixture(scope="module")
+def grpc_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    base = tmp_path_factory.mktemp("grpc")
+    store = make_fixture_store(base / "store")
+    socket = base / "tvix.sock"
+    server = subprocess.Popen(
+        tvixmount_command("serve", "--listen", f"unix://{socket}", "--store", store),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not socket.exists() and server.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert socket.exists(), "tvixmount serve did not start"
+        yield f"grpc+unix://{socket}"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def mnt(grpc_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mount]:
+    with mounted(grpc_url, tmp_path_factory.mktemp("grpc-mnt") / "mnt") as mount:
+        yield mount
+
+
+def test_read_large_file_over_grpc(mnt: Mount) -> None:
+    assert (mnt / fx.ROOT_BLOB_B).read_bytes() == fx.BLOB_B
+
+
+def test_read_at_an_odd_offset_over_grpc(mnt: Mount) -> None:
+    fd = os.open(mnt / fx.ROOT_BLOB_B, os.O_RDONLY)
+    try:
+        assert os.pread(fd, 7777, 333_333) == fx.BLOB_B[333_333 : 333_333 + 7777]
+    finally:
+        os.close(fd)
+
+
+def test_readdir_over_grpc(mnt: Mount) -> None:
+    assert os.listdir(mnt / fx.ROOT_DIRECTORY_COMPLICATED) == [".keep", "aa", "keep"]
+
+
+def test_unknown_name_over_grpc_is_enoent(mnt: Mount) -> None:
+    with pytest.raises(FileNotFoundError):
+        os.stat(mnt / ("z" * 32 + "-test"))
+
+
+def test_symlink_over_grpc(mnt: Mount) -> None:
+    assert os.readlink(mnt / fx.ROOT_SYMLINK_TO_A) == os.fsdecode(fx.ROOT_BLOB_A)
+
+
+def test_server_gone_gives_eio_not_a_hang(grpc_url: str, tmp_path: Path) -> None:
+    socket = Path(grpc_url.removeprefix("grpc+unix://"))
+    with mounted(f"grpc+unix://{socket}.absent", tmp_path / "mnt") as mount:
+        started = time.monotonic()
+        with pytest.raises(OSError) as excinfo:
+            os.stat(mount / fx.ROOT_BLOB_A)
+        assert excinfo.value.errno == errno.EIO
+        assert time.monotonic() - started < 60
