@@ -6,6 +6,7 @@ fresh kernel cache mount their own.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import stat
@@ -275,6 +276,14 @@ def test_blob_xattr_on_directory_is_enodata(mnt: Mount) -> None:
     with pytest.raises(OSError) as excinfo:
         os.getxattr(mnt / fx.ROOT_DIRECTORY_COMPLICATED, BLOB_DIGEST_XATTR)
     assert _errno_of(excinfo) == errno.ENODATA
+
+
+def test_xattr_with_too_small_a_buffer_is_erange(mnt: Mount) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(4)
+    path = os.fsencode(mnt / fx.ROOT_BLOB_A)
+    assert libc.getxattr(path, BLOB_DIGEST_XATTR.encode(), buf, ctypes.c_size_t(4)) == -1
+    assert ctypes.get_errno() == errno.ERANGE
 
 
 def test_xattrs_disabled_is_eopnotsupp(store: str, tmp_path: Path) -> None:
