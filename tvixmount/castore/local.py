@@ -60,20 +60,24 @@ class LocalBlobWriter:
 
     async def finish(self) -> B3Digest:
         digest = B3Digest(self._hasher.digest())
-        final = self._service.path_of(digest)
         try:
-            self._tmp.flush()
-            os.fsync(self._tmp.fileno())
-            self._tmp.close()
-            # Replace even an existing blob file: the new bytes are verified by
-            # construction, so putting a blob again heals a corrupted copy.
-            final.parent.mkdir(exist_ok=True)
-            os.chmod(self._tmp.name, 0o444)
-            os.replace(self._tmp.name, final)
+            # fsync blocks on the disk: in a worker thread, concurrent finishes
+            # (an import of many small files) overlap and share journal commits.
+            await trio.to_thread.run_sync(self._commit, self._service.path_of(digest))
         except OSError as exc:
             await self.abort()
             raise StoreError(f"cannot store blob {digest}: {exc}") from exc
         return digest
+
+    def _commit(self, final: Path) -> None:
+        self._tmp.flush()
+        os.fsync(self._tmp.fileno())
+        self._tmp.close()
+        # Replace even an existing blob file: the new bytes are verified by
+        # construction, so putting a blob again heals a corrupted copy.
+        final.parent.mkdir(exist_ok=True)
+        os.chmod(self._tmp.name, 0o444)
+        os.replace(self._tmp.name, final)
 
     async def abort(self) -> None:
         self._tmp.close()
