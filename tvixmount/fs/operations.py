@@ -5,6 +5,10 @@ Directory or blob, a blob failing verification, and any backend error -> EIO
 (with a log line naming the digest); listing the root without ``list_root``
 -> EPERM; xattrs disabled -> ENOSYS (the kernel then says EOPNOTSUPP); any
 write -> EROFS.
+
+Handlers simply await the services: a service whose calls may block on the
+network runs them in worker threads itself (the gRPC transport does), while
+local stores answer inline, so one slow fetch never stalls other requests.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ async def _fetch(kind: str, digest: B3Digest, request: Awaitable[_T | None]) -> 
     """Content the tree refers to: absent or unreadable means EIO, logged with its digest."""
     try:
         found = await request
-    except TvixmountError as exc:
+    except Exception as exc:  # any backend failure, expected or not; Cancelled passes
         raise _eio("cannot fetch %s %s: %s", kind, digest, exc) from None
     if found is None:
         raise _eio("%s %s is missing from the %s service", kind, digest, kind)
@@ -243,7 +247,7 @@ class TvixmountFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EBADF)
         try:
             return await handle.read(off, size)
-        except TvixmountError as exc:
+        except Exception as exc:
             raise _eio("cannot read blob %s at %d: %s", handle.digest, off, exc) from None
 
     @_fuse_errors
