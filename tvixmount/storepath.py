@@ -20,6 +20,7 @@ DIGEST_LEN = 20
 ENCODED_DIGEST_LEN = nixbase32.encoded_len(DIGEST_LEN)  # 32
 MAX_NAME_LEN = 211
 _NAME_CHAR = re.compile(r"[A-Za-z0-9+\-_?=.]")
+_NAME = re.compile(r"[A-Za-z0-9+\-_?=.]+")
 
 
 def _validate_name(name: str) -> None:
@@ -29,6 +30,8 @@ def _validate_name(name: str) -> None:
         raise StorePathError(
             f"invalid store path name: {len(name)} bytes long, at most {MAX_NAME_LEN} allowed"
         )
+    if _NAME.fullmatch(name):
+        return
     for pos, char in enumerate(name):
         if not _NAME_CHAR.fullmatch(char):
             raise StorePathError(
