@@ -70,7 +70,7 @@ async def test_store_listing_has_every_store_path_sorted_by_name(store: Store) -
 async def test_store_listing_reports_root_type_nar_size_and_digest(store: Store) -> None:
     entries = {e.name: e for e in await list_store(store)}
     complicated = entries[COMPLICATED]
-    info = await store.pathinfos.get(complicated.store_path.digest)
+    info = await store.pathinfos.get(StorePath.from_basename(complicated.name).digest)
     assert info is not None
     assert complicated.type is EntryType.DIRECTORY
     assert complicated.nar_size == info.narinfo.nar_size

@@ -26,7 +26,7 @@ from .castore.nodes import DirectoryNode, FileNode, Node, SymlinkNode
 from .errors import NotFoundError, StoreError
 from .nar import wire
 from .pathinfo.model import PathInfo
-from .storepath import StorePath
+from .storepath import STORE_DIR, StorePath
 from .stores import Store
 
 
@@ -97,9 +97,9 @@ class Listing:
 
 @dataclass(frozen=True, slots=True)
 class StoreEntry:
-    """One store path of a store-wide listing."""
+    """One store path of a store-wide listing; ``name`` is the basename."""
 
-    store_path: StorePath
+    name: str
     type: EntryType
     nar_size: int
     executable: bool = False
@@ -107,8 +107,8 @@ class StoreEntry:
     target: bytes | None = None
 
     @property
-    def name(self) -> str:
-        return str(self.store_path)
+    def absolute(self) -> str:
+        return f"{STORE_DIR}/{self.name}"
 
 
 def summarize(entries: Iterator[Entry] | list[Entry]) -> Summary:
@@ -358,15 +358,16 @@ async def list_path(
 
 def _store_entry(info: PathInfo) -> StoreEntry:
     node = info.node
-    store_path = StorePath.from_basename(node.name)
+    # The service validated the PathInfo, root name included: no second parse.
+    name = node.name.decode("ascii")
     nar_size = info.narinfo.nar_size
     if isinstance(node, DirectoryNode):
-        return StoreEntry(store_path, EntryType.DIRECTORY, nar_size, digest=node.digest)
+        return StoreEntry(name, EntryType.DIRECTORY, nar_size, digest=node.digest)
     if isinstance(node, FileNode):
         return StoreEntry(
-            store_path, EntryType.REGULAR, nar_size, executable=node.executable, digest=node.digest
+            name, EntryType.REGULAR, nar_size, executable=node.executable, digest=node.digest
         )
-    return StoreEntry(store_path, EntryType.SYMLINK, nar_size, target=node.target)
+    return StoreEntry(name, EntryType.SYMLINK, nar_size, target=node.target)
 
 
 async def list_store(store: Store) -> list[StoreEntry]:
@@ -412,7 +413,7 @@ def store_to_json(entries: list[StoreEntry]) -> list[dict[str, object]]:
     out: list[dict[str, object]] = []
     for entry in entries:
         item: dict[str, object] = {
-            "path": entry.store_path.absolute,
+            "path": entry.absolute,
             "type": entry.type.value,
             "narSize": entry.nar_size,
         }
