@@ -4,8 +4,8 @@ One :class:`GrpcTransport` per store URL owns the channel. Every call runs in
 a worker thread (``trio.to_thread.run_sync(..., abandon_on_cancel=True)``):
 grpc's synchronous API blocks, and a slow or dead server must never stall the
 trio loop that also serves FUSE requests. Transient failures (UNAVAILABLE,
-DEADLINE_EXCEEDED) are retried a bounded number of times with exponential
-backoff; the retry sleeps happen on the trio side so they stay cancellable.
+DEADLINE_EXCEEDED of a unary call) are retried a bounded number of times with
+exponential backoff; the retry sleeps happen on the trio side so they stay cancellable.
 Other statuses become the project's exceptions with the URL in the message.
 
 URL forms: ``grpc+http://HOST:PORT`` and ``grpc+unix:///PATH``, optionally
@@ -44,14 +44,12 @@ _CHANNEL_OPTIONS = (
     ("grpc.max_reconnect_backoff_ms", 1000),
 )
 
-_TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
-
 
 @dataclass(frozen=True)
 class CallPolicy:
     """Timeouts and retry budget of every call made through one transport."""
 
-    timeout: float = 30.0  # seconds, unary calls and small streams
+    timeout: float = 10.0  # seconds, unary calls and small streams
     stream_timeout: float = 600.0  # seconds, a whole blob or a recursive listing
     retries: int = 4  # further attempts after the first, transient errors only
     backoff: float = 0.1  # first retry delay; doubles per attempt
@@ -131,7 +129,11 @@ class GrpcTransport:
                 return await trio.to_thread.run_sync(fn, timeout, abandon_on_cancel=True)
             except grpc.RpcError as exc:
                 code = _code_of(exc)
-                if code in _TRANSIENT and attempt < attempts:
+                # A stream that ran out of its (long) deadline would only do so again.
+                transient = code == grpc.StatusCode.UNAVAILABLE or (
+                    code == grpc.StatusCode.DEADLINE_EXCEEDED and not stream
+                )
+                if transient and attempt < attempts:
                     log.debug("%s via %s: %s, retrying in %.1fs", what, self.url, code, delay)
                     await trio.sleep(delay)
                     delay = min(delay * 2, self.policy.max_backoff)
