@@ -160,7 +160,7 @@ def test_private_nix_store_runs_an_executable_by_absolute_store_path(
 def test_private_nix_store_shows_only_the_fixture_and_leaves_the_host_alone(
     pytester: pytest.Pytester,
 ) -> None:
-    host_before = set(os.listdir("/nix/store"))
+    host_device = os.stat("/nix/store").st_dev
     listing = pytester.path / "listing.txt"
     example(
         pytester,
@@ -174,10 +174,10 @@ def test_private_nix_store_shows_only_the_fixture_and_leaves_the_host_alone(
     run(pytester).assert_outcomes(passed=1)
     names = [StorePath.parse(basename).name for basename in listing.read_text().split()]
     assert sorted(names) == ["greeting-lib-1.0", "hello-1.0"]
-    # Other processes may add to the host's store meanwhile; nothing of ours may show up there.
-    host_after = set(os.listdir("/nix/store"))
-    assert host_before <= host_after
-    assert not host_after & set(listing.read_text().split())
+    # Other processes may change the host's store meanwhile, so compare what is
+    # ours: none of the fixture's paths, and the same filesystem under /nix/store.
+    assert not set(os.listdir("/nix/store")) & set(listing.read_text().split())
+    assert os.stat("/nix/store").st_dev == host_device
     assert not is_mounted("/nix/store")
 
 
