@@ -227,8 +227,21 @@ def _mount(store: Store, mountpoint: str, options: MountOptions) -> None:
         raise MountError(f"cannot mount at {mountpoint}: {exc}") from None
 
 
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+def _hold_stop_signals() -> None:
+    """Keep SIGINT/SIGTERM pending from mounting until the receiver is installed.
+
+    Delivered in that window, the default action would kill the process and
+    leave a stale mount behind.
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+
+
 async def _terminate_on_signal() -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(*_STOP_SIGNALS) as signals:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         async for signum in signals:
             log.info("received %s, unmounting", signal.Signals(signum).name)
             pyfuse3.terminate()
@@ -251,9 +264,11 @@ async def _serve(store: Store, mountpoint: str) -> None:
 def mount_foreground(mountpoint: str, open_store: StoreOpener, options: MountOptions) -> None:
     """Mount and serve in this process until unmounted or signalled."""
     store = open_store()
+    _hold_stop_signals()
     try:
         _mount(store, mountpoint, options)
     except BaseException:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         trio.run(store.aclose)
         raise
     log.info("serving %s", mountpoint)
@@ -276,6 +291,7 @@ def _background_child(
 ) -> int:
     os.setsid()
     _detach_stdio()
+    _hold_stop_signals()
     try:
         store = open_store()
         _mount(store, mountpoint, options)
