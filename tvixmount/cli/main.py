@@ -15,7 +15,16 @@ from collections.abc import Sequence
 from ..errors import TvixmountError
 
 # Each module defines ``register(subparsers)`` and sets ``func`` (args -> exit code).
-COMMANDS: tuple[str, ...] = ("mount", "umount", "import_", "nar", "path_info", "serve", "ls", "fixture")
+COMMANDS: tuple[str, ...] = (
+    "mount",
+    "umount",
+    "import_",
+    "nar",
+    "path_info",
+    "serve",
+    "ls",
+    "fixture",
+)
 
 EXIT_OK = 0
 EXIT_ERROR = 1
