@@ -9,6 +9,7 @@ import pytest
 
 from tests.fixtures import castore as fx
 from tvixmount.errors import SpecError
+from tvixmount.testing._toml_lines import LineIndex
 from tvixmount.testing.spec import (
     DirectoryEntry,
     FileEntry,
@@ -358,3 +359,36 @@ def test_multiline_string_content_does_not_confuse_line_numbers() -> None:
         '[[path]]\nname = "p"\ntext = """\n[[path]]\nname = "q"\n"""\nexecutable = 1\n'
     )
     assert error.line == 7
+
+
+# -- the line index behind the errors ----------------------------------------
+
+
+def test_line_index_addresses_array_of_tables_elements_by_index() -> None:
+    index = LineIndex('[[path]]\nname = "a"\n\n[[path]]\nname = "b"\n')
+    assert index.line_of(("path", 1, "name")) == 5
+
+
+def test_line_index_finds_keys_of_nested_inline_tables() -> None:
+    index = LineIndex('[[path]]\nx = 1\nfiles."a/b" = { generate = { size = 1, pattern = "z" } }\n')
+    assert index.line_of(("path", 0, "files", "a/b", "generate", "pattern")) == 3
+
+
+def test_line_index_places_subtables_in_the_last_array_element() -> None:
+    index = LineIndex('[[path]]\n[[path]]\n[path.files."bin/x"]\ntext = ""\n')
+    assert index.line_of(("path", 1, "files", "bin/x", "text")) == 4
+
+
+def test_line_index_falls_back_to_the_nearest_known_ancestor() -> None:
+    index = LineIndex('[[path]]\nname = "a"\n')
+    assert index.line_of(("path", 0, "files", "unknown")) == 1
+
+
+def test_line_index_ignores_headers_inside_multiline_strings() -> None:
+    index = LineIndex("[[path]]\ntext = '''\n[[path]]\n'''\n[[path]]\nname = \"b\"\n")
+    assert index.line_of(("path", 1, "name")) == 6
+
+
+def test_line_index_decodes_escaped_quoted_keys() -> None:
+    index = LineIndex('[t]\n"a\\"b" = 1\n')
+    assert index.line_of(("t", 'a"b')) == 2
