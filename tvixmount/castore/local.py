@@ -129,7 +129,9 @@ class LocalBlobService:
             self._verified.popitem(last=False)
 
     async def open_write(self) -> LocalBlobWriter:
-        return LocalBlobWriter(self)
+        # Creating the temp file can wait on the journal behind other blobs'
+        # fsyncs; in a thread, concurrent writers do not queue on the loop.
+        return await trio.to_thread.run_sync(LocalBlobWriter, self)
 
     async def chunks(self, digest: B3Digest) -> list[tuple[B3Digest, int]] | None:
         return [] if await self.has(digest) else None
