@@ -1,14 +1,21 @@
 """Ingest a local file tree into castore, hashing its NAR in the same pass.
 
-The walk visits entries in NAR order (each directory's entries sorted by raw
-name bytes, depth first), so the NAR serialisation of the tree can be fed to
-SHA-256 as it goes: every file is read exactly once, in big chunks, and each
-chunk goes both into the NAR hash and into the blob writer (which computes
-the BLAKE3 digest). Directories are collected in post-order, i.e. leaves
-first, and only put once the whole tree was read without error.
+Two stages run in parallel so the work spreads over two cores:
 
-File reads run inline: ingestion is a batch job of the ``import`` command,
-and a thread hop per chunk would cost more than it saves on local disks.
+- the *walker*, in a worker thread, visits entries in NAR order (each
+  directory's entries sorted by raw name bytes, depth first), reads every
+  file exactly once in big chunks and feeds the NAR serialisation of the
+  tree to SHA-256 as it goes (hashlib releases the GIL on big buffers);
+- the *storer*, on the trio loop, streams each file's chunks into a blob
+  writer (which computes the BLAKE3 digest), up to ``MAX_PENDING_BLOBS``
+  at a time, so blob stores that sync each blob to disk overlap those
+  syncs instead of queueing one after the other.
+
+The walker hands over batches of events through a small memory channel, so
+at most a few batches of file data are in memory at once. Directories are
+built once every blob digest is known and put in one batch, leaves first,
+only if the whole walk succeeded (blobs may remain after an error: they are
+content-addressed and referenced by nothing).
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,17 +31,30 @@ import trio
 
 from ..errors import IngestError
 from ..nar import wire
-from .blobservice import BlobService
+from .blobservice import BlobService, BlobWriter
+from .digest import B3Digest
 from .directory import Directory
 from .directoryservice import DirectoryService
 from .nodes import DirectoryNode, FileNode, Node, SymlinkNode
 
-# Big reads keep the per-syscall and per-hash-call overhead negligible while
-# a chunk still fits in L2 for the second hash pass (BLAKE3 in the writer).
+# Big reads keep per-syscall and per-hash-call overhead negligible.
 READ_CHUNK = 1 << 20
-# Token bytes are buffered and hashed in batches: one hashlib call per token
-# would dominate for trees of many small files.
+# A batch of walker events is handed over once it holds this much file data
+# (or this many events), amortising the thread hand-over.
+_BATCH_BYTES = 4 << 20
+_BATCH_EVENTS = 1024
+# Batches in flight between walker and storer: bounds memory to a few batches.
+_CHANNEL_SIZE = 2
+# Blobs being stored at once (each holds an open temp file, small ones
+# their bytes too).
+MAX_PENDING_BLOBS = 32
+# Files up to this size are collected in memory and stored by a task of their own.
+SMALL_FILE = 256 << 10
+# Token bytes are hashed in batches: one hashlib call per token would
+# dominate for trees of many small files.
 _TOKEN_FLUSH = 64 << 10
+
+Progress = Callable[[int], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,8 +66,31 @@ class IngestedTree:
     nar_sha256: bytes
 
 
+# Walker events. File contents follow a _File event as plain ``bytes`` chunks
+# adding up to its size.
+@dataclass(frozen=True, slots=True)
+class _Enter:
+    name: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Leave:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class _File:
+    name: bytes
+    size: int
+    executable: bool
+
+
+_Event = _Enter | _Leave | _File | SymlinkNode | bytes
+_LEAVE = _Leave()
+
+
 class _NarHash:
-    """Running SHA-256 and length of the NAR being produced by the walk."""
+    """Running SHA-256 and length of the NAR the walk describes."""
 
     def __init__(self) -> None:
         self._sha = hashlib.sha256()
@@ -91,134 +134,277 @@ def _show(path: bytes) -> str:
     return os.fsdecode(path)
 
 
+def _lstat(path: bytes) -> os.stat_result:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        raise IngestError(f"{_show(path)}: no such file or directory") from None
+    except OSError as exc:
+        raise IngestError(f"{_show(path)}: cannot stat: {exc.strerror}") from None
+
+
+def _list(path: bytes) -> list[bytes]:
+    try:
+        with os.scandir(path) as it:
+            return sorted(entry.name for entry in it)
+    except OSError as exc:
+        raise IngestError(f"{_show(path)}: cannot list directory: {exc.strerror}") from None
+
+
+def _read_file(path: bytes, size: int, nar: _NarHash) -> Iterator[bytes]:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise IngestError(f"{_show(path)}: cannot open: {exc.strerror}") from None
+    try:
+        done = 0
+        while done < size:
+            try:
+                chunk = os.read(fd, min(READ_CHUNK, size - done))
+            except OSError as exc:
+                raise IngestError(f"{_show(path)}: cannot read: {exc.strerror}") from None
+            if not chunk:
+                break
+            nar.contents(chunk)
+            done += len(chunk)
+            yield chunk
+        # The NAR header already promised ``size`` bytes: a file that changed
+        # under us would make the hash describe nothing real.
+        if done != size or os.read(fd, 1):
+            raise IngestError(f"{_show(path)}: file changed size while being read")
+    finally:
+        os.close(fd)
+
+
+def _walk(root: bytes, name: bytes, nar: _NarHash) -> Iterator[_Event]:
+    """The tree's events in NAR order, hashing its NAR along the way (blocking)."""
+    nar.tokens(wire.HEADER)
+    # An explicit stack: depth is bounded by PATH_MAX, not the recursion limit.
+    stack: list[tuple[bytes, Iterator[bytes]]] = []
+    path, entry_name = root, name
+    while True:
+        st = _lstat(path)
+        entered = False
+        if stat.S_ISDIR(st.st_mode):
+            nar.tokens(wire.DIRECTORY_PREFIX)
+            yield _Enter(entry_name)
+            stack.append((path, iter(_list(path))))
+            entered = True
+        elif stat.S_ISREG(st.st_mode):
+            executable = bool(st.st_mode & stat.S_IXUSR)
+            nar.tokens(wire.regular_header(executable, st.st_size))
+            yield _File(entry_name, st.st_size, executable)
+            yield from _read_file(path, st.st_size, nar)
+            nar.tokens(wire.regular_trailer(st.st_size))
+        elif stat.S_ISLNK(st.st_mode):
+            try:
+                target = os.readlink(path)
+            except OSError as exc:
+                raise IngestError(f"{_show(path)}: cannot read symlink: {exc.strerror}") from None
+            nar.tokens(wire.symlink(target))
+            yield SymlinkNode(entry_name, target)
+        else:
+            raise IngestError(f"{_show(path)}: cannot import {_kind(st.st_mode)}")
+        # Move on to the next entry, closing each finished entry and directory.
+        entry_open = not entered and bool(stack)
+        while stack:
+            if entry_open:
+                nar.tokens(wire.ENTRY_CLOSE)
+            parent, children = stack[-1]
+            child = next(children, None)
+            if child is not None:
+                nar.tokens(wire.entry_header(child))
+                path, entry_name = os.path.join(parent, child), child
+                break
+            stack.pop()
+            nar.tokens(wire.CLOSE)
+            yield _LEAVE
+            entry_open = bool(stack)
+        else:
+            return
+
+
 @dataclass(slots=True)
-class _Frame:
-    """A directory being walked: its sorted entries and the nodes made so far."""
-
+class _FileRecord:
     name: bytes
-    path: bytes
-    entries: list[bytes]
-    children: list[Node] = field(default_factory=list)
-    index: int = 0
+    size: int
+    executable: bool
+    digest: B3Digest | None = None
 
 
-Progress = Callable[[int], None]
+@dataclass(slots=True)
+class _DirRecord:
+    name: bytes
+    children: list[_DirRecord | _FileRecord | SymlinkNode] = field(default_factory=list)
 
 
-class _Walker:
+def _leaf(record: _FileRecord | SymlinkNode) -> Node:
+    if isinstance(record, SymlinkNode):
+        return record
+    assert record.digest is not None, "every blob finished before the tree is built"
+    return FileNode(record.name, record.digest, record.size, record.executable)
+
+
+def _build(root: _DirRecord | _FileRecord | SymlinkNode, out: dict[B3Digest, Directory]) -> Node:
+    """Nodes from records, bottom-up; Directories land in ``out`` leaves first."""
+    if not isinstance(root, _DirRecord):
+        return _leaf(root)
+    stack: list[tuple[_DirRecord, Iterator[_DirRecord | _FileRecord | SymlinkNode], list[Node]]]
+    stack = [(root, iter(root.children), [])]
+    while True:
+        record, children, nodes = stack[-1]
+        child = next(children, None)
+        if isinstance(child, _DirRecord):
+            stack.append((child, iter(child.children), []))
+        elif child is not None:
+            nodes.append(_leaf(child))
+        else:
+            stack.pop()
+            directory = Directory.from_nodes(nodes)
+            digest = directory.digest()
+            out.setdefault(digest, directory)
+            node = DirectoryNode(record.name, digest, directory.size())
+            if not stack:
+                return node
+            stack[-1][2].append(node)
+
+
+class _Storer:
+    """Consumes walker batches on the trio loop: blobs in, a record tree out.
+
+    Small files are stored whole by their own task (their bytes are already
+    in memory), so creating, writing and syncing many of them overlaps; big
+    files stream through one writer in order and only their completion runs
+    concurrently. ``MAX_PENDING_BLOBS`` bounds both, and with it memory.
+    """
+
     def __init__(self, blobs: BlobService, progress: Progress | None) -> None:
         self._blobs = blobs
         self._progress = progress
-        self.nar = _NarHash()
-        self.directories: dict[bytes, Directory] = {}
+        self._slots = trio.Semaphore(MAX_PENDING_BLOBS)
+        self.root: _DirRecord | _FileRecord | SymlinkNode | None = None
+        self._stack: list[_DirRecord] = []
+        self._file: _FileRecord | None = None
+        self._writer: BlobWriter | None = None  # a big file being streamed
+        self._parts: list[bytes] = []  # a small file being collected
+        self._remaining = 0
 
-    def _lstat(self, path: bytes) -> os.stat_result:
-        try:
-            return os.lstat(path)
-        except FileNotFoundError:
-            raise IngestError(f"{_show(path)}: no such file or directory") from None
-        except OSError as exc:
-            raise IngestError(f"{_show(path)}: cannot stat: {exc.strerror}") from None
+    def _attach(self, record: _DirRecord | _FileRecord | SymlinkNode) -> None:
+        if self._stack:
+            self._stack[-1].children.append(record)
+        else:
+            self.root = record
 
-    def _list(self, path: bytes) -> list[bytes]:
+    async def _finish(self, writer: BlobWriter, record: _FileRecord) -> None:
         try:
-            with os.scandir(path) as it:
-                return sorted(entry.name for entry in it)
-        except OSError as exc:
-            raise IngestError(f"{_show(path)}: cannot list directory: {exc.strerror}") from None
-
-    async def _file(self, path: bytes, name: bytes, st: os.stat_result) -> FileNode:
-        executable = bool(st.st_mode & stat.S_IXUSR)
-        size = st.st_size
-        self.nar.tokens(wire.regular_header(executable, size))
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except OSError as exc:
-            raise IngestError(f"{_show(path)}: cannot open: {exc.strerror}") from None
-        writer = await self._blobs.open_write()
-        try:
-            done = 0
-            while done < size:
-                try:
-                    chunk = os.read(fd, min(READ_CHUNK, size - done))
-                except OSError as exc:
-                    raise IngestError(f"{_show(path)}: cannot read: {exc.strerror}") from None
-                if not chunk:
-                    break
-                self.nar.contents(chunk)
-                await writer.write(chunk)
-                done += len(chunk)
-                if self._progress is not None:
-                    self._progress(len(chunk))
-                if len(chunk) == READ_CHUNK:
-                    await trio.lowlevel.checkpoint()
-            # The NAR header already promised ``size`` bytes: a file that
-            # changed under us would make the hash describe nothing real.
-            if done != size or os.read(fd, 1):
-                raise IngestError(f"{_show(path)}: file changed size while being read")
-        except BaseException:
-            await writer.abort()
-            raise
+            record.digest = await writer.finish()
         finally:
-            os.close(fd)
-        digest = await writer.finish()
-        self.nar.tokens(wire.regular_trailer(size))
-        return FileNode(name, digest, size, executable)
+            self._slots.release()
 
-    def _symlink(self, path: bytes, name: bytes) -> SymlinkNode:
+    async def _store_small(self, parts: list[bytes], record: _FileRecord) -> None:
         try:
-            target = os.readlink(path)
-        except OSError as exc:
-            raise IngestError(f"{_show(path)}: cannot read symlink: {exc.strerror}") from None
-        self.nar.tokens(wire.symlink(target))
-        return SymlinkNode(name, target)
+            writer = await self._blobs.open_write()
+            try:
+                for part in parts:
+                    await writer.write(part)
+            except BaseException:
+                await writer.abort()
+                raise
+            record.digest = await writer.finish()
+        finally:
+            self._slots.release()
 
-    async def _leaf(self, path: bytes, name: bytes, st: os.stat_result) -> Node:
-        if stat.S_ISREG(st.st_mode):
-            return await self._file(path, name, st)
-        if stat.S_ISLNK(st.st_mode):
-            return self._symlink(path, name)
-        raise IngestError(f"{_show(path)}: cannot import {_kind(st.st_mode)}")
+    async def _file_done(self, nursery: trio.Nursery) -> None:
+        record = self._file
+        assert record is not None
+        await self._slots.acquire()
+        if self._writer is None:
+            nursery.start_soon(self._store_small, self._parts, record)
+            self._parts = []
+        else:
+            nursery.start_soon(self._finish, self._writer, record)
+            self._writer = None
+        self._file = None
 
-    def _finish_directory(self, frame: _Frame) -> DirectoryNode:
-        self.nar.tokens(wire.CLOSE)
-        directory = Directory.from_nodes(frame.children)
-        digest = directory.digest()
-        # dict keeps first-insertion order, so leaves stay ahead of their parents.
-        self.directories.setdefault(digest, directory)
-        return DirectoryNode(frame.name, digest, directory.size())
+    async def consume(
+        self, batches: trio.MemoryReceiveChannel[list[_Event]], nursery: trio.Nursery
+    ) -> None:
+        try:
+            async with batches:
+                async for batch in batches:
+                    for event in batch:
+                        await self._event(event, nursery)
+        except BaseException:
+            if self._writer is not None:
+                await self._writer.abort()
+            raise
 
-    async def walk(self, root: bytes, name: bytes) -> Node:
-        self.nar.tokens(wire.HEADER)
-        st = self._lstat(root)
-        if not stat.S_ISDIR(st.st_mode):
-            return await self._leaf(root, name, st)
-        self.nar.tokens(wire.DIRECTORY_PREFIX)
-        # An explicit stack: directory depth is bounded by PATH_MAX, not by
-        # Python's recursion limit.
-        stack = [_Frame(name, root, self._list(root))]
-        while True:
-            frame = stack[-1]
-            if frame.index < len(frame.entries):
-                child_name = frame.entries[frame.index]
-                frame.index += 1
-                child_path = os.path.join(frame.path, child_name)
-                self.nar.tokens(wire.entry_header(child_name))
-                st = self._lstat(child_path)
-                if stat.S_ISDIR(st.st_mode):
-                    self.nar.tokens(wire.DIRECTORY_PREFIX)
-                    stack.append(_Frame(child_name, child_path, self._list(child_path)))
-                    continue
-                frame.children.append(await self._leaf(child_path, child_name, st))
-                self.nar.tokens(wire.ENTRY_CLOSE)
-                continue
-            stack.pop()
-            node = self._finish_directory(frame)
-            if not stack:
-                return node
-            stack[-1].children.append(node)
-            self.nar.tokens(wire.ENTRY_CLOSE)
-            await trio.lowlevel.checkpoint()
+    async def _event(self, event: _Event, nursery: trio.Nursery) -> None:
+        if isinstance(event, bytes):
+            if self._writer is None:
+                self._parts.append(event)
+            else:
+                await self._writer.write(event)
+            self._remaining -= len(event)
+            if self._progress is not None:
+                self._progress(len(event))
+            if not self._remaining:
+                await self._file_done(nursery)
+        elif isinstance(event, _File):
+            self._file = _FileRecord(event.name, event.size, event.executable)
+            self._attach(self._file)
+            self._remaining = event.size
+            if event.size > SMALL_FILE:
+                self._writer = await self._blobs.open_write()
+            elif not event.size:
+                await self._file_done(nursery)
+        elif isinstance(event, _Enter):
+            record = _DirRecord(event.name)
+            self._attach(record)
+            self._stack.append(record)
+        elif isinstance(event, _Leave):
+            self._stack.pop()
+        else:
+            self._attach(event)
+
+
+def _sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The only error inside ``group`` (nested groups flattened), else the group."""
+    errors: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        error = pending.pop()
+        if isinstance(error, BaseExceptionGroup):
+            pending.extend(error.exceptions)
+        else:
+            errors.append(error)
+    return errors[0] if len(errors) == 1 else group
+
+
+def _produce(
+    root: bytes,
+    name: bytes,
+    nar: _NarHash,
+    send: trio.MemorySendChannel[list[_Event]],
+) -> None:
+    """Run the walk in a worker thread, shipping events to the trio loop in batches."""
+    batch: list[_Event] = []
+    data = 0
+    try:
+        for event in _walk(root, name, nar):
+            batch.append(event)
+            if isinstance(event, bytes):
+                data += len(event)
+            if data >= _BATCH_BYTES or len(batch) >= _BATCH_EVENTS:
+                trio.from_thread.run(send.send, batch)
+                batch, data = [], 0
+        if batch:
+            trio.from_thread.run(send.send, batch)
+    except trio.BrokenResourceError:
+        pass  # the storer stopped on an error of its own, which is the one to report
+    finally:
+        # Channels are not thread-safe: close it on the loop's thread.
+        trio.from_thread.run_sync(send.close)
 
 
 async def ingest_path(
@@ -234,13 +420,25 @@ async def ingest_path(
     the size and SHA-256 of the tree's NAR serialisation. Anything but
     regular files, directories and symlinks raises :class:`IngestError`
     naming the offending path; no Directory is stored unless the whole walk
-    succeeded (blobs may remain: they are content-addressed and harmless).
-    ``progress`` is called with the number of file bytes after each read.
+    succeeded. ``progress`` is called with the number of file bytes stored
+    after each chunk.
     """
     root = os.fsencode(os.path.abspath(path))
-    walker = _Walker(blobs, progress)
-    node = await walker.walk(root, os.path.basename(root) if name is None else name)
-    if walker.directories:
-        await directories.put_many(list(walker.directories.values()))
-    nar_sha256 = walker.nar.digest()  # flushes pending tokens, so read the size after it
-    return IngestedTree(node, walker.nar.size, nar_sha256)
+    root_name = os.path.basename(root) if name is None else name
+    nar = _NarHash()
+    storer = _Storer(blobs, progress)
+    send, receive = trio.open_memory_channel[list[_Event]](_CHANNEL_SIZE)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(storer.consume, receive, nursery)
+            await trio.to_thread.run_sync(_produce, root, root_name, nar, send)
+    except BaseExceptionGroup as group:
+        # Callers expect the one error that stopped the import, not trio's wrapping.
+        raise _sole_error(group) from None
+    assert storer.root is not None
+    built: dict[B3Digest, Directory] = {}
+    node = _build(storer.root, built)
+    if built:
+        await directories.put_many(list(built.values()))
+    nar_sha256 = nar.digest()  # flushes pending tokens, so read the size after it
+    return IngestedTree(node, nar.size, nar_sha256)
