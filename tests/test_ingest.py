@@ -12,8 +12,8 @@ import pytest
 from tvixmount import nixbase32
 from tvixmount.castore import EMPTY_DIGEST, B3Digest, Directory, DirectoryNode, FileNode
 from tvixmount.castore.ingest import ingest_path
-from tvixmount.castore.memory import MemoryBlobService, MemoryDirectoryService
-from tvixmount.errors import IngestError, StorePathError
+from tvixmount.castore.memory import MemoryBlobService, MemoryBlobWriter, MemoryDirectoryService
+from tvixmount.errors import IngestError, StoreError, StorePathError
 from tvixmount.importer import import_path
 from tvixmount.nar import write_nar
 from tvixmount.pathinfo import CAHash
@@ -191,3 +191,41 @@ async def test_invalid_store_name_fails_before_reading(tree: Path, store: Store)
     os.mkfifo(tree / "fifo")  # would fail the walk: the name check must come first
     with pytest.raises(StorePathError, match="bad character"):
         await import_path(store, tree, name="has space")
+
+
+class _FailingBlobs(MemoryBlobService):
+    """Refuses to store the ``fail_at``-th blob."""
+
+    def __init__(self, fail_at: int) -> None:
+        super().__init__()
+        self.fail_at = fail_at
+        self.opened = 0
+
+    async def open_write(self) -> MemoryBlobWriter:
+        self.opened += 1
+        if self.opened == self.fail_at:
+            raise StoreError("blob store refused the write")
+        return await super().open_write()
+
+
+@pytest.mark.parametrize("fail_at", [1, 3, 7])
+async def test_blob_store_error_surfaces_as_itself_and_stores_no_directory(
+    tree: Path, fail_at: int
+) -> None:
+    directories = MemoryDirectoryService()
+    with pytest.raises(StoreError, match="refused"):
+        await ingest_path(tree, _FailingBlobs(fail_at), directories)
+    assert directories.directories == {}
+
+
+@requires_nix
+async def test_wide_tree_of_many_small_files_matches_nix(tmp_path: Path, store: Store) -> None:
+    # More entries than one walker batch and more files than blobs stored at once.
+    wide = tmp_path / "wide"
+    for i in range(2500):
+        sub = wide / f"d{i % 7}"
+        sub.mkdir(parents=True, exist_ok=True)
+        (sub / f"f{i:04d}").write_bytes(f"file {i}\n".encode() * (i % 50))
+    result = await ingest_path(wide, store.blobs, store.directories)
+    nar = b"".join([c async for c in write_nar(result.node, store.blobs, store.directories)])
+    assert nar == nix_dump(wide)
