@@ -256,7 +256,7 @@ class HttpTransport:
         for attempt in range(self._retries + 1):
             if attempt:
                 delay = min(_BACKOFF_BASE * 2 ** (attempt - 1), _BACKOFF_MAX)
-                log.info("%s: %s; retrying in %.2fs", url, problem, delay)
+                log.debug("%s: %s; retrying in %.2fs", url, problem, delay)
                 time.sleep(delay)
             try:
                 request = self._client.build_request("GET", url, headers=headers)
@@ -426,7 +426,7 @@ def _decompressing_reader(compression: str, source: io.RawIOBase) -> _Readable:
     raise IntegrityError(f"unsupported Compression {compression!r}")
 
 
-_DECOMPRESSION_ERRORS = (EOFError, OSError, lzma.LZMAError, zstandard.ZstdError, ValueError)
+_DECOMPRESSION_ERRORS = (EOFError, OSError, lzma.LZMAError, zstandard.ZstdError)
 
 
 @dataclass
@@ -488,7 +488,9 @@ class BinaryCachePathInfoService:
             flight.finished = True
             return flight.result
         except StoreError as exc:
-            log.error("%s: lookup of %s failed: %s", self.cache.base, nixbase32.encode(digest), exc)
+            # Debug only: the caller reports the error (the fs layer logs it with EIO, the
+            # CLI prints it), and a command must fail with one line on stderr.
+            log.debug("%s: lookup of %s failed: %s", self.cache.base, nixbase32.encode(digest), exc)
             flight.error = exc
             raise
         finally:
