@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,20 +69,60 @@ def test_serving_process_command_line_names_the_mount_point(store: str, tmp_path
         assert os.fsencode(mnt.path) in argv
 
 
-def test_background_server_exits_after_external_unmount(store: str, tmp_path: Path) -> None:
-    with mounted(store, tmp_path / "mnt") as mnt:
-        pids = mnt.pids
-        subprocess.run(["fusermount3", "-u", str(mnt.path)], check=True)
-        assert _wait_until(lambda: not set(pids) & set(serving_pids()))
-        assert "unmounted" in mnt.log()
+# Runs the background mount as a child subreaper, so the orphaned serving
+# process is re-parented to it and its exit status can be collected.
+_REAPER = """
+import ctypes, os, subprocess, sys
+PR_SET_CHILD_SUBREAPER = 36
+ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+mount = subprocess.run(sys.argv[1:])
+print(f"mount {mount.returncode}", flush=True)
+if mount.returncode == 0:
+    _, status = os.wait()
+    print(f"server {os.waitstatus_to_exitcode(status)}", flush=True)
+"""
 
 
-def test_background_server_unmounts_on_sigterm(store: str, tmp_path: Path) -> None:
-    with mounted(store, tmp_path / "mnt") as mnt:
-        pids = mnt.pids
-        os.kill(pids[0], signal.SIGTERM)
-        assert _wait_until(lambda: not set(pids) & set(serving_pids()))
-        assert not is_mounted(str(mnt.path))
+@pytest.fixture
+def reaped_background(store: str, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path]]:
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    reaper = subprocess.Popen(
+        [sys.executable, "-c", _REAPER, *tvixmount_command("mount", mountpoint, "--store", store)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert reaper.stdout is not None
+        assert reaper.stdout.readline() == "mount 0\n"
+        yield reaper, mountpoint
+    finally:
+        force_unmount(mountpoint)
+        reaper.wait(timeout=_WAIT)
+
+
+def _server_exit_code(reaper: subprocess.Popen[str]) -> str:
+    out, _ = reaper.communicate(timeout=_WAIT)
+    return out.strip()
+
+
+def test_background_server_exits_0_after_external_unmount(
+    reaped_background: tuple[subprocess.Popen[str], Path],
+) -> None:
+    reaper, mountpoint = reaped_background
+    subprocess.run(["fusermount3", "-u", str(mountpoint)], check=True)
+    assert _server_exit_code(reaper) == "server 0"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_background_server_exits_0_and_unmounts_on_signal(
+    reaped_background: tuple[subprocess.Popen[str], Path], signum: signal.Signals
+) -> None:
+    reaper, mountpoint = reaped_background
+    (pid,) = serving_pids(str(mountpoint))
+    os.kill(pid, signum)
+    assert _server_exit_code(reaper) == "server 0"
+    assert not is_mounted(str(mountpoint))
 
 
 def test_umount_command_unmounts_and_waits_for_the_server(store: str, tmp_path: Path) -> None:

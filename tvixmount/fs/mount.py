@@ -148,13 +148,29 @@ def check_mountpoint(path: str | Path) -> str:
 # -- serving processes ----------------------------------------------------
 
 
-def _is_serving(argv: list[str], cwd: str, mountpoint: str | None) -> bool:
-    if not any(os.path.basename(arg) == "tvixmount" for arg in argv) or "mount" not in argv:
+def _mount_arguments(argv: list[str]) -> list[str] | None:
+    """The arguments after ``mount`` if ``argv`` runs ``tvixmount [global options] mount``."""
+    if os.path.basename(argv[0]) == "tvixmount":
+        rest = argv[1:]
+    elif len(argv) > 1 and os.path.basename(argv[1]) == "tvixmount":  # script via its #!
+        rest = argv[2:]
+    elif argv[1:3] == ["-m", "tvixmount"]:
+        rest = argv[3:]
+    else:
+        return None
+    while rest and rest[0].startswith("-"):
+        rest = rest[2:] if rest[0] == "--log-file" else rest[1:]
+    return rest[1:] if rest[:1] == ["mount"] else None
+
+
+def is_serving_command(argv: list[str], cwd: str, mountpoint: str | None = None) -> bool:
+    """Whether a command line (run in ``cwd``) serves ``mountpoint`` (or any mount point)."""
+    arguments = _mount_arguments(argv)
+    if arguments is None:
         return False
-    if mountpoint is None:
-        return True
-    after = argv[argv.index("mount") + 1 :]
-    return any(os.path.normpath(os.path.join(cwd, arg)) == mountpoint for arg in after)
+    return mountpoint is None or any(
+        os.path.normpath(os.path.join(cwd, arg)) == mountpoint for arg in arguments
+    )
 
 
 def serving_pids(mountpoint: str | None = None) -> list[int]:
@@ -168,7 +184,7 @@ def serving_pids(mountpoint: str | None = None) -> list[int]:
             cwd = os.readlink(entry / "cwd")
         except OSError:
             continue
-        if _is_serving(argv, cwd, mountpoint):
+        if is_serving_command(argv, cwd, mountpoint):
             pids.append(int(entry.name))
     return pids
 
