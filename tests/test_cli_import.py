@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import pty
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tvixmount import nixbase32
+from tvixmount.castore import SymlinkNode
+from tvixmount.cli.import_ import PROGRESS_MIN_BYTES
+from tvixmount.cli.path_info import to_json
+from tvixmount.pathinfo import NarInfo, PathInfo, Signature
+from tvixmount.storepath import StorePath
 
 from .fixtures.local_tree import make_tree, nix, nix_add, nix_dump, requires_nix
 
@@ -180,3 +189,62 @@ def test_import_of_a_fifo_records_no_directory_and_no_path_info(tree: Path, stor
 def test_no_progress_bar_when_stderr_is_not_a_terminal(tree: Path, store: str) -> None:
     result = tvixmount("import", str(tree), "--store", store)
     assert result.stderr == b""
+
+
+def test_progress_bar_is_drawn_on_a_terminal_for_big_imports(tmp_path: Path, store: str) -> None:
+    big = tmp_path / "big"
+    big.mkdir()
+    (big / "data").write_bytes(bytes(PROGRESS_MIN_BYTES + 1))
+    primary, secondary = pty.openpty()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "tvixmount", "import", str(big), "--store", store],
+            stdout=subprocess.PIPE,
+            stderr=secondary,
+            check=False,
+            timeout=120,
+            env={**os.environ, "COLUMNS": "100", "TERM": "xterm"},
+        )
+        os.close(secondary)
+        secondary = -1
+        drawn = b""
+        while True:
+            try:
+                data = os.read(primary, 65536)
+            except OSError:  # EIO: the terminal's other side is closed
+                break
+            if not data:
+                break
+            drawn += data
+    finally:
+        os.close(primary)
+        if secondary >= 0:
+            os.close(secondary)
+    assert result.returncode == 0
+    assert result.stdout.decode().endswith("-big\n")
+    assert b"big" in drawn  # the task description
+    assert b" MB" in drawn  # the transferred-bytes column
+
+
+def test_path_info_json_renders_deriver_and_signatures_like_nix() -> None:
+    digest = bytes(range(20))
+    info = PathInfo(
+        node=SymlinkNode(f"{nixbase32.encode(digest)}-x".encode(), b"target"),
+        references=(digest,),
+        narinfo=NarInfo(
+            nar_size=120,
+            nar_sha256=bytes(32),
+            signatures=(Signature("cache.example.org-1", b"\x01" * 64),),
+            reference_names=(f"{nixbase32.encode(digest)}-x",),
+            deriver=StorePath(digest, "x"),
+        ),
+    )
+    store_path = f"/nix/store/{nixbase32.encode(digest)}-x"
+    assert to_json(info) == {
+        "path": store_path,
+        "narHash": "sha256-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+        "narSize": 120,
+        "references": [store_path],
+        "deriver": store_path + ".drv",
+        "signatures": ["cache.example.org-1:" + base64.b64encode(b"\x01" * 64).decode()],
+    }
