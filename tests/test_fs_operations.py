@@ -9,6 +9,7 @@ from typing import Any, cast
 
 import pyfuse3
 import pytest
+import trio
 
 from tests.fixtures import castore as fx
 from tvixmount.castore.blobservice import put_stream
@@ -151,3 +152,28 @@ async def test_open_for_writing_is_erofs() -> None:
     fs = await _fs()
     attrs = await fs.lookup(ROOT_INODE, fx.ROOT_BLOB_A, CTX)
     assert await _errno_of(fs.open(attrs.st_ino, os.O_RDWR, CTX)) == errno.EROFS
+
+
+class SlowPathInfos(MemoryPathInfoService):
+    """Yields to other tasks inside every get, so concurrent lookups interleave."""
+
+    async def get(self, digest: bytes) -> PathInfo | None:
+        await trio.sleep(0.01)
+        return await super().get(digest)
+
+
+async def test_racing_lookups_of_one_store_path_share_one_inode() -> None:
+    pathinfos = SlowPathInfos()
+    await pathinfos.put(PathInfo(fx.ROOT_NODES[0], (), NarInfo(0, bytes(32))))
+    fs = TvixmountFS(PathInfoRootNodes(pathinfos), MemoryBlobService(), MemoryDirectoryService())
+    inodes: list[int] = []
+
+    async def look() -> None:
+        inodes.append((await fs.lookup(ROOT_INODE, fx.ROOT_BLOB_A, CTX)).st_ino)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(8):
+            nursery.start_soon(look)
+    assert len(set(inodes)) == 1
+    assert fs.inodes.lookup_count(inodes[0]) == 8
+    assert len(fs.inodes) == 2
