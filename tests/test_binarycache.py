@@ -71,6 +71,15 @@ async def assert_rejected(
                 await assert_served_as_nix_wrote(store, cache, good)
 
 
+def truncate_file_and_hide_it(cache: NixCache, store_path: str) -> None:
+    """Cut the path's file in half and drop FileHash/FileSize, so only later checks can tell."""
+    nar = cache.nar_file(store_path)
+    nar.write_bytes(nar.read_bytes()[: nar.stat().st_size // 2])
+    text = cache.narinfo_file(store_path).read_text()
+    kept = [line for line in text.splitlines() if not line.startswith(("FileHash", "FileSize"))]
+    cache.rewrite_narinfo(store_path, "\n".join(kept) + "\n")
+
+
 # -- Nix-written caches ---------------------------------------------------------------------
 
 
@@ -234,12 +243,7 @@ async def test_truncated_nar_is_rejected(
     cache: NixCache, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ):
     bad = cache.paths[0]
-    nar = cache.nar_file(bad)
-    nar.write_bytes(nar.read_bytes()[: nar.stat().st_size // 2])
-    # Without FileHash/FileSize only the NAR checks can notice.
-    text = cache.narinfo_file(bad).read_text()
-    kept = [line for line in text.splitlines() if not line.startswith(("FileHash", "FileSize"))]
-    cache.rewrite_narinfo(bad, "\n".join(kept) + "\n")
+    truncate_file_and_hide_it(cache, bad)
     await assert_rejected(cache, tmp_path / "local", bad, "NarSize says", caplog)
 
 
@@ -248,11 +252,7 @@ async def test_truncated_compressed_file_is_rejected(
 ):
     cache = build_cache(tmp_path / "nix", "xz", trees=2)
     bad = cache.paths[0]
-    nar = cache.nar_file(bad)
-    nar.write_bytes(nar.read_bytes()[: nar.stat().st_size // 2])
-    text = cache.narinfo_file(bad).read_text()
-    kept = [line for line in text.splitlines() if not line.startswith(("FileHash", "FileSize"))]
-    cache.rewrite_narinfo(bad, "\n".join(kept) + "\n")
+    truncate_file_and_hide_it(cache, bad)
     await assert_rejected(cache, tmp_path / "local", bad, "cannot decompress", caplog)
 
 

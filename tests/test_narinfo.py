@@ -120,7 +120,7 @@ def test_nix_hash_prints_nixbase32():
         ("garbage without colon", "line 10: expected 'Field: value'"),
         ("NarSize: 12", "line 10: duplicate NarSize (first on line 7)"),
         ("References:x", "line 10: no space after ':'"),
-        ("Sig: nocolon", "line 10: signature 'nocolon' is not NAME:BASE64"),
+        ("Sig: nocolon", "line 10: signature 'nocolon': expected NAME:BASE64"),
         ("Sig: k:AAAA", "line 10: signature 'k:AAAA': 3 bytes"),
     ],
 )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .. import nixbase32
@@ -72,17 +73,10 @@ class NixHash:
         size = _HASH_LEN.get(algorithm)
         if size is None:
             raise ValueError(f"hash {text!r}: unknown algorithm {algorithm!r}")
-        if sri:
-            # SRI hashes are base64 only.
-            try:
-                digest = base64.b64decode(encoded, validate=True)
-            except (binascii.Error, ValueError):
-                raise ValueError(f"hash {text!r}: bad base64") from None
-            if len(digest) != size:
-                raise ValueError(f"hash {text!r}: {len(digest)} bytes, {algorithm} has {size}")
-            return cls(algorithm, digest)
+        # SRI hashes are base64 only; Nix tells the other encodings apart by length.
+        decode: Callable[[str, int], bytes] = decode_base64 if sri else _decode_hash
         try:
-            return cls(algorithm, _decode_hash(encoded, size))
+            return cls(algorithm, decode(encoded, size))
         except ValueError as exc:
             raise ValueError(f"hash {text!r}: {exc}") from None
 
@@ -97,17 +91,30 @@ def _parse_size(text: str) -> int:
     return int(text)
 
 
-def _parse_signature(text: str) -> Signature:
-    name, sep, encoded = text.partition(":")
-    if not sep or not name:
-        raise ValueError(f"signature {text!r} is not NAME:BASE64")
+def decode_base64(encoded: str, length: int) -> bytes:
+    """Exactly ``length`` bytes of standard base64; :class:`ValueError` says what is wrong."""
     try:
         data = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
-        raise ValueError(f"signature {text!r}: bad base64") from None
-    if len(data) != _SIGNATURE_LEN:
-        raise ValueError(f"signature {text!r}: {len(data)} bytes, an ed25519 one has 64")
-    return Signature(name, data)
+        raise ValueError("bad base64") from None
+    if len(data) != length:
+        raise ValueError(f"{len(data)} bytes, expected {length}")
+    return data
+
+
+def split_named_base64(text: str, length: int) -> tuple[str, bytes]:
+    """``NAME:BASE64`` (signatures, keys) -> the name and ``length`` decoded bytes."""
+    name, sep, encoded = text.partition(":")
+    if not sep or not name:
+        raise ValueError("expected NAME:BASE64")
+    return name, decode_base64(encoded, length)
+
+
+def _parse_signature(text: str) -> Signature:
+    try:
+        return Signature(*split_named_base64(text, _SIGNATURE_LEN))
+    except ValueError as exc:
+        raise ValueError(f"signature {text!r}: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)

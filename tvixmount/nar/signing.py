@@ -10,7 +10,6 @@ fingerprint; it counts only if a trusted key of the same name verifies it.
 from __future__ import annotations
 
 import base64
-import binascii
 import dataclasses
 from collections.abc import Iterable, Sequence
 
@@ -20,25 +19,19 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from ..errors import SigningKeyError
 from ..pathinfo.model import Signature
-from .narinfo import Narinfo
+from .narinfo import Narinfo, split_named_base64
 
 _PUBLIC_LEN = 32
 _SECRET_LEN = 64
 
 
 def _split_key(text: str, kind: str, length: int) -> tuple[str, bytes]:
-    name, sep, encoded = text.strip().partition(":")
-    if not sep or not name:
-        raise SigningKeyError(f"invalid {kind} key {text!r}: expected NAME:BASE64")
     try:
-        raw = base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError):
-        raise SigningKeyError(f"invalid {kind} key {name!r}: bad base64") from None
-    if len(raw) != length:
-        raise SigningKeyError(
-            f"invalid {kind} key {name!r}: {len(raw)} bytes, an ed25519 {kind} key has {length}"
-        )
-    return name, raw
+        return split_named_base64(text.strip(), length)
+    except ValueError as exc:
+        # Name only: the text of a secret key must not end up in logs.
+        name = text.strip().partition(":")[0]
+        raise SigningKeyError(f"invalid ed25519 {kind} key {name!r}: {exc}") from None
 
 
 def _public_bytes(key: Ed25519PublicKey) -> bytes:
