@@ -31,7 +31,6 @@ class FileHandle:
 
 @dataclass(slots=True)
 class DirectoryHandle:
-    inode: int
     # The root's listing is collected on the first readdir; others are the
     # (immutable) entries of the directory inode.
     entries: tuple[Node, ...] | None = field(default=None)

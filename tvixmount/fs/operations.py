@@ -195,9 +195,9 @@ class TvixmountFS(pyfuse3.Operations):
         if isinstance(data, RootInode):
             if not self._list_root:
                 raise pyfuse3.FUSEError(errno.EPERM)
-            return self._dirs.add(DirectoryHandle(inode))
+            return self._dirs.add(DirectoryHandle())
         if isinstance(data, DirectoryInode):
-            return self._dirs.add(DirectoryHandle(inode, (await self._populate(data)).entries))
+            return self._dirs.add(DirectoryHandle((await self._populate(data)).entries))
         raise pyfuse3.FUSEError(errno.ENOTDIR)
 
     @_fuse_errors
