@@ -5,7 +5,7 @@ from __future__ import annotations
 from tests.fixtures import castore as fx
 from tvixmount.castore.nodes import DirectoryNode, FileNode, SymlinkNode
 from tvixmount.fs.inode_tracker import ROOT_INODE, InodeTracker
-from tvixmount.fs.inodes import DirectoryInode, FileInode, RootInode
+from tvixmount.fs.inodes import DirectoryInode, FileInode, Listing, RootInode
 
 FILE_A = FileNode(b"a", fx.BLOB_A_DIGEST, len(fx.BLOB_A))
 KEEP_DIR = DirectoryNode(b"d", fx.DIRECTORY_WITH_KEEP.digest(), fx.DIRECTORY_WITH_KEEP.size())
@@ -45,7 +45,7 @@ def test_same_directory_digest_shares_an_inode() -> None:
     b, _ = tracker.remember(DirectoryNode(b"e", KEEP_DIR.digest, KEEP_DIR.size))
     assert a == b
     assert isinstance(data, DirectoryInode)
-    assert not data.populated
+    assert data.listing is None
 
 
 def test_each_remember_adds_one_lookup() -> None:
@@ -88,11 +88,11 @@ def test_populated_directory_is_dropped_with_its_inode() -> None:
     tracker = InodeTracker()
     inode, data = tracker.remember(KEEP_DIR)
     assert isinstance(data, DirectoryInode)
-    data.populate(fx.DIRECTORY_WITH_KEEP)
+    data.listing = Listing.of(fx.DIRECTORY_WITH_KEEP)
     tracker.forget(inode, 1)
     _, fresh = tracker.remember(KEEP_DIR)
     assert isinstance(fresh, DirectoryInode)
-    assert not fresh.populated
+    assert fresh.listing is None
 
 
 def test_forget_many_frees_all_inodes_down_to_the_root() -> None:

@@ -28,21 +28,25 @@ class RootInode:
     """The mount root: its children come from a RootNodes provider."""
 
 
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """A fetched Directory: its children merged and sorted by name, and by name."""
+
+    entries: tuple[Node, ...]
+    by_name: dict[bytes, Node]
+
+    @classmethod
+    def of(cls, directory: Directory) -> Listing:
+        entries = tuple(directory.entries())
+        return cls(entries, {node.name: node for node in entries})
+
+
 @dataclass(slots=True)
 class DirectoryInode:
     digest: B3Digest
     size: int
-    # Filled on the first lookup/readdir below this inode (sparse population).
-    children: dict[bytes, Node] | None = field(default=None, compare=False)
-    entries: tuple[Node, ...] = field(default=(), compare=False)
-
-    @property
-    def populated(self) -> bool:
-        return self.children is not None
-
-    def populate(self, directory: Directory) -> None:
-        self.entries = tuple(directory.entries())
-        self.children = {node.name: node for node in self.entries}
+    # Fetched on the first lookup/readdir below this inode (sparse population).
+    listing: Listing | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,15 @@ from ..castore.nodes import Node
 from ..errors import NotFoundError, TvixmountError
 from .handles import DirectoryHandle, FileHandle, HandleTable
 from .inode_tracker import InodeTracker
-from .inodes import DirectoryInode, FileInode, InodeData, RootInode, SymlinkInode, entry_attributes
+from .inodes import (
+    DirectoryInode,
+    FileInode,
+    InodeData,
+    Listing,
+    RootInode,
+    SymlinkInode,
+    entry_attributes,
+)
 from .root_nodes import RootNodes
 
 log = logging.getLogger(__name__)
@@ -140,11 +148,11 @@ class TvixmountFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)
         return data
 
-    async def _populate(self, data: DirectoryInode) -> DirectoryInode:
-        if data.populated:
-            return data
-        data.populate(await _fetch("directory", data.digest, self._directories.get(data.digest)))
-        return data
+    async def _listing(self, data: DirectoryInode) -> Listing:
+        if data.listing is None:
+            directory = await _fetch("directory", data.digest, self._directories.get(data.digest))
+            data.listing = Listing.of(directory)
+        return data.listing
 
     async def _child(self, parent: int, name: bytes) -> Node | None:
         data = self._inode(parent)
@@ -156,9 +164,7 @@ class TvixmountFS(pyfuse3.Operations):
             except TvixmountError as exc:
                 raise _eio("cannot look up root name %r: %s", name, exc) from None
         if isinstance(data, DirectoryInode):
-            children = (await self._populate(data)).children
-            assert children is not None
-            return children.get(name)
+            return (await self._listing(data)).by_name.get(name)
         raise pyfuse3.FUSEError(errno.ENOTDIR)
 
     # -- lookups and attributes ------------------------------------------
@@ -197,7 +203,7 @@ class TvixmountFS(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(errno.EPERM)
             return self._dirs.add(DirectoryHandle())
         if isinstance(data, DirectoryInode):
-            return self._dirs.add(DirectoryHandle((await self._populate(data)).entries))
+            return self._dirs.add(DirectoryHandle((await self._listing(data)).entries))
         raise pyfuse3.FUSEError(errno.ENOTDIR)
 
     @_fuse_errors
