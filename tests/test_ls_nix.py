@@ -159,3 +159,17 @@ def test_unicode_and_space_names_survive_the_round_trip(
         "type": "directory",
         "entries": {"name with spaces": {}, "ünïcödé": {}},
     }
+
+
+@pytest.mark.parametrize("subpath", ["", "/sub", "/sub/deeper/x"])
+def test_listing_straight_from_the_nix_binary_cache_equals_nix(
+    oracle: Oracle, capsys: pytest.CaptureFixture[str], tmp_path: Path, subpath: str
+) -> None:
+    # tvixmount reads the cache Nix wrote (fetch, verify, ingest), not its own import.
+    target = oracle.paths["tree"] + subpath
+    code = main(
+        ["ls", "--store", oracle.cache, "--cache-dir", str(tmp_path), "--json", "-R", target]
+    )
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert json.loads(out) == nix_ls("-R", target, store=oracle.cache)
