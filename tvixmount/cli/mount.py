@@ -14,7 +14,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "mount",
         help="mount the store read-only at MOUNTPOINT",
         description="Mount the store read-only over FUSE. Without --foreground, return once "
-        "the mount answers and keep serving in the background (logs go to --log-file).",
+        "the mount answers and keep serving in the background; its logs go to the terminal "
+        "or to `tvixmount --log-file FILE mount ...`. Stop it with `tvixmount umount MOUNTPOINT`, "
+        "fusermount3 -u, SIGTERM or SIGINT.",
     )
     mount.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing empty directory")
     add_store_argument(mount)
