@@ -83,6 +83,20 @@ async def _collect(items: AsyncIterator[T]) -> list[T]:
     return [item async for item in items]
 
 
+async def _read_range(blobs: BlobService, blob: B3Digest, offset: int, size: int) -> bytes | None:
+    """``size`` bytes of ``blob`` at ``offset`` (``None`` if the blob is gone)."""
+    reader = await blobs.open_read(blob)
+    if reader is None:
+        return None
+    try:
+        data = bytes(await reader.pread(offset, size))
+    finally:
+        await reader.aclose()
+    if len(data) != size:
+        raise StoreError(f"blob {blob}: short read at offset {offset}")
+    return data
+
+
 class _Unimplemented(Exception):
     """A method this server cannot answer (UNIMPLEMENTED)."""
 
@@ -234,23 +248,19 @@ class BlobServicer(blob_grpc.BlobServiceServicer):  # type: ignore[misc]
     @_streaming
     def Read(self, request: Any, context: Any) -> Iterator[Any]:
         digest = _digest(request.digest, "read blob")
-        reader = self._loop.run(self._blobs.open_read, digest)
-        start = 0
-        if reader is None:
-            located = self.index.locate(digest)
-            if located is None:
-                raise NotFoundError(f"blob {digest} not found")
-            parent, start, size = located
-            reader = self._open(parent)
-            end = start + size
-        else:
-            end = reader.size
+        located = self.index.locate(digest)
+        if located is not None:
+            # A synthetic chunk: one trip to the loop reads its whole range.
+            data = self._loop.run(_read_range, self._blobs, *located)
+            if data is None:
+                raise NotFoundError(f"blob {located[0]} (holding chunk {digest}) not found")
+            yield blob_pb.BlobChunk(data=data)
+            return
+        reader = self._open(digest)
         try:
-            for offset in range(start, end, READ_MESSAGE_BYTES):
+            for offset in range(0, reader.size, READ_MESSAGE_BYTES):
                 yield blob_pb.BlobChunk(
-                    data=self._read_exactly(
-                        reader, offset, min(READ_MESSAGE_BYTES, end - offset), digest
-                    )
+                    data=self._read_exactly(reader, offset, READ_MESSAGE_BYTES, digest)
                 )
         finally:
             with contextlib.suppress(trio.RunFinishedError):
