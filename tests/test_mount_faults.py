@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures import castore as fx
-from tests.mounting import make_fixture_store, mounted, requires_fuse
+from tests.mounting import Mount, make_fixture_store, mounted, requires_fuse
 
 pytestmark = requires_fuse
 
@@ -20,6 +20,13 @@ BLOB_A_ROOT = fx.ROOT_NODES[0]
 
 def _eio(excinfo: pytest.ExceptionInfo[OSError]) -> bool:
     return excinfo.value.errno == errno.EIO
+
+
+def _read_failure(mnt: Mount, name: bytes) -> tuple[int | None, str]:
+    """The errno of reading ``name`` (which must fail) and the server's log so far."""
+    with pytest.raises(OSError) as excinfo:
+        (mnt / name).read_bytes()
+    return excinfo.value.errno, mnt.log()
 
 
 def test_missing_directory_stat_works(tmp_path: Path) -> None:
@@ -57,10 +64,8 @@ def test_missing_blob_stat_works(tmp_path: Path) -> None:
 def test_missing_blob_read_is_eio_and_logged(tmp_path: Path) -> None:
     store = make_fixture_store(tmp_path / "store", blobs=[], roots=[BLOB_A_ROOT])
     with mounted(store, tmp_path / "mnt") as mnt:
-        with pytest.raises(OSError) as excinfo:
-            (mnt / fx.ROOT_BLOB_A).read_bytes()
-        log = mnt.log()
-    assert _eio(excinfo)
+        code, log = _read_failure(mnt, fx.ROOT_BLOB_A)
+    assert code == errno.EIO
     assert str(fx.BLOB_A_DIGEST) in log
 
 
@@ -78,10 +83,8 @@ def test_corrupted_blob_read_is_eio_and_logged(tmp_path: Path) -> None:
     store = make_fixture_store(tmp_path / "store")
     _corrupt_blob(tmp_path / "store", fx.BLOB_B_DIGEST, 500_000)
     with mounted(store, tmp_path / "mnt") as mnt:
-        with pytest.raises(OSError) as excinfo:
-            (mnt / fx.ROOT_BLOB_B).read_bytes()
-        log = mnt.log()
-    assert _eio(excinfo)
+        code, log = _read_failure(mnt, fx.ROOT_BLOB_B)
+    assert code == errno.EIO
     assert str(fx.BLOB_B_DIGEST) in log
 
 
