@@ -14,6 +14,8 @@ run:
 - ``nix copy``: ``nix copy --from file://DIR --store SCRATCH PATH`` into a
   fresh scratch store (decompress, hash, write the tree, register it).
 
+The path is signed; both sides check the signature against the trusted key.
+
 The tree holds 100 MB of file data: half random bytes, half compressible
 text, in files from 4 KiB to 32 MiB, unique per run.
 """
@@ -33,6 +35,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import quote
 
 import trio
 
@@ -131,16 +134,30 @@ def main() -> int:
             ["nix-store", "--add", str(work / "tree")], check=True, capture_output=True, text=True
         ).stdout.strip()
         try:
+            key = signing_key(work, path)
             nar_size = json.loads(nix("path-info", "--json", path))[0]["narSize"]
             print(f"path {path}\nNAR {nar_size / MB:.1f} MB, {args.runs} runs each\n")
             for compression in compressions:
-                run_compression(work, path, compression, args.runs, not args.no_mount)
+                run_compression(work, path, key, compression, args.runs, not args.no_mount)
         finally:
             subprocess.run(["nix-store", "--delete", path], capture_output=True, check=False)
     return 0
 
 
-def run_compression(work: Path, path: str, compression: str, runs: int, mount: bool) -> None:
+def signing_key(work: Path, path: str) -> str:
+    """Sign the path (both sides then check the signature, as users run them); the public key."""
+    secret, public = work / "key.sec", work / "key.pub"
+    subprocess.run(
+        ["nix-store", "--generate-binary-cache-key", "bench-1", str(secret), str(public)],
+        check=True,
+    )
+    nix("store", "sign", "--key-file", str(secret), path)
+    return public.read_text().strip()
+
+
+def run_compression(
+    work: Path, path: str, key: str, compression: str, runs: int, mount: bool
+) -> None:
     cache = work / f"cache-{compression}"
     started = time.perf_counter()
     nix("copy", "--to", f"file://{cache}?compression={compression}&parallel-compression=true", path)
@@ -149,7 +166,8 @@ def run_compression(work: Path, path: str, compression: str, runs: int, mount: b
         f"[{compression}] cache written by nix copy --to in {time.perf_counter() - started:.1f}s"
         f", file {file_size / MB:.1f} MB"
     )
-    url = f"file://{cache}"
+    nix_url = f"file://{cache}"
+    url = f"{nix_url}?trusted-public-keys={quote(key, safe='')}"
     digest = StorePath.parse(path).digest
     basename = path.removeprefix("/nix/store/")
     figures: dict[str, list[float]] = {}
@@ -170,7 +188,8 @@ def run_compression(work: Path, path: str, compression: str, runs: int, mount: b
                 mount_stat(url, mlocal, basename, work)
             )
         scratch = work / f"scratch-{compression}-{run}"
-        copy_from = ("copy", "--no-check-sigs", "--from", url, "--store", str(scratch), path)
+        copy_from = ["copy", "--option", "trusted-public-keys", key, "--from", nix_url]
+        copy_from += ["--store", str(scratch), path]
         figures.setdefault("nix copy --from file:// --store SCRATCH", []).append(
             timed(functools.partial(nix, *copy_from))
         )
