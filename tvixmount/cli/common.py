@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..stores import Store, StoreOptions, open_store
 from ..storepath import StorePath
+from ..stores import Store, StoreOptions, open_store
 
 
 def add_store_argument(parser: argparse.ArgumentParser) -> None:
