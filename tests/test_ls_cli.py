@@ -244,7 +244,7 @@ def _terminal_env() -> dict[str, str]:
     return env
 
 
-def run_in_pty(*args: str) -> tuple[int, str]:
+def run_in_pty(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
     """Run the CLI with stdout on a pseudo-terminal (120 columns); returns code and output."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
@@ -254,7 +254,7 @@ def run_in_pty(*args: str) -> tuple[int, str]:
             stdin=subprocess.DEVNULL,
             stdout=slave,
             stderr=subprocess.DEVNULL,
-            env=_terminal_env(),
+            env=env or _terminal_env(),
         )
         os.close(slave)
         slave = -1
@@ -282,6 +282,18 @@ def test_terminal_output_is_a_coloured_tree_with_a_summary(store_url: str) -> No
     assert "\x1b[" in out
     assert "├── " in out and "└── " in out
     assert "2 files, 1 symlink, 0 bytes" in out and "1 directory" in out
+
+
+def test_terminal_without_colour_keeps_the_tree_but_no_escapes(store_url: str) -> None:
+    env = {**_terminal_env(), "NO_COLOR": "1"}
+    code, out = run_in_pty("ls", "--store", store_url, "-R", COMPLICATED, env=env)
+    assert code == 0
+    assert "\x1b" not in out
+    assert out.splitlines()[:3] == [
+        f"/nix/store/{COMPLICATED}",
+        "├── .keep  0 bytes",
+        "├── aa -> /nix/store/somewhereelse",
+    ]
 
 
 def test_terminal_store_listing_is_a_table_with_human_sizes(store_url: str) -> None:

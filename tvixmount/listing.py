@@ -86,7 +86,7 @@ class Listing:
     @property
     def path(self) -> str:
         """The listed path as an absolute path text."""
-        return "/".join([self.store_path.absolute, *(display_name(p) for p in self.subpath)])
+        return path_text(self.store_path, self.subpath)
 
     def summary(self) -> Summary:
         """Counts of what is listed: a directory's entries, or the single listed object."""
@@ -140,6 +140,11 @@ def summarize_store(entries: list[StoreEntry]) -> Summary:
 def display_name(name: bytes) -> str:
     """Names are raw bytes; undecodable bytes show as escapes rather than failing output."""
     return name.decode("utf-8", "backslashreplace")
+
+
+def path_text(store_path: StorePath, subpath: tuple[bytes, ...]) -> str:
+    """``/nix/store/<basename>/<subpath>`` for messages and headings."""
+    return "/".join([store_path.absolute, *(display_name(p) for p in subpath)])
 
 
 # --- NAR layout -------------------------------------------------------------------------
@@ -205,7 +210,7 @@ class _Walker:
         if found is None:
             found = await self._store.directories.get(node.digest)
             if found is None:
-                where = "/".join([self._store_path.absolute, *(display_name(p) for p in path)])
+                where = path_text(self._store_path, path)
                 raise StoreError(
                     f"directory {node.digest} of {where} is missing from the store "
                     "(incomplete or corrupt store)"
@@ -343,12 +348,12 @@ async def list_path(
         here = subpath[:i]
         if not isinstance(node, DirectoryNode):
             kind = "symlink" if isinstance(node, SymlinkNode) else "regular file"
-            where = "/".join([store_path.absolute, *(display_name(p) for p in here)])
+            where = path_text(store_path, here)
             raise NotFoundError(f"path '{where}' is a {kind}, not a directory")
         directory = await walker.directory(node, here)
         found = await walker.find_child(directory, part, here, offset)
         if found is None:
-            missing = "/".join([store_path.absolute, *(display_name(p) for p in subpath[: i + 1])])
+            missing = path_text(store_path, subpath[: i + 1])
             raise NotFoundError(f"path '{missing}' does not exist")
         (node, offset), name = found, part
 
