@@ -24,6 +24,7 @@ from .castore.digest import B3Digest
 from .castore.directory import Directory
 from .castore.nodes import DirectoryNode, FileNode, Node, SymlinkNode
 from .errors import NotFoundError, StoreError
+from .fs.root_nodes import PathInfoRootNodes
 from .nar import wire
 from .pathinfo.model import PathInfo
 from .storepath import STORE_DIR, StorePath
@@ -302,15 +303,6 @@ class _Walker:
         )
 
 
-async def lookup_path_info(store: Store, store_path: StorePath) -> PathInfo:
-    """The PathInfo of ``store_path``, checked as the mount checks it."""
-    info = await store.pathinfos.get(store_path.digest)
-    # A PathInfo filed under the digest but naming another path is not this path.
-    if info is None or info.node.name != str(store_path).encode():
-        raise NotFoundError(f"path '{store_path.absolute}' is not in the store {store.url}")
-    return info
-
-
 async def list_path(
     store: Store,
     text: str,
@@ -336,13 +328,15 @@ async def list_path(
         raise ValueError("depth must be at least 1 (or None for no limit)")
     store_path, parts = StorePath.parse_with_subpath(text)
     subpath = tuple(os.fsencode(p) for p in parts)
-    info = await lookup_path_info(store, store_path)
+    # The mount's own root lookup: same name checks, same answer for a mismatch.
+    node = await PathInfoRootNodes(store.pathinfos).lookup(str(store_path).encode())
+    if node is None:
+        raise NotFoundError(f"path '{store_path.absolute}' is not in the store {store.url}")
     walker = _Walker(store, store_path)
-    if depth is None and isinstance(info.node, DirectoryNode):
-        await walker.prefetch(info.node.digest)
+    if depth is None and isinstance(node, DirectoryNode):
+        await walker.prefetch(node.digest)
 
-    node: Node = info.node
-    name = bytes(info.node.name)
+    name = bytes(node.name)
     offset = _MAGIC if nar_offsets else None
     for i, part in enumerate(subpath):
         here = subpath[:i]
