@@ -16,6 +16,7 @@ of retries after the first attempt).
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
@@ -113,6 +114,36 @@ class GrpcTransport:
         self.url = url
         self.target, self.policy = parse_grpc_url(url)
         self.channel: Any = grpc.insecure_channel(self.target, options=_CHANNEL_OPTIONS)
+
+    def connect(self) -> None:
+        """Connect now (blocking), so an unreachable store is reported when it is opened.
+
+        Fails at the first failed connection attempt rather than waiting out
+        grpc's reconnect backoff; closes the channel before raising.
+        """
+        settled: list[Any] = []
+        done = threading.Event()
+        final = (
+            grpc.ChannelConnectivity.READY,
+            grpc.ChannelConnectivity.TRANSIENT_FAILURE,
+            grpc.ChannelConnectivity.SHUTDOWN,
+        )
+
+        def watch(state: Any) -> None:
+            if state in final:
+                settled.append(state)
+                done.set()
+
+        self.channel.subscribe(watch, try_to_connect=True)
+        try:
+            done.wait(self.policy.timeout)
+        finally:
+            self.channel.unsubscribe(watch)
+        if settled and settled[0] == grpc.ChannelConnectivity.READY:
+            return
+        self.close()
+        why = "connection failed" if settled else f"no connection within {self.policy.timeout:g}s"
+        raise StoreError(f"gRPC store {self.url} is unreachable: {why}")
 
     async def call(self, what: str, fn: Callable[[float], T], *, stream: bool = False) -> T:
         """Run ``fn(timeout)`` (which makes one gRPC call) in a worker thread.

@@ -62,6 +62,7 @@ def _open_grpc(url: str, options: StoreOptions) -> Store:
     from .pathinfo.grpc import GrpcPathInfoService
 
     transport = GrpcTransport(url)
+    transport.connect()
     return Store(
         url,
         GrpcBlobService(transport),
