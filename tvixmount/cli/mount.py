@@ -8,6 +8,20 @@ import functools
 from ..stores import check_store_url, default_store_url
 from .common import add_store_argument, open_store_from_args
 
+# fs.operations.DEFAULT_TIMEOUT, repeated: importing the fs layer (pyfuse3, trio)
+# only to build the parser would slow down every other command.
+DEFAULT_TIMEOUT = 30.0
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}")
+    return value
+
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     mount = subparsers.add_parser(
@@ -28,6 +42,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--allow-other", action="store_true", help="let other users access the mount"
     )
     mount.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help="answer EIO when the store does not answer a request within SECONDS "
+        f"(default {DEFAULT_TIMEOUT:g}; 0: wait forever)",
+    )
+    mount.add_argument(
         "--foreground", action="store_true", help="serve in this process until unmounted"
     )
     mount.set_defaults(func=run)
@@ -40,7 +62,10 @@ def run(args: argparse.Namespace) -> int:
     check_store_url(args.store or default_store_url())
     mountpoint = check_mountpoint(args.mountpoint)
     options = MountOptions(
-        list_root=args.list_root, xattr=not args.no_xattr, allow_other=args.allow_other
+        list_root=args.list_root,
+        xattr=not args.no_xattr,
+        allow_other=args.allow_other,
+        timeout=args.timeout or None,
     )
     open_store = functools.partial(open_store_from_args, args)
     if args.foreground:

@@ -28,7 +28,7 @@ import trio
 
 from ..errors import MountError, TvixmountError
 from ..stores import Store
-from .operations import TvixmountFS
+from .operations import DEFAULT_TIMEOUT, TvixmountFS
 from .root_nodes import PathInfoRootNodes
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ class MountOptions:
     list_root: bool = False
     xattr: bool = True
     allow_other: bool = False
+    timeout: float | None = DEFAULT_TIMEOUT  # per store call; None: no limit
 
     def fuse_options(self) -> set[str]:
         options = {"ro", f"fsname={FSNAME}", f"subtype={FSNAME}", "default_permissions"}
@@ -236,6 +237,7 @@ def _mount(store: Store, mountpoint: str, options: MountOptions) -> None:
         store.directories,
         list_root=options.list_root,
         xattr=options.xattr,
+        timeout=options.timeout,
     )
     try:
         pyfuse3.init(fs, mountpoint, options.fuse_options())

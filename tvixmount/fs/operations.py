@@ -4,11 +4,19 @@ Mapping (DESIGN.md's FUSE table): an absent root name -> ENOENT; a missing
 Directory or blob, a blob failing verification, and any backend error -> EIO
 (with a log line naming the digest); listing the root without ``list_root``
 -> EPERM; xattrs disabled -> ENOSYS (the kernel then says EOPNOTSUPP); any
-write -> EROFS.
+write -> EROFS; a store call that does not answer within the timeout -> EIO.
 
 Handlers simply await the services: a service whose calls may block on the
-network runs them in worker threads itself (the gRPC transport does), while
-local stores answer inline, so one slow fetch never stalls other requests.
+network runs them in worker threads itself (the gRPC transport and the binary
+cache do, abandoning the thread on cancellation), while local stores answer
+inline, so one slow fetch never stalls other requests.
+
+Every store call runs under a trio deadline (``timeout``). A process reading
+the mount waits in the kernel for the daemon's answer, uninterruptibly for
+some requests, so a backend that hangs must not hang it: past the deadline
+the request is cancelled, answered with EIO and logged with what timed out.
+Nothing is remembered about the failure, so the same request succeeds once
+the backend answers again, without a remount.
 """
 
 from __future__ import annotations
@@ -16,11 +24,13 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import math
 import os
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Concatenate, NoReturn, ParamSpec, TypeVar
 
 import pyfuse3
+import trio
 
 from ..castore.blobservice import BlobService
 from ..castore.digest import B3Digest
@@ -48,21 +58,19 @@ XATTR_BLOB_DIGEST = b"user.tvix.castore.blob.digest"
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
+DEFAULT_TIMEOUT = 30.0  # seconds a store call may take before its request fails with EIO
+
 
 def _eio(message: str, *args: object) -> pyfuse3.FUSEError:
     log.error(message, *args)
     return pyfuse3.FUSEError(errno.EIO)
 
 
-async def _fetch(kind: str, digest: B3Digest, request: Awaitable[_T | None]) -> _T:
-    """Content the tree refers to: absent or unreadable means EIO, logged with its digest."""
-    try:
-        found = await request
-    except Exception as exc:  # any backend failure, expected or not; Cancelled passes
-        raise _eio("cannot fetch %s %s: %s", kind, digest, exc) from None
-    if found is None:
-        raise _eio("%s %s is missing from the %s service", kind, digest, kind)
-    return found
+async def _within(timeout: float, what: str, call: Awaitable[_T]) -> _T:
+    """Await one store call under the deadline; past it, EIO and a log line naming ``what``."""
+    with trio.move_on_after(timeout):
+        return await call
+    raise _eio("%s: the store did not answer within %gs", what, timeout)
 
 
 def _fuse_errors(
@@ -129,7 +137,9 @@ class TvixmountFS(pyfuse3.Operations):
         *,
         list_root: bool = False,
         xattr: bool = True,
+        timeout: float | None = DEFAULT_TIMEOUT,
     ) -> None:
+        """``timeout``: seconds any one store call may take (``None``: no limit)."""
         super().__init__()
         self.inodes = InodeTracker()
         self._root_nodes = root_nodes
@@ -137,6 +147,7 @@ class TvixmountFS(pyfuse3.Operations):
         self._directories = directories
         self._list_root = list_root
         self._xattr = xattr
+        self._timeout = math.inf if timeout is None else timeout
         self._files: HandleTable[FileHandle] = HandleTable()
         self._dirs: HandleTable[DirectoryHandle] = HandleTable()
 
@@ -148,17 +159,40 @@ class TvixmountFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)
         return data
 
+    async def _store(self, what: str, call: Awaitable[_T]) -> _T:
+        return await _within(self._timeout, what, call)
+
+    async def _fetch(self, kind: str, digest: B3Digest, request: Awaitable[_T | None]) -> _T:
+        """Content the tree refers to: absent or unreadable means EIO, logged with its digest."""
+        what = f"fetching {kind} {digest}"
+        try:
+            found = await self._store(what, request)
+        except pyfuse3.FUSEError:
+            raise
+        except Exception as exc:  # any backend failure, expected or not; Cancelled passes
+            raise _eio("cannot fetch %s %s: %s", kind, digest, exc) from None
+        if found is None:
+            raise _eio("%s %s is missing from the %s service", kind, digest, kind)
+        return found
+
     async def _listing(self, data: DirectoryInode) -> Listing:
         if data.listing is None:
-            directory = await _fetch("directory", data.digest, self._directories.get(data.digest))
+            directory = await self._fetch(
+                "directory", data.digest, self._directories.get(data.digest)
+            )
             data.listing = Listing.of(directory)
         return data.listing
+
+    async def _root_list(self) -> tuple[Node, ...]:
+        return tuple([node async for node in self._root_nodes.list()])
 
     async def _child(self, parent: int, name: bytes) -> Node | None:
         data = self._inode(parent)
         if isinstance(data, RootInode):
             try:
-                return await self._root_nodes.lookup(name)
+                return await self._store(
+                    f"looking up root name {name!r}", self._root_nodes.lookup(name)
+                )
             except NotFoundError:
                 return None
             except TvixmountError as exc:
@@ -213,7 +247,7 @@ class TvixmountFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EBADF)
         if handle.entries is None:
             try:
-                handle.entries = tuple([node async for node in self._root_nodes.list()])
+                handle.entries = await self._store("listing the root nodes", self._root_list())
             except TvixmountError as exc:
                 raise _eio("cannot list the root nodes: %s", exc) from None
         for offset in range(start_id, len(handle.entries)):
@@ -241,7 +275,7 @@ class TvixmountFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ELOOP)
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_CREAT):
             _read_only()
-        reader = await _fetch("blob", data.digest, self._blobs.open_read(data.digest))
+        reader = await self._fetch("blob", data.digest, self._blobs.open_read(data.digest))
         fh = self._files.add(FileHandle(data.digest, reader))
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
@@ -252,7 +286,11 @@ class TvixmountFS(pyfuse3.Operations):
         if handle is None:
             raise pyfuse3.FUSEError(errno.EBADF)
         try:
-            return await handle.read(off, size)
+            return await self._store(
+                f"reading blob {handle.digest} at {off}", handle.read(off, size)
+            )
+        except pyfuse3.FUSEError:
+            raise
         except Exception as exc:
             raise _eio("cannot read blob %s at %d: %s", handle.digest, off, exc) from None
 
@@ -260,7 +298,7 @@ class TvixmountFS(pyfuse3.Operations):
     async def release(self, fh: int) -> None:
         handle = self._files.pop(fh)
         if handle is not None:
-            await handle.aclose()
+            await self._store(f"closing blob {handle.digest}", handle.aclose())
 
     # -- xattrs and statfs -----------------------------------------------
 
