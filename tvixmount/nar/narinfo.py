@@ -147,7 +147,8 @@ class Narinfo:
         if lines and lines[-1] == "":
             lines.pop()  # the final newline
         values: dict[str, tuple[int, str]] = {}
-        signatures: list[Signature] = []
+        # An ordered set: a narinfo of many Sig lines parses in linear time.
+        signatures: dict[Signature, None] = {}
         unknown: list[tuple[str, str]] = []
         for lineno, line in enumerate(lines, start=1):
             key, sep, value = line.partition(":")
@@ -165,8 +166,7 @@ class Narinfo:
                 except ValueError as exc:
                     raise NarinfoError(f"{source}: line {lineno}: {exc}") from None
                 # Nix keeps signatures in a set: a repeated one counts once.
-                if signature not in signatures:
-                    signatures.append(signature)
+                signatures.setdefault(signature)
             elif key in _SINGLE_FIELDS:
                 if key in values:
                     raise NarinfoError(
