@@ -1,0 +1,51 @@
+"""Shared by the reliability tests: stores of given files, and reading that bypasses caches."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import trio
+
+from tvixmount.castore.blobservice import put_stream
+from tvixmount.castore.nodes import FileNode, rename
+from tvixmount.nar.writer import calculate_nar
+from tvixmount.pathinfo.model import NarInfo, PathInfo
+from tvixmount.storepath import from_nar_hash
+from tvixmount.stores import Store, StoreOptions, open_store
+
+
+async def put_file_path(store: Store, name: str, data: bytes) -> str:
+    """Store ``data`` as a store path holding one file; returns its basename."""
+    digest = await put_stream(store.blobs, [data])
+    node = FileNode(b"file", digest, len(data), False)
+    nar_size, nar_sha256 = await calculate_nar(node, store.blobs, store.directories)
+    basename = str(from_nar_hash(nar_sha256, name))
+    await store.pathinfos.put(
+        PathInfo(rename(node, basename.encode()), (), NarInfo(nar_size, nar_sha256))
+    )
+    return basename
+
+
+def make_file_store(path: Path, files: Mapping[str, bytes]) -> tuple[str, dict[str, str]]:
+    """An embedded store with one store path per file; returns its URL and name -> basename."""
+
+    async def build() -> dict[str, str]:
+        store = open_store(str(path), StoreOptions(create=True))
+        try:
+            return {name: await put_file_path(store, name, data) for name, data in files.items()}
+        finally:
+            await store.aclose()
+
+    return str(path), trio.run(build)
+
+
+def uncached_pread(fd: int, length: int, offset: int) -> bytes:
+    """A read that reaches the daemon: the file's pages are dropped from the page cache first.
+
+    Files are opened with keep_cache, so without this every read after the
+    first would be answered by the kernel and never exercise the daemon.
+    """
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    return os.pread(fd, length, offset)

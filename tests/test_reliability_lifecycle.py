@@ -1,0 +1,137 @@
+"""SIGTERM while several processes read big files in a loop: clean unmount, exit 0.
+
+(Signals on an idle mount, SIGKILL leaving a stale mount that ``tvixmount
+umount`` clears, and the stale mount explained at the next ``mount`` are in
+test_mount_lifecycle.py.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import random
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.mounting import force_unmount, requires_fuse, tvixmount_command
+from tests.reliability import make_file_store
+from tvixmount.fs.mount import is_mounted, serving_pids
+
+pytestmark = requires_fuse
+
+READERS = 4
+_WAIT = 10.0
+
+# Reads every file whole, again and again, dropping its pages first so that
+# every read reaches the daemon; prints one line per verified round and exits
+# quietly once the mount goes away under it.
+_READER = """
+import hashlib, os, sys
+files = sys.argv[1:]
+expected = [bytes.fromhex(files.pop()) for _ in range(len(files) // 2)][::-1]
+while True:
+    for path, digest in zip(files, expected):
+        try:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                hasher = hashlib.sha256()
+                while block := os.read(fd, 1 << 17):
+                    hasher.update(block)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            print("stopped", exc.errno, flush=True)
+            sys.exit(0)
+        if hasher.digest() != digest:
+            print("WRONG", path, flush=True)
+            sys.exit(1)
+    print("round", flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def big_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, bytes]]:
+    """A store of three 4 MiB files of random bytes; returns its URL and basename -> bytes."""
+    rng = random.Random(9)
+    contents = {f"big-{i}": rng.randbytes(4 << 20) for i in range(3)}
+    url, basenames = make_file_store(tmp_path_factory.mktemp("big") / "store", contents)
+    return url, {basenames[name]: data for name, data in contents.items()}
+
+
+@contextlib.contextmanager
+def _foreground(store: str, mountpoint: Path) -> Iterator[subprocess.Popen[bytes]]:
+    mountpoint.mkdir()
+    proc = subprocess.Popen(
+        tvixmount_command("mount", mountpoint, "--store", store, "--foreground"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not is_mounted(str(mountpoint)) and proc.poll() is None:
+            assert time.monotonic() < deadline, "the mount did not appear"
+            time.sleep(0.05)
+        os.statvfs(mountpoint)  # the loop answers
+        yield proc
+    finally:
+        force_unmount(mountpoint)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+@contextlib.contextmanager
+def _readers(files: dict[Path, bytes], count: int) -> Iterator[list[subprocess.Popen[str]]]:
+    argv = [str(path) for path in files] + [hashlib.sha256(d).hexdigest() for d in files.values()]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _READER, *argv], stdout=subprocess.PIPE, text=True)
+        for _ in range(count)
+    ]
+    try:
+        yield procs
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            assert proc.stdout is not None
+            proc.stdout.close()
+
+
+def _first_line(proc: subprocess.Popen[str], timeout: float) -> str:
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    return proc.stdout.readline().strip() if ready else "(nothing)"
+
+
+def test_sigterm_during_heavy_reads_unmounts_cleanly_with_exit_0(
+    big_files: tuple[str, dict[str, bytes]], tmp_path: Path
+) -> None:
+    store, contents = big_files
+    mountpoint = tmp_path / "mnt"
+    with _foreground(store, mountpoint) as server:
+        (pid,) = serving_pids(str(mountpoint))
+        files = {mountpoint / name: data for name, data in contents.items()}
+        with _readers(files, READERS) as readers:
+            # Every reader has verified a whole round: reads are in full swing.
+            assert [_first_line(r, 60) for r in readers] == ["round"] * READERS
+            server.send_signal(signal.SIGTERM)
+            assert server.wait(timeout=_WAIT) == 0
+            assert not is_mounted(str(mountpoint))
+            for reader in readers:
+                out, _ = reader.communicate(timeout=_WAIT)
+                assert "WRONG" not in out
+                assert out.splitlines()[-1].startswith("stopped")
+                assert reader.returncode == 0
+    assert pid not in serving_pids()
+    # The mount point is an ordinary empty directory again, ready for the next mount.
+    assert os.listdir(mountpoint) == []
