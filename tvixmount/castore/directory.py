@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from google.protobuf.message import DecodeError as _PbDecodeError
 
 from .._proto import castore_pb2 as pb
-from ..errors import DecodeError, ValidationError
+from ..errors import DecodeError, IntegrityError, ValidationError
 from .digest import B3Digest
 from .nodes import DirectoryNode, FileNode, Node, SymlinkNode
 
@@ -97,23 +97,45 @@ class Directory:
     @classmethod
     def from_proto(cls, msg: pb.Directory) -> Directory:
         """Convert and validate."""
-        directory = cls(
-            tuple(DirectoryNode.from_proto(d) for d in msg.directories),
-            tuple(FileNode.from_proto(f) for f in msg.files),
-            tuple(SymlinkNode.from_proto(s) for s in msg.symlinks),
-        )
+        directory = cls._convert(msg)
         directory.validate()
         return directory
 
     @classmethod
-    def parse(cls, data: bytes) -> Directory:
-        """Decode protobuf bytes into a validated Directory."""
+    def _convert(cls, msg: pb.Directory) -> Directory:
+        return cls(
+            tuple(DirectoryNode.from_proto(d) for d in msg.directories),
+            tuple(FileNode.from_proto(f) for f in msg.files),
+            tuple(SymlinkNode.from_proto(s) for s in msg.symlinks),
+        )
+
+    @staticmethod
+    def _decode(data: bytes) -> pb.Directory:
         msg = pb.Directory()
         try:
             msg.ParseFromString(data)
         except (_PbDecodeError, RuntimeError, ValueError) as exc:
             raise DecodeError(f"corrupt Directory protobuf: {exc}") from None
-        return cls.from_proto(msg)
+        return msg
+
+    @classmethod
+    def parse(cls, data: bytes) -> Directory:
+        """Decode protobuf bytes into a validated Directory."""
+        return cls.from_proto(cls._decode(data))
+
+    @classmethod
+    def parse_stored(cls, data: bytes, digest: B3Digest) -> Directory:
+        """Decode bytes a store wrote with :meth:`serialize` after validating them.
+
+        The BLAKE3 check of the raw bytes proves they are exactly what was
+        validated on put, so the per-entry validation (the hot part of every
+        first readdir) is skipped. Raises :class:`IntegrityError` on mismatch.
+        """
+        if B3Digest.of(data) != digest:
+            raise IntegrityError(f"directory {digest} is corrupt: its bytes do not match")
+        directory = cls._convert(cls._decode(data))
+        directory._digest.append(digest)
+        return directory
 
     def entries(self) -> Iterator[Node]:
         """All children merged and sorted by raw name bytes."""

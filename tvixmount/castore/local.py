@@ -162,10 +162,7 @@ class LocalDirectoryService:
         ).fetchone()
         if row is None:
             return None
-        directory = Directory.parse(row[0])
-        if directory.digest() != digest:
-            raise IntegrityError(f"directory {digest} is corrupt in the local store")
-        return directory
+        return Directory.parse_stored(row[0], digest)
 
     async def get(self, digest: B3Digest) -> Directory | None:
         try:
