@@ -167,12 +167,13 @@ class Served:
     requests: Counter[str]  # path -> how many GETs
     headers: list[dict[str, str]]  # every request's headers, in order
     fail_next: dict[str, int]  # path -> how many 503s to answer before serving it
+    hold: dict[str, threading.Event]  # path -> answer only once the event is set
 
 
 @contextlib.contextmanager
 def serve_directory(root: Path) -> Iterator[Served]:
     """``http.server`` on 127.0.0.1 serving ``root`` in a thread, counting requests."""
-    served = Served("", Counter(), [], {})
+    served = Served("", Counter(), [], {}, {})
     lock = threading.Lock()
 
     class Handler(http.server.SimpleHTTPRequestHandler):
@@ -187,6 +188,9 @@ def serve_directory(root: Path) -> Iterator[Served]:
                 failing = served.fail_next.get(path, 0)
                 if failing:
                     served.fail_next[path] = failing - 1
+                gate = served.hold.get(path)
+            if gate is not None:
+                gate.wait()
             if failing:
                 self.send_error(503, "try again")
                 return

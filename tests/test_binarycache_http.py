@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import logging
 import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,20 @@ async def test_concurrent_gets_share_one_failure(
                 nursery.start_soon(get)
         assert served.requests[narinfo_name(path)] == 1
     assert len(errors) == 2
+
+
+async def test_fetch_goes_on_when_its_caller_gives_up(cache: NixCache, tmp_path: Path):
+    path = cache.paths[0]
+    nar_url = cache.narinfos[path].url
+    with serve_directory(cache.dir) as served:
+        served.hold[nar_url] = threading.Event()
+        async with opened(served.url, tmp_path / "local") as store:
+            with trio.move_on_after(0.5) as deadline:
+                await store.pathinfos.get(digest_of(path))
+            assert deadline.cancelled_caught
+            served.hold[nar_url].set()
+            await assert_served_as_nix_wrote(store, cache, path)
+        assert served.requests[nar_url] == 1
 
 
 async def test_server_errors_are_retried(cache: NixCache, tmp_path: Path):

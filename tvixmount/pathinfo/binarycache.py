@@ -13,7 +13,7 @@ and records the PathInfo in the local cache only once NarHash and NarSize
 Blocking work (HTTP, file reads, decompression, hashing) runs in one worker
 thread per fetch that hands decompressed chunks to the trio side, so a slow
 cache never stalls other requests. Concurrent gets of one path share a
-single fetch.
+single fetch, which goes on when a caller gives up waiting (a deadline).
 
 URL parameters: ``trusted-public-keys`` (space or comma separated, added to
 the configured keys), ``timeout`` (seconds, per network operation),
@@ -441,13 +441,12 @@ class _Digests:
 
 
 class _Flight:
-    """One fetch in progress; other gets of the same path wait for it."""
+    """One fetch in progress; every get of the same path waits for it."""
 
     def __init__(self) -> None:
         self.done = trio.Event()
         self.result: PathInfo | None = None
         self.error: StoreError | None = None
-        self.finished = False
 
 
 class BinaryCachePathInfoService:
@@ -475,24 +474,33 @@ class BinaryCachePathInfoService:
         if info is not None:
             return info
         flight = self._flights.get(digest)
-        if flight is not None:
-            await flight.done.wait()
-            if flight.error is not None:
-                raise type(flight.error)(str(flight.error))
-            if flight.finished:
-                return flight.result
-            return await self.get(digest)  # the fetching task was cancelled: try again
-        flight = self._flights[digest] = _Flight()
+        if flight is None:
+            flight = self._flights[digest] = _Flight()
+            # The fetch outlives the request that started it: callers put deadlines on
+            # requests (the mount answers EIO after --timeout), and a big NAR that takes
+            # longer must still land in the local cache for the next lookup instead of
+            # being thrown away and restarted forever. The service has no nursery of its
+            # own (it is opened outside trio), so the fetch runs as a system task;
+            # _fly never lets an exception escape it.
+            trio.lowlevel.spawn_system_task(
+                self._fly, digest, flight, name=f"fetch {nixbase32.encode(digest)}"
+            )
+        await flight.done.wait()
+        if flight.error is not None:
+            raise type(flight.error)(str(flight.error))
+        return flight.result
+
+    async def _fly(self, digest: bytes, flight: _Flight) -> None:
         try:
             flight.result = await self._fetch(digest)
-            flight.finished = True
-            return flight.result
         except StoreError as exc:
             # Debug only: the caller reports the error (the fs layer logs it with EIO, the
             # CLI prints it), and a command must fail with one line on stderr.
             log.debug("%s: lookup of %s failed: %s", self.cache.base, nixbase32.encode(digest), exc)
             flight.error = exc
-            raise
+        except Exception as exc:
+            log.exception("%s: lookup of %s failed", self.cache.base, nixbase32.encode(digest))
+            flight.error = StoreError(f"{self.cache.base}: internal error: {exc!r}")
         finally:
             del self._flights[digest]
             flight.done.set()
