@@ -248,3 +248,18 @@ def test_path_info_json_renders_deriver_and_signatures_like_nix() -> None:
         "deriver": store_path + ".drv",
         "signatures": ["cache.example.org-1:" + base64.b64encode(b"\x01" * 64).decode()],
     }
+
+
+@requires_nix
+@pytest.mark.parametrize("argument", [".", "nested/", "nested/deeper/.."])
+def test_import_names_the_path_as_nix_does(tree: Path, store: str, argument: str) -> None:
+    ours = subprocess.run(
+        [sys.executable, "-m", "tvixmount", "import", argument, "--store", store],
+        cwd=tree,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    theirs = subprocess.run(
+        ["nix-store", "--add", argument], cwd=tree, capture_output=True, check=True
+    ).stdout.decode()
+    assert ours == theirs

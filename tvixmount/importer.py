@@ -17,8 +17,13 @@ from .stores import Store
 
 
 def default_name(path: Path | str) -> str:
-    """Nix's name for an added path: the basename of its absolute form."""
-    return os.path.basename(os.path.abspath(path))
+    """Nix's name for an added path: the last component of the path as given.
+
+    Like Nix's ``baseNameOf``, trailing slashes are ignored and nothing is
+    resolved, so ``nix-store --add .`` and ``tvixmount import .`` both name
+    the path ``.``.
+    """
+    return os.fspath(path).rstrip("/").rpartition("/")[2]
 
 
 async def import_path(
