@@ -1,8 +1,7 @@
-"""Shared by the reliability tests: stores of given files, and reading that bypasses caches."""
+"""Shared by the reliability tests: stores of given files."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -39,13 +38,3 @@ def make_file_store(path: Path, files: Mapping[str, bytes]) -> tuple[str, dict[s
             await store.aclose()
 
     return str(path), trio.run(build)
-
-
-def uncached_pread(fd: int, length: int, offset: int) -> bytes:
-    """A read that reaches the daemon: the file's pages are dropped from the page cache first.
-
-    Files are opened with keep_cache, so without this every read after the
-    first would be answered by the kernel and never exercise the daemon.
-    """
-    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    return os.pread(fd, length, offset)

@@ -287,6 +287,31 @@ def test_hanging_grpc_lookup_is_eio_within_the_timeout(tmp_path: Path) -> None:
 
 
 @requires_fuse
+def test_paths_already_looked_up_are_served_while_a_lookup_hangs(tmp_path: Path) -> None:
+    backend = _grpc_backend(_digest_of(0), b"")
+    with (
+        _gated_grpc(backend) as url,
+        mounted(url, tmp_path / "mnt", "--timeout", str(MOUNT_TIMEOUT)) as mnt,
+    ):
+        os.stat(mnt / fx.ROOT_BLOB_B)
+        os.stat(mnt / fx.ROOT_DIRECTORY_COMPLICATED)
+        hanging = threading.Thread(
+            target=_oserror_and_seconds, args=(os.stat, mnt / fx.ROOT_BLOB_A)
+        )
+        hanging.start()
+        try:
+            time.sleep(MOUNT_TIMEOUT / 4)
+            started = time.monotonic()
+            assert (mnt / fx.ROOT_BLOB_B).read_bytes() == fx.BLOB_B
+            assert os.listdir(mnt / fx.ROOT_DIRECTORY_COMPLICATED) == [".keep", "aa", "keep"]
+            answered = time.monotonic() - started
+            assert hanging.is_alive()  # all of that happened while the lookup hung
+        finally:
+            hanging.join()
+    assert answered < MOUNT_TIMEOUT / 2
+
+
+@requires_fuse
 def test_hanging_grpc_blob_is_eio_while_other_paths_are_served(tmp_path: Path) -> None:
     backend = _grpc_backend(b"", bytes(fx.BLOB_A_DIGEST))
     with (
