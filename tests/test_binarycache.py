@@ -193,6 +193,21 @@ async def test_tampered_signed_narinfo_is_rejected(
     )
 
 
+async def test_path_cached_without_keys_needs_a_trusted_signature_later(tmp_path: Path):
+    key = generate_key(tmp_path, "k-1")
+    cache = build_cache(tmp_path / "nix", "xz", key=key, trees=1)
+    path = cache.paths[0]
+    async with opened(cache.url, tmp_path / "local") as store:
+        await assert_served_as_nix_wrote(store, cache, path)
+    other = generate_key(tmp_path, "other-1")
+    async with opened(cache.url, tmp_path / "local", [other.public]) as store:
+        with pytest.raises(IntegrityError, match="no valid sig"):
+            await store.pathinfos.get(digest_of(path))
+    shutil.rmtree(cache.dir)
+    async with opened(cache.url, tmp_path / "local", [key.public]) as store:
+        await assert_served_as_nix_wrote(store, cache, path)
+
+
 async def test_unsigned_narinfo_is_rejected_when_keys_are_given(
     cache: NixCache, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from .. import nixbase32
@@ -115,6 +115,15 @@ def _parse_signature(text: str) -> Signature:
         return Signature(*split_named_base64(text, _SIGNATURE_LEN))
     except ValueError as exc:
         raise ValueError(f"signature {text!r}: {exc}") from None
+
+
+def fingerprint(
+    store_path: StorePath, nar_sha256: bytes, nar_size: int, references: Iterable[StorePath]
+) -> bytes:
+    """What a ``Sig:`` signs: ``1;<path>;sha256:<NarHash>;<NarSize>;<sorted refs, ","-joined>``."""
+    refs = ",".join(sorted(ref.absolute for ref in references))
+    nar_hash = f"sha256:{nixbase32.encode(nar_sha256)}"
+    return f"1;{store_path.absolute};{nar_hash};{nar_size};{refs}".encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,9 +278,7 @@ class Narinfo:
         return f"sha256:{nixbase32.encode(self.nar_hash)}"
 
     def fingerprint(self) -> bytes:
-        """What a ``Sig:`` signs: ``1;<path>;<NarHash>;<NarSize>;<refs, comma-separated>``."""
-        refs = ",".join(ref.absolute for ref in self.references)
-        return f"1;{self.store_path.absolute};{self.nar_hash_text};{self.nar_size};{refs}".encode()
+        return fingerprint(self.store_path, self.nar_hash, self.nar_size, self.references)
 
     def format(self) -> str:
         """The narinfo text, field order and spelling as Nix 2.8 writes it."""

@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from ..errors import SigningKeyError
-from ..pathinfo.model import Signature
-from .narinfo import Narinfo, split_named_base64
+from ..pathinfo.model import PathInfo, Signature
+from .narinfo import Narinfo, fingerprint, split_named_base64
 
 _PUBLIC_LEN = 32
 _SECRET_LEN = 64
@@ -103,14 +103,22 @@ def parse_public_keys(texts: Iterable[str]) -> tuple[PublicKey, ...]:
     return tuple(keys)
 
 
+def _signers(
+    fingerprint: bytes, signatures: Sequence[Signature], keys: Sequence[PublicKey]
+) -> list[str]:
+    return [key.name for key in keys if any(key.verifies(fingerprint, sig) for sig in signatures)]
+
+
 def valid_signers(narinfo: Narinfo, keys: Sequence[PublicKey]) -> list[str]:
     """Names of the trusted keys with a valid signature on ``narinfo``."""
-    fingerprint = narinfo.fingerprint()
-    return [
-        key.name
-        for key in keys
-        if any(key.verifies(fingerprint, sig) for sig in narinfo.signatures)
-    ]
+    return _signers(narinfo.fingerprint(), narinfo.signatures, keys)
+
+
+def pathinfo_signers(info: PathInfo, keys: Sequence[PublicKey]) -> list[str]:
+    """Names of the trusted keys with a valid signature among those a PathInfo kept."""
+    n = info.narinfo
+    fp = fingerprint(info.store_path, n.nar_sha256, n.nar_size, info.reference_paths)
+    return _signers(fp, n.signatures, keys)
 
 
 def sign_narinfo(narinfo: Narinfo, key: SecretKey) -> Narinfo:

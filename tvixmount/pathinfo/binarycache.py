@@ -59,7 +59,7 @@ from ..errors import (
 from ..localstore import open_local
 from ..nar.ingest import ingest_nar
 from ..nar.narinfo import Narinfo
-from ..nar.signing import PublicKey, parse_public_keys, valid_signers
+from ..nar.signing import PublicKey, parse_public_keys, pathinfo_signers, valid_signers
 from ..storepath import STORE_DIR
 from .model import PathInfo
 from .service import PathInfoService
@@ -472,7 +472,11 @@ class BinaryCachePathInfoService:
     async def get(self, digest: bytes) -> PathInfo | None:
         info = await self._local.get(digest)
         if info is not None:
-            return info
+            # A path cached by a mount without keys must not slip past a mount with keys:
+            # its kept signatures are checked, and if none is trusted it is fetched again.
+            if not self._keys or pathinfo_signers(info, self._keys):
+                return info
+            log.debug("%s: cached copy lacks a trusted signature; refetching", info.store_path)
         flight = self._flights.get(digest)
         if flight is None:
             flight = self._flights[digest] = _Flight()
