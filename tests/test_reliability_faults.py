@@ -12,6 +12,7 @@ import errno
 import http.server
 import logging
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -37,6 +38,7 @@ from tvixmount.castore.memory import (
 from tvixmount.cli import mount as cli_mount
 from tvixmount.fs import operations
 from tvixmount.fs.inode_tracker import ROOT_INODE
+from tvixmount.fs.mount import is_mounted, serving_pids
 from tvixmount.fs.operations import TvixmountFS
 from tvixmount.fs.root_nodes import PathInfoRootNodes
 from tvixmount.pathinfo.memory import MemoryPathInfoService
@@ -398,3 +400,28 @@ def test_hanging_http_binary_cache_is_eio_serves_others_and_recovers(tmp_path: P
     assert code == errno.EIO
     assert seconds < MOUNT_TIMEOUT + MARGIN
     assert "looking up root name" in log
+
+
+@requires_fuse
+def test_sigterm_while_a_lookup_hangs_exits_within_the_timeout(tmp_path: Path) -> None:
+    backend = _grpc_backend(_digest_of(0), b"")
+    with (
+        _gated_grpc(backend) as url,
+        mounted(url, tmp_path / "mnt", "--timeout", str(MOUNT_TIMEOUT)) as mnt,
+    ):
+        (pid,) = mnt.pids
+        hanging = threading.Thread(
+            target=_oserror_and_seconds, args=(os.stat, mnt / fx.ROOT_BLOB_A)
+        )
+        hanging.start()
+        try:
+            time.sleep(MOUNT_TIMEOUT / 4)
+            started = time.monotonic()
+            os.kill(pid, signal.SIGTERM)
+            while pid in serving_pids() and time.monotonic() - started < MOUNT_TIMEOUT + MARGIN:
+                time.sleep(0.05)
+            exited = time.monotonic() - started
+        finally:
+            hanging.join()
+        assert not is_mounted(str(mnt.path))
+    assert exited < MOUNT_TIMEOUT + MARGIN
