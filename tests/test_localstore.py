@@ -108,14 +108,15 @@ def test_default_store_dir_is_under_xdg_data_home(
 
 async def test_unfinished_blob_lives_only_in_tmp(tmp_path: Path) -> None:
     blobs = _open(tmp_path / "s", create=True)
-    data = b"partial content" * 1000
+    # Big enough that the writer spills to a temp file before it is finished.
+    data = b"partial content" * 200_000
     writer = await blobs.open_write()
-    await writer.write(data[:100])
+    await writer.write(data[: len(data) // 2])
     final = blobs.path_of(B3Digest.of(data))
     assert not final.exists()
     assert [p for p in blobs.blob_dir.rglob("*") if p.is_file()] == []
     assert len(list(blobs.tmp_dir.iterdir())) == 1
-    await writer.write(data[100:])
+    await writer.write(data[len(data) // 2 :])
     assert await writer.finish() == B3Digest.of(data)
     assert final.read_bytes() == data
     assert list(blobs.tmp_dir.iterdir()) == []

@@ -47,7 +47,7 @@ _BATCH_EVENTS = 1024
 _CHANNEL_SIZE = 2
 # Blobs being stored at once (each holds an open temp file, small ones
 # their bytes too).
-MAX_PENDING_BLOBS = 32
+MAX_PENDING_BLOBS = 256
 # Files up to this size are collected in memory and stored by a task of their own.
 SMALL_FILE = 256 << 10
 # Token bytes are hashed in batches: one hashlib call per token would
