@@ -1,10 +1,12 @@
-"""Shared by the reliability tests: stores of given files."""
+"""Shared by the reliability tests: stores of given files, kernel caches, corruption."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
+import pytest
 import trio
 
 from tvixmount.castore.blobservice import put_stream
@@ -38,3 +40,21 @@ def make_file_store(path: Path, files: Mapping[str, bytes]) -> tuple[str, dict[s
             await store.aclose()
 
     return str(path), trio.run(build)
+
+
+def drop_caches() -> None:
+    """Make the kernel forget every unused inode and page (skips the test if not allowed)."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError as exc:
+        pytest.skip(f"cannot drop kernel caches: {exc}")
+
+
+def flip_blob_bit(store: Path, digest: bytes, offset: int) -> None:
+    """Corrupt one bit of a blob file in an embedded store, as failing hardware would."""
+    path = store / "blobs" / digest.hex()[:2] / digest.hex()
+    path.chmod(0o644)
+    with path.open("r+b") as f:
+        byte = os.pread(f.fileno(), 1, offset)
+        os.pwrite(f.fileno(), bytes([byte[0] ^ 0x01]), offset)

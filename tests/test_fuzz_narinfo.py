@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from tvixmount import nixbase32
 from tvixmount.errors import NarinfoError
-from tvixmount.nar.narinfo import Narinfo
+from tvixmount.nar.narinfo import _SINGLE_FIELDS, Narinfo
 
 FUZZ = settings(max_examples=300, deadline=1000, suppress_health_check=[HealthCheck.too_slow])
 
@@ -40,20 +40,7 @@ VALID = (
     f"CA: fixed:r:sha256:{_hash(32)}\n"
 )
 
-FIELDS = (
-    "StorePath",
-    "URL",
-    "Compression",
-    "FileHash",
-    "FileSize",
-    "NarHash",
-    "NarSize",
-    "References",
-    "Deriver",
-    "System",
-    "Sig",
-    "CA",
-)
+FIELDS = (*_SINGLE_FIELDS, "Sig")
 
 
 def parse(text: str | bytes) -> Narinfo | None:

@@ -25,7 +25,7 @@ import trio
 
 from tests.fixtures import castore as fx
 from tests.grpc_serving import FakeBackend, fake_server
-from tests.mounting import mounted, requires_fuse
+from tests.mounting import Mount, mounted, requires_fuse
 from tests.nixcache import build_cache, requires_nix
 from tvixmount.castore.blobservice import put_stream
 from tvixmount.castore.digest import B3Digest
@@ -259,12 +259,29 @@ def _release(backend: FakeBackend) -> None:
 
 
 @contextlib.contextmanager
-def _gated_grpc(backend: FakeBackend) -> Iterator[str]:
+def _gated_mount(
+    tmp_path: Path, hanging_pathinfo: bytes = b"", hanging_blob: bytes = b""
+) -> Iterator[tuple[Mount, FakeBackend]]:
+    """The fixtures over a gRPC server that hangs for the given keys, mounted with --timeout."""
+    backend = _grpc_backend(hanging_pathinfo, hanging_blob)
     with fake_server(backend) as url:
         try:
-            yield url
+            with mounted(url, tmp_path / "mnt", "--timeout", str(MOUNT_TIMEOUT)) as mnt:
+                yield mnt, backend
         finally:
             _release(backend)  # let stuck handlers finish, or the server cannot stop
+
+
+@contextlib.contextmanager
+def _while_a_lookup_hangs(path: Path) -> Iterator[threading.Thread]:
+    """A thread stat-ing ``path`` (which hangs) for the duration of the block."""
+    hanging = threading.Thread(target=_oserror_and_seconds, args=(os.stat, path))
+    hanging.start()
+    try:
+        time.sleep(MOUNT_TIMEOUT / 4)  # the lookup has reached the daemon
+        yield hanging
+    finally:
+        hanging.join()
 
 
 def _oserror_and_seconds(call: Any, *args: Any) -> tuple[int | None, float]:
@@ -276,11 +293,7 @@ def _oserror_and_seconds(call: Any, *args: Any) -> tuple[int | None, float]:
 
 @requires_fuse
 def test_hanging_grpc_lookup_is_eio_within_the_timeout(tmp_path: Path) -> None:
-    backend = _grpc_backend(_digest_of(0), b"")
-    with (
-        _gated_grpc(backend) as url,
-        mounted(url, tmp_path / "mnt", "--timeout", str(MOUNT_TIMEOUT)) as mnt,
-    ):
+    with _gated_mount(tmp_path, hanging_pathinfo=_digest_of(0)) as (mnt, _):
         code, seconds = _oserror_and_seconds(os.stat, mnt / fx.ROOT_BLOB_A)
         log = mnt.log()
     assert code == errno.EIO
@@ -290,36 +303,21 @@ def test_hanging_grpc_lookup_is_eio_within_the_timeout(tmp_path: Path) -> None:
 
 @requires_fuse
 def test_paths_already_looked_up_are_served_while_a_lookup_hangs(tmp_path: Path) -> None:
-    backend = _grpc_backend(_digest_of(0), b"")
-    with (
-        _gated_grpc(backend) as url,
-        mounted(url, tmp_path / "mnt", "--timeout", str(MOUNT_TIMEOUT)) as mnt,
-    ):
+    with _gated_mount(tmp_path, hanging_pathinfo=_digest_of(0)) as (mnt, _):
         os.stat(mnt / fx.ROOT_BLOB_B)
         os.stat(mnt / fx.ROOT_DIRECTORY_COMPLICATED)
-        hanging = threading.Thread(
-            target=_oserror_and_seconds, args=(os.stat, mnt / fx.ROOT_BLOB_A)
-        )
-        hanging.start()
-        try:
-            time.sleep(MOUNT_TIMEOUT / 4)
+        with _while_a_lookup_hangs(mnt / fx.ROOT_BLOB_A) as hanging:
             started = time.monotonic()
             assert (mnt / fx.ROOT_BLOB_B).read_bytes() == fx.BLOB_B
             assert os.listdir(mnt / fx.ROOT_DIRECTORY_COMPLICATED) == [".keep", "aa", "keep"]
             answered = time.monotonic() - started
             assert hanging.is_alive()  # all of that happened while the lookup hung
-        finally:
-            hanging.join()
     assert answered < MOUNT_TIMEOUT / 2
 
 
 @requires_fuse
 def test_hanging_grpc_blob_is_eio_while_other_paths_are_served(tmp_path: Path) -> None:
-    backend = _grpc_backend(b"", bytes(fx.BLOB_A_DIGEST))
-    with (
-        _gated_grpc(backend) as url,
-        mounted(url, tmp_path / "mnt", "--timeout", str(MOUNT_TIMEOUT)) as mnt,
-    ):
+    with _gated_mount(tmp_path, hanging_blob=bytes(fx.BLOB_A_DIGEST)) as (mnt, _):
         code, seconds = _oserror_and_seconds((mnt / fx.ROOT_BLOB_A).read_bytes)
         assert (mnt / fx.ROOT_BLOB_B).read_bytes() == fx.BLOB_B
         assert os.listdir(mnt / fx.ROOT_DIRECTORY_COMPLICATED) == [".keep", "aa", "keep"]
@@ -331,16 +329,27 @@ def test_hanging_grpc_blob_is_eio_while_other_paths_are_served(tmp_path: Path) -
 
 @requires_fuse
 def test_hanging_grpc_backend_recovers_without_remount(tmp_path: Path) -> None:
-    backend = _grpc_backend(_digest_of(0), bytes(fx.BLOB_B_DIGEST))
-    with (
-        _gated_grpc(backend) as url,
-        mounted(url, tmp_path / "mnt", "--timeout", str(MOUNT_TIMEOUT)) as mnt,
-    ):
+    hanging = {"hanging_pathinfo": _digest_of(0), "hanging_blob": bytes(fx.BLOB_B_DIGEST)}
+    with _gated_mount(tmp_path, **hanging) as (mnt, backend):
         _oserror_and_seconds(os.stat, mnt / fx.ROOT_BLOB_A)
         _oserror_and_seconds((mnt / fx.ROOT_BLOB_B).read_bytes)
         _release(backend)
         assert (mnt / fx.ROOT_BLOB_A).read_bytes() == fx.BLOB_A
         assert (mnt / fx.ROOT_BLOB_B).read_bytes() == fx.BLOB_B
+
+
+@requires_fuse
+def test_sigterm_while_a_lookup_hangs_exits_within_the_timeout(tmp_path: Path) -> None:
+    with _gated_mount(tmp_path, hanging_pathinfo=_digest_of(0)) as (mnt, _):
+        (pid,) = mnt.pids
+        with _while_a_lookup_hangs(mnt / fx.ROOT_BLOB_A):
+            started = time.monotonic()
+            os.kill(pid, signal.SIGTERM)
+            while pid in serving_pids() and time.monotonic() - started < MOUNT_TIMEOUT + MARGIN:
+                time.sleep(0.05)
+            exited = time.monotonic() - started
+        assert not is_mounted(str(mnt.path))
+    assert exited < MOUNT_TIMEOUT + MARGIN
 
 
 # -- an HTTP binary cache that never answers for one narinfo --------------------------------
@@ -400,28 +409,3 @@ def test_hanging_http_binary_cache_is_eio_serves_others_and_recovers(tmp_path: P
     assert code == errno.EIO
     assert seconds < MOUNT_TIMEOUT + MARGIN
     assert "looking up root name" in log
-
-
-@requires_fuse
-def test_sigterm_while_a_lookup_hangs_exits_within_the_timeout(tmp_path: Path) -> None:
-    backend = _grpc_backend(_digest_of(0), b"")
-    with (
-        _gated_grpc(backend) as url,
-        mounted(url, tmp_path / "mnt", "--timeout", str(MOUNT_TIMEOUT)) as mnt,
-    ):
-        (pid,) = mnt.pids
-        hanging = threading.Thread(
-            target=_oserror_and_seconds, args=(os.stat, mnt / fx.ROOT_BLOB_A)
-        )
-        hanging.start()
-        try:
-            time.sleep(MOUNT_TIMEOUT / 4)
-            started = time.monotonic()
-            os.kill(pid, signal.SIGTERM)
-            while pid in serving_pids() and time.monotonic() - started < MOUNT_TIMEOUT + MARGIN:
-                time.sleep(0.05)
-            exited = time.monotonic() - started
-        finally:
-            hanging.join()
-        assert not is_mounted(str(mnt.path))
-    assert exited < MOUNT_TIMEOUT + MARGIN

@@ -20,6 +20,7 @@ import pytest
 import trio
 
 from tests.mounting import Mount, mounted, requires_fuse
+from tests.reliability import drop_caches
 from tvixmount.castore.digest import B3Digest
 from tvixmount.castore.directory import Directory
 from tvixmount.castore.nodes import DirectoryNode, FileNode
@@ -69,14 +70,6 @@ def wide(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mount]:
         yield mnt
 
 
-def _drop_caches() -> None:
-    os.sync()
-    try:
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
-    except OSError as exc:
-        pytest.skip(f"cannot drop kernel caches: {exc}")
-
-
 def _live_inodes(mnt: Mount) -> int:
     return os.statvfs(mnt.path).f_files
 
@@ -102,7 +95,7 @@ def _settle(mnt: Mount, timeout: float = 30.0) -> int:
     """Drop caches until the daemon holds only the root; returns the live inode count."""
     deadline = time.monotonic() + timeout
     while True:
-        _drop_caches()
+        drop_caches()
         live = _live_inodes(mnt)
         if live == 1 or time.monotonic() > deadline:
             return live

@@ -16,29 +16,9 @@ import pytest
 
 from tests.fixtures import castore as fx
 from tests.mounting import Mount, make_fixture_store, mounted, requires_fuse
+from tests.reliability import drop_caches, flip_blob_bit
 
 pytestmark = requires_fuse
-
-
-def _blob_file(store: Path, digest: bytes) -> Path:
-    return store / "blobs" / digest.hex()[:2] / digest.hex()
-
-
-def _flip_byte(path: Path, offset: int) -> None:
-    path.chmod(0o644)
-    with path.open("r+b") as f:
-        f.seek(offset)
-        byte = f.read(1)
-        f.seek(offset)
-        f.write(bytes([byte[0] ^ 0x01]))
-
-
-def _drop_caches() -> None:
-    os.sync()
-    try:
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
-    except OSError as exc:
-        pytest.skip(f"cannot drop kernel caches: {exc}")
 
 
 def _read_errno(mnt: Mount, name: bytes) -> int | None:
@@ -54,8 +34,8 @@ def served_then_corrupted(tmp_path: Path) -> Iterator[Mount]:
     make_fixture_store(store)
     with mounted(str(store), tmp_path / "mnt") as mnt:
         assert (mnt / fx.ROOT_BLOB_B).read_bytes() == fx.BLOB_B
-        _flip_byte(_blob_file(store, fx.BLOB_B_DIGEST), len(fx.BLOB_B) // 2)
-        _drop_caches()  # so the next read reaches the daemon, not the page cache
+        flip_blob_bit(store, fx.BLOB_B_DIGEST, len(fx.BLOB_B) // 2)
+        drop_caches()  # so the next read reaches the daemon, not the page cache
         yield mnt
 
 
