@@ -66,11 +66,14 @@ def _eio(message: str, *args: object) -> pyfuse3.FUSEError:
     return pyfuse3.FUSEError(errno.EIO)
 
 
-async def _within(timeout: float, what: str, call: Awaitable[_T]) -> _T:
-    """Await one store call under the deadline; past it, EIO and a log line naming ``what``."""
+async def _within(timeout: float, call: Awaitable[_T], what: str, *args: object) -> _T:
+    """Await one store call under the deadline; past it, EIO and a log line naming it.
+
+    ``what % args`` names the call; it is formatted only when logged (reads are hot).
+    """
     with trio.move_on_after(timeout):
         return await call
-    raise _eio("%s: the store did not answer within %gs", what, timeout)
+    raise _eio(f"{what}: the store did not answer within %gs", *args, timeout)
 
 
 def _fuse_errors(
@@ -159,14 +162,13 @@ class TvixmountFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)
         return data
 
-    async def _store(self, what: str, call: Awaitable[_T]) -> _T:
-        return await _within(self._timeout, what, call)
+    async def _store(self, call: Awaitable[_T], what: str, *args: object) -> _T:
+        return await _within(self._timeout, call, what, *args)
 
     async def _fetch(self, kind: str, digest: B3Digest, request: Awaitable[_T | None]) -> _T:
         """Content the tree refers to: absent or unreadable means EIO, logged with its digest."""
-        what = f"fetching {kind} {digest}"
         try:
-            found = await self._store(what, request)
+            found = await self._store(request, "fetching %s %s", kind, digest)
         except pyfuse3.FUSEError:
             raise
         except Exception as exc:  # any backend failure, expected or not; Cancelled passes
@@ -191,7 +193,7 @@ class TvixmountFS(pyfuse3.Operations):
         if isinstance(data, RootInode):
             try:
                 return await self._store(
-                    f"looking up root name {name!r}", self._root_nodes.lookup(name)
+                    self._root_nodes.lookup(name), "looking up root name %r", name
                 )
             except NotFoundError:
                 return None
@@ -247,7 +249,7 @@ class TvixmountFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EBADF)
         if handle.entries is None:
             try:
-                handle.entries = await self._store("listing the root nodes", self._root_list())
+                handle.entries = await self._store(self._root_list(), "listing the root nodes")
             except TvixmountError as exc:
                 raise _eio("cannot list the root nodes: %s", exc) from None
         for offset in range(start_id, len(handle.entries)):
@@ -287,7 +289,7 @@ class TvixmountFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EBADF)
         try:
             return await self._store(
-                f"reading blob {handle.digest} at {off}", handle.read(off, size)
+                handle.read(off, size), "reading blob %s at %d", handle.digest, off
             )
         except pyfuse3.FUSEError:
             raise
@@ -298,7 +300,7 @@ class TvixmountFS(pyfuse3.Operations):
     async def release(self, fh: int) -> None:
         handle = self._files.pop(fh)
         if handle is not None:
-            await self._store(f"closing blob {handle.digest}", handle.aclose())
+            await self._store(handle.aclose(), "closing blob %s", handle.digest)
 
     # -- xattrs and statfs -----------------------------------------------
 
