@@ -1,13 +1,15 @@
-"""SIGTERM while several processes read big files in a loop: clean unmount, exit 0.
+"""Signals while several processes read big files in a loop.
 
-(Signals on an idle mount, SIGKILL leaving a stale mount that ``tvixmount
-umount`` clears, and the stale mount explained at the next ``mount`` are in
-test_mount_lifecycle.py.)
+SIGTERM: clean unmount, exit 0. SIGKILL: the readers fail instead of hanging,
+and ``tvixmount umount`` clears the stale mount. (Signals on an idle mount,
+SIGKILL on an idle mount, and the stale mount explained at the next
+``mount`` are in test_mount_lifecycle.py.)
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import random
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.mounting import force_unmount, requires_fuse, tvixmount_command
+from tests.mounting import force_unmount, requires_fuse, run_tvixmount, tvixmount_command
 from tests.reliability import make_file_store
 from tvixmount.fs.mount import is_mounted, serving_pids
 
@@ -135,3 +137,25 @@ def test_sigterm_during_heavy_reads_unmounts_cleanly_with_exit_0(
     assert pid not in serving_pids()
     # The mount point is an ordinary empty directory again, ready for the next mount.
     assert os.listdir(mountpoint) == []
+
+
+def test_sigkill_during_heavy_reads_fails_readers_and_umount_clears_the_mount(
+    big_files: tuple[str, dict[str, bytes]], tmp_path: Path
+) -> None:
+    store, contents = big_files
+    mountpoint = tmp_path / "mnt"
+    with _foreground(store, mountpoint) as server:
+        files = {mountpoint / name: data for name, data in contents.items()}
+        with _readers(files, READERS) as readers:
+            assert [_first_line(r, 60) for r in readers] == ["round"] * READERS
+            server.kill()
+            server.wait(timeout=_WAIT)
+            # No reader hangs on the dead daemon: each gets an error and stops.
+            outputs = [reader.communicate(timeout=_WAIT)[0] for reader in readers]
+        # ECONNABORTED for requests in flight when the connection died, ENOTCONN after.
+        dead = {f"stopped {errno.ECONNABORTED}", f"stopped {errno.ENOTCONN}"}
+        assert all(out.splitlines()[-1] in dead for out in outputs), outputs
+        assert is_mounted(str(mountpoint))  # stale: nobody serves it
+        result = run_tvixmount("umount", mountpoint)
+        assert result.returncode == 0, result.stderr
+        assert not is_mounted(str(mountpoint))
