@@ -25,7 +25,7 @@ import trio
 
 from tests.fixtures import castore as fx
 from tests.grpc_serving import FakeBackend, fake_server
-from tests.mounting import Mount, mounted, requires_fuse
+from tests.mounting import Mount, mounted, requires_fuse, run_tvixmount
 from tests.nixcache import build_cache, requires_nix
 from tvixmount.castore.blobservice import put_stream
 from tvixmount.castore.digest import B3Digest
@@ -215,6 +215,13 @@ async def test_without_a_timeout_a_lookup_waits_as_long_as_the_backend_takes() -
 
 def test_cli_default_timeout_is_the_fs_default() -> None:
     assert cli_mount.DEFAULT_TIMEOUT == operations.DEFAULT_TIMEOUT
+
+
+@pytest.mark.parametrize("text", ["-1", "nan", "inf", "soon"])
+def test_mount_refuses_a_timeout_that_is_not_a_number_of_seconds(text: str) -> None:
+    result = run_tvixmount("mount", "/nonexistent", "--timeout", text)
+    assert result.returncode == 2
+    assert f"--timeout: not a number of seconds: {text!r}" in result.stderr
 
 
 # -- real mounts over backends that hang for one path ---------------------------------------
