@@ -88,3 +88,19 @@ async def test_default_url_is_the_embedded_store_from_the_environment(
         assert isinstance(store.blobs, LocalBlobService)
     finally:
         await store.aclose()
+
+
+async def test_only_local_and_memory_stores_answer_inline(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "nix-cache-info").write_text("StoreDir: /nix/store\n")
+    opened = [
+        open_store("memory://"),
+        open_store(str(tmp_path / "s"), StoreOptions(create=True)),
+        open_store(f"file://{cache}", StoreOptions(cache_dir=tmp_path / "c")),
+    ]
+    try:
+        assert [store.inline for store in opened] == [True, True, False]
+    finally:
+        for store in opened:
+            await store.aclose()

@@ -37,6 +37,9 @@ class Store:
     directories: DirectoryService
     pathinfos: PathInfoService
     _closers: list[Callable[[], None]] = field(default_factory=list, repr=False)
+    # True when every service answers inline on the calling thread (local disk or
+    # memory): nothing can cancel such a call, so callers skip per-call deadlines.
+    inline: bool = False
 
     async def aclose(self) -> None:
         for service in (self.pathinfos, self.directories, self.blobs):
@@ -46,12 +49,14 @@ class Store:
 
 
 def _open_memory(url: str, options: StoreOptions) -> Store:
-    return Store(url, MemoryBlobService(), MemoryDirectoryService(), MemoryPathInfoService())
+    return Store(
+        url, MemoryBlobService(), MemoryDirectoryService(), MemoryPathInfoService(), inline=True
+    )
 
 
 def _open_local_path(url: str, options: StoreOptions) -> Store:
     blobs, directories, pathinfos, db = open_local(Path(url).expanduser(), options.create)
-    return Store(url, blobs, directories, pathinfos, [db.close])
+    return Store(url, blobs, directories, pathinfos, [db.close], inline=True)
 
 
 def _open_grpc(url: str, options: StoreOptions) -> Store:

@@ -189,6 +189,7 @@ class LocalBlobService:
         self.blob_dir = root / "blobs"
         self.tmp_dir = root / "tmp"
         self.committer = GroupCommit(self.tmp_dir)
+        self._blob_root = str(self.blob_dir)
         self._temp_prefix = f"blob-{os.getpid()}-{id(self):x}-"
         self._temp_counter = itertools.count()
         self._verified: OrderedDict[B3Digest, tuple[int, int, int]] = OrderedDict()
@@ -205,15 +206,19 @@ class LocalBlobService:
                 continue
 
     def path_of(self, digest: B3Digest) -> Path:
+        return Path(self._file_of(digest))
+
+    def _file_of(self, digest: B3Digest) -> str:
+        # Plain string formatting: pathlib costs more than the open(2) on this hot path.
         text = digest.hex()
-        return self.blob_dir / text[:2] / text
+        return f"{self._blob_root}/{text[:2]}/{text}"
 
     async def has(self, digest: B3Digest) -> bool:
         return self.path_of(digest).exists()
 
     async def open_read(self, digest: B3Digest) -> LocalBlobReader | None:
         try:
-            fd = os.open(self.path_of(digest), os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(self._file_of(digest), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
         except OSError as exc:

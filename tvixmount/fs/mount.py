@@ -237,7 +237,9 @@ def _mount(store: Store, mountpoint: str, options: MountOptions) -> None:
         store.directories,
         list_root=options.list_root,
         xattr=options.xattr,
-        timeout=options.timeout,
+        # A deadline cannot interrupt an inline (local) call, and setting one up costs
+        # more than the call itself on the hot open/read path.
+        timeout=None if store.inline else options.timeout,
     )
     try:
         pyfuse3.init(fs, mountpoint, options.fuse_options())

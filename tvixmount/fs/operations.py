@@ -71,6 +71,8 @@ async def _within(timeout: float, call: Awaitable[_T], what: str, *args: object)
 
     ``what % args`` names the call; it is formatted only when logged (reads are hot).
     """
+    if timeout == math.inf:
+        return await call
     with trio.move_on_after(timeout):
         return await call
     raise _eio(f"{what}: the store did not answer within %gs", *args, timeout)
