@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+
 from tests.fixtures import castore as fx
+from tvixmount.castore.digest import B3Digest
 from tvixmount.castore.nodes import DirectoryNode, FileNode, SymlinkNode
 from tvixmount.fs.inode_tracker import ROOT_INODE, InodeTracker
 from tvixmount.fs.inodes import DirectoryInode, FileInode, Listing, RootInode
@@ -121,3 +124,16 @@ def test_inode_numbers_are_not_reused() -> None:
     tracker.forget(first, 1)
     second, _ = tracker.remember(SymlinkNode(b"s", b"t"))
     assert second != first
+
+
+def test_maps_are_compacted_once_most_inodes_are_forgotten() -> None:
+    tracker = InodeTracker()
+    nodes = [FileNode(b"f", B3Digest.of(str(i).encode()), 1) for i in range(50_000)]
+    inodes = [tracker.remember(node)[0] for node in nodes]
+    peak_table = sys.getsizeof(tracker._data)
+    tracker.forget_many((inode, 1) for inode in inodes[:-10])
+    assert len(tracker) == 11
+    assert sys.getsizeof(tracker._data) < peak_table / 100
+    # What is still held stays valid after the compaction.
+    assert tracker.remember(nodes[-1])[0] == inodes[-1]
+    assert tracker.lookup_count(inodes[-1]) == 2

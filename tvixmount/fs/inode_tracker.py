@@ -11,6 +11,7 @@ content.
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Iterable
 
 import pyfuse3
@@ -20,6 +21,10 @@ from ..castore.nodes import DirectoryNode, FileNode, Node
 from .inodes import DirectoryInode, FileInode, InodeData, RootInode, SymlinkInode
 
 ROOT_INODE: int = pyfuse3.ROOT_INODE
+
+# Compact the maps only after this many inodes were freed (and 3/4 of the peak).
+_SHRINK_MIN = 10_000
+_libc = ctypes.CDLL(None)
 
 _DedupKey = tuple[B3Digest, bool] | bytes | B3Digest
 
@@ -46,6 +51,7 @@ class InodeTracker:
         self._lookups: dict[int, int] = {}
         self._by_content: dict[tuple[str, _DedupKey], int] = {}
         self._next = ROOT_INODE + 1
+        self._peak = 1
 
     def __len__(self) -> int:
         """Live inodes, the root included."""
@@ -71,6 +77,7 @@ class InodeTracker:
             self._next += 1
             self._data[inode] = fresh
             self._by_content[key] = inode
+            self._peak = max(self._peak, len(self._data))
         self._lookups[inode] = self._lookups.get(inode, 0) + 1
         return inode, self._data[inode]
 
@@ -92,3 +99,28 @@ class InodeTracker:
     def forget_many(self, counts: Iterable[tuple[int, int]]) -> None:
         for inode, count in counts:
             self.forget(inode, count)
+        self._shrink_if_mostly_forgotten()
+
+    def _shrink_if_mostly_forgotten(self) -> None:
+        """Give memory back once the kernel has forgotten most of what it held.
+
+        Python dicts never shrink when entries are deleted, so after the kernel
+        drops a million inodes the three maps would keep their peak-sized
+        tables for ever. Copying them compacts the tables, and ``malloc_trim``
+        returns the freed heap to the system, so RSS follows what the kernel
+        holds rather than the peak.
+        """
+        live = len(self._data)
+        if self._peak - live < _SHRINK_MIN or live * 4 > self._peak:
+            return
+        self._data = dict(self._data)
+        self._lookups = dict(self._lookups)
+        self._by_content = dict(self._by_content)
+        self._peak = live
+        _malloc_trim()
+
+
+def _malloc_trim() -> None:
+    trim = getattr(_libc, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
