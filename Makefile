@@ -8,6 +8,7 @@ MNT    ?= mnt
 .PHONY: run stop test lint proto bench clean
 
 $(STAMP): pyproject.toml
+	scripts/install-system-deps
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
