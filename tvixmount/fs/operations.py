@@ -48,6 +48,7 @@ from .inodes import (
     SymlinkInode,
     entry_attributes,
 )
+from .listing_cache import ListingCache
 from .root_nodes import RootNodes
 
 log = logging.getLogger(__name__)
@@ -147,6 +148,7 @@ class TvixmountFS(pyfuse3.Operations):
         """``timeout``: seconds any one store call may take (``None``: no limit)."""
         super().__init__()
         self.inodes = InodeTracker()
+        self._listings = ListingCache()
         self._root_nodes = root_nodes
         self._blobs = blobs
         self._directories = directories
@@ -181,10 +183,13 @@ class TvixmountFS(pyfuse3.Operations):
 
     async def _listing(self, data: DirectoryInode) -> Listing:
         if data.listing is None:
+            data.listing = self._listings.get(data.digest)
+        if data.listing is None:
             directory = await self._fetch(
                 "directory", data.digest, self._directories.get(data.digest)
             )
             data.listing = Listing.of(directory)
+            self._listings.put(data.digest, data.listing)
         return data.listing
 
     async def _root_list(self) -> tuple[Node, ...]:
