@@ -147,6 +147,30 @@ def mounted(
         force_unmount(mountpoint)
 
 
+@contextmanager
+def foreground_mount(store: str, mountpoint: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """``tvixmount mount --foreground`` (mountpoint created); yields once the loop answers."""
+    mountpoint.mkdir()
+    proc = subprocess.Popen(
+        tvixmount_command("mount", mountpoint, "--store", store, "--foreground"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not is_mounted(str(mountpoint)) and proc.poll() is None:
+            assert time.monotonic() < deadline, "the mount did not appear"
+            time.sleep(0.05)
+        assert proc.poll() is None, "the foreground mount exited early"
+        os.statvfs(mountpoint)  # the loop answers
+        yield proc
+    finally:
+        force_unmount(mountpoint)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
 @pytest.fixture
 def fixture_store(tmp_path: Path) -> str:
     """The complete tvix fixture set in an embedded store."""

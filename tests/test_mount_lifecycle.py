@@ -16,6 +16,7 @@ import pytest
 from tests.fixtures import castore as fx
 from tests.mounting import (
     force_unmount,
+    foreground_mount,
     make_fixture_store,
     mounted,
     requires_fuse,
@@ -169,22 +170,9 @@ def test_allow_other_is_passed_to_the_mount(store: str, tmp_path: Path) -> None:
 @pytest.fixture
 def foreground(store: str, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
     mountpoint = tmp_path / "mnt"
-    mountpoint.mkdir()
-    proc = subprocess.Popen(
-        tvixmount_command("mount", mountpoint, "--store", store, "--foreground"),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        assert _wait_until(lambda: is_mounted(str(mountpoint)) or proc.poll() is not None)
-        assert proc.poll() is None
+    with foreground_mount(store, mountpoint) as proc:
         os.stat(mountpoint / os.fsdecode(fx.ROOT_BLOB_A))
         yield proc, mountpoint
-    finally:
-        force_unmount(mountpoint)
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
 
 
 def test_foreground_exits_0_after_external_unmount(

@@ -17,13 +17,12 @@ import select
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.mounting import force_unmount, requires_fuse, run_tvixmount, tvixmount_command
+from tests.mounting import foreground_mount, requires_fuse, run_tvixmount
 from tests.reliability import make_file_store
 from tvixmount.fs.mount import is_mounted, serving_pids
 
@@ -70,28 +69,6 @@ def big_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, 
 
 
 @contextlib.contextmanager
-def _foreground(store: str, mountpoint: Path) -> Iterator[subprocess.Popen[bytes]]:
-    mountpoint.mkdir()
-    proc = subprocess.Popen(
-        tvixmount_command("mount", mountpoint, "--store", store, "--foreground"),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while not is_mounted(str(mountpoint)) and proc.poll() is None:
-            assert time.monotonic() < deadline, "the mount did not appear"
-            time.sleep(0.05)
-        os.statvfs(mountpoint)  # the loop answers
-        yield proc
-    finally:
-        force_unmount(mountpoint)
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-
-
-@contextlib.contextmanager
 def _readers(files: dict[Path, bytes], count: int) -> Iterator[list[subprocess.Popen[str]]]:
     argv = [str(path) for path in files] + [hashlib.sha256(d).hexdigest() for d in files.values()]
     procs = [
@@ -120,7 +97,7 @@ def test_sigterm_during_heavy_reads_unmounts_cleanly_with_exit_0(
 ) -> None:
     store, contents = big_files
     mountpoint = tmp_path / "mnt"
-    with _foreground(store, mountpoint) as server:
+    with foreground_mount(store, mountpoint) as server:
         (pid,) = serving_pids(str(mountpoint))
         files = {mountpoint / name: data for name, data in contents.items()}
         with _readers(files, READERS) as readers:
@@ -144,7 +121,7 @@ def test_sigkill_during_heavy_reads_fails_readers_and_umount_clears_the_mount(
 ) -> None:
     store, contents = big_files
     mountpoint = tmp_path / "mnt"
-    with _foreground(store, mountpoint) as server:
+    with foreground_mount(store, mountpoint) as server:
         files = {mountpoint / name: data for name, data in contents.items()}
         with _readers(files, READERS) as readers:
             assert [_first_line(r, 60) for r in readers] == ["round"] * READERS
