@@ -17,7 +17,7 @@ from collections.abc import Iterable
 import pyfuse3
 
 from ..castore.digest import B3Digest
-from ..castore.nodes import DirectoryNode, FileNode, Node
+from ..castore.nodes import DirectoryNode, FileNode, Node, SymlinkNode
 from .inodes import DirectoryInode, FileInode, InodeData, RootInode, SymlinkInode
 
 ROOT_INODE: int = pyfuse3.ROOT_INODE
@@ -29,12 +29,13 @@ _libc = ctypes.CDLL(None)
 _DedupKey = tuple[B3Digest, bool] | bytes | B3Digest
 
 
-def _key(data: DirectoryInode | FileInode | SymlinkInode) -> tuple[str, _DedupKey]:
-    if isinstance(data, FileInode):
-        return "file", (data.digest, data.executable)
-    if isinstance(data, SymlinkInode):
-        return "symlink", data.target
-    return "directory", data.digest
+def _key(content: Node | DirectoryInode | FileInode | SymlinkInode) -> tuple[str, _DedupKey]:
+    """The dedup key; a node and the inode data made from it have the same key."""
+    if isinstance(content, FileNode | FileInode):
+        return "file", (content.digest, content.executable)
+    if isinstance(content, SymlinkNode | SymlinkInode):
+        return "symlink", content.target
+    return "directory", content.digest
 
 
 def _data_of(node: Node) -> DirectoryInode | FileInode | SymlinkInode:
@@ -69,13 +70,14 @@ class InodeTracker:
         Call this only when the inode is handed to the kernel (a lookup reply or
         an accepted readdirplus entry); undo with :meth:`forget` otherwise.
         """
-        fresh = _data_of(node)
-        key = _key(fresh)
+        # Looking up the key first: an already known inode (the common case on
+        # readdirplus and repeated lookups) costs no new inode data.
+        key = _key(node)
         inode = self._by_content.get(key)
         if inode is None:
             inode = self._next
             self._next += 1
-            self._data[inode] = fresh
+            self._data[inode] = _data_of(node)
             self._by_content[key] = inode
             self._peak = max(self._peak, len(self._data))
         self._lookups[inode] = self._lookups.get(inode, 0) + 1
