@@ -10,7 +10,9 @@ import pytest
 import trio
 
 from tvixmount.castore.blobservice import put_stream
+from tvixmount.castore.digest import B3Digest
 from tvixmount.castore.nodes import FileNode, rename
+from tvixmount.localstore import open_local
 from tvixmount.nar.writer import calculate_nar
 from tvixmount.pathinfo.model import NarInfo, PathInfo
 from tvixmount.storepath import from_nar_hash
@@ -51,10 +53,21 @@ def drop_caches() -> None:
         pytest.skip(f"cannot drop kernel caches: {exc}")
 
 
-def flip_blob_bit(store: Path, digest: bytes, offset: int) -> None:
-    """Corrupt one bit of a blob file in an embedded store, as failing hardware would."""
-    path = store / "blobs" / digest.hex()[:2] / digest.hex()
-    path.chmod(0o644)
-    with path.open("r+b") as f:
-        byte = os.pread(f.fileno(), 1, offset)
-        os.pwrite(f.fileno(), bytes([byte[0] ^ 0x01]), offset)
+def flip_blob_bit(store: Path, digest: bytes, offset: int, mask: int = 0x01) -> None:
+    """Corrupt one bit of a stored blob in an embedded store, as failing hardware would.
+
+    The blob's bytes may lie in a file of their own or in a pack; ``offset``
+    counts from the blob's first byte either way.
+    """
+    blobs, _, _, db = open_local(store, create=False)
+    try:
+        location = blobs.location_of(B3Digest(digest))
+    finally:
+        blobs.close()
+        db.close()
+    assert location is not None, f"blob {digest.hex()} is not stored in {store}"
+    assert 0 <= offset < location.size
+    location.path.chmod(0o644)
+    with location.path.open("r+b") as f:
+        byte = os.pread(f.fileno(), 1, location.offset + offset)
+        os.pwrite(f.fileno(), bytes([byte[0] ^ mask]), location.offset + offset)

@@ -2,23 +2,36 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tvixmount.castore import B3Digest
-from tvixmount.castore.local import LocalBlobService
+from tvixmount.castore.blobservice import put_stream, read_all
+from tvixmount.castore.local import PACK_MAX, LocalBlobService
 from tvixmount.errors import StoreError
 from tvixmount.localstore import FORMAT, MARKER, default_store_dir, open_local
 
 
-def _open(root: Path, create: bool) -> LocalBlobService:
+def _open(root: Path, create: bool) -> None:
     blobs, _, _, db = open_local(root, create)
+    blobs.close()
     db.close()
-    return blobs
+
+
+@pytest.fixture
+def blobs(tmp_path: Path) -> Iterator[LocalBlobService]:
+    blobs, _, _, db = open_local(tmp_path / "s", create=True)
+    try:
+        yield blobs
+    finally:
+        blobs.close()
+        db.close()
 
 
 def test_missing_directory_without_create_is_a_clear_error(tmp_path: Path) -> None:
@@ -69,6 +82,7 @@ def test_create_makes_marker_database_and_blob_dirs(tmp_path: Path) -> None:
     assert (root / MARKER).read_text() == FORMAT
     assert (root / "store.sqlite").is_file()
     assert (root / "blobs").is_dir()
+    assert (root / "packs").is_dir()
     assert (root / "tmp").is_dir()
 
 
@@ -106,8 +120,7 @@ def test_default_store_dir_is_under_xdg_data_home(
     assert default_store_dir() == tmp_path / "xdg" / "tvixmount"
 
 
-async def test_unfinished_blob_lives_only_in_tmp(tmp_path: Path) -> None:
-    blobs = _open(tmp_path / "s", create=True)
+async def test_unfinished_blob_lives_only_in_tmp(blobs: LocalBlobService) -> None:
     # Big enough that the writer spills to a temp file before it is finished.
     data = b"partial content" * 200_000
     writer = await blobs.open_write()
@@ -122,10 +135,11 @@ async def test_unfinished_blob_lives_only_in_tmp(tmp_path: Path) -> None:
     assert list(blobs.tmp_dir.iterdir()) == []
 
 
-async def test_finished_blob_is_read_only_and_content_addressed(tmp_path: Path) -> None:
-    blobs = _open(tmp_path / "s", create=True)
+async def test_finished_big_blob_is_a_read_only_content_addressed_file(
+    blobs: LocalBlobService,
+) -> None:
     writer = await blobs.open_write()
-    await writer.write(b"abc")
+    await writer.write(b"abc" * PACK_MAX)
     digest = await writer.finish()
     path = blobs.path_of(digest)
     assert path == blobs.blob_dir / digest.hex()[:2] / digest.hex()
@@ -240,20 +254,21 @@ def test_two_writer_processes_both_land(tmp_path: Path) -> None:
     assert _wait_all([check]) == ["300\n"]
 
 
-async def test_putting_a_blob_again_heals_a_corrupted_copy(tmp_path: Path) -> None:
-    blobs = _open(tmp_path / "s", create=True)
-    writer = await blobs.open_write()
-    await writer.write(b"precious bytes")
-    digest = await writer.finish()
-    path = blobs.path_of(digest)
-    path.chmod(0o644)
-    path.write_bytes(b"rotten bytes!!")
-    writer = await blobs.open_write()
-    await writer.write(b"precious bytes")
-    await writer.finish()
+@pytest.mark.parametrize("size", [14, PACK_MAX + 1], ids=["packed", "file"])
+async def test_putting_a_blob_again_heals_a_corrupted_copy(
+    blobs: LocalBlobService, size: int
+) -> None:
+    data = (b"precious bytes" * (size // 14 + 1))[:size]
+    digest = await put_stream(blobs, [data])
+    location = blobs.location_of(digest)
+    assert location is not None
+    location.path.chmod(0o644)
+    with location.path.open("r+b") as f:
+        os.pwrite(f.fileno(), b"rotten", location.offset)
+    assert await put_stream(blobs, [data]) == digest
     reader = await blobs.open_read(digest)
     assert reader is not None
     try:
-        assert await reader.pread(0, 100) == b"precious bytes"
+        assert await read_all(reader) == data
     finally:
         await reader.aclose()

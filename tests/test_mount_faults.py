@@ -11,6 +11,7 @@ import pytest
 
 from tests.fixtures import castore as fx
 from tests.mounting import Mount, make_fixture_store, mounted, requires_fuse
+from tests.reliability import flip_blob_bit
 
 pytestmark = requires_fuse
 
@@ -70,13 +71,7 @@ def test_missing_blob_read_is_eio_and_logged(tmp_path: Path) -> None:
 
 
 def _corrupt_blob(store_dir: Path, digest: bytes, offset: int) -> None:
-    path = store_dir / "blobs" / digest.hex()[:2] / digest.hex()
-    path.chmod(0o644)
-    with path.open("r+b") as f:
-        f.seek(offset)
-        byte = f.read(1)
-        f.seek(offset)
-        f.write(bytes([byte[0] ^ 0xFF]))
+    flip_blob_bit(store_dir, digest, offset, mask=0xFF)
 
 
 def test_corrupted_blob_read_is_eio_and_logged(tmp_path: Path) -> None:
@@ -86,6 +81,17 @@ def test_corrupted_blob_read_is_eio_and_logged(tmp_path: Path) -> None:
         code, log = _read_failure(mnt, fx.ROOT_BLOB_B)
     assert code == errno.EIO
     assert str(fx.BLOB_B_DIGEST) in log
+
+
+def test_corrupted_packed_blob_read_is_eio_and_logged(tmp_path: Path) -> None:
+    # BLOB_A is two bytes: the store keeps it in a pack, next to other small blobs.
+    store = make_fixture_store(tmp_path / "store")
+    _corrupt_blob(tmp_path / "store", fx.BLOB_A_DIGEST, 1)
+    with mounted(store, tmp_path / "mnt") as mnt:
+        code, log = _read_failure(mnt, fx.ROOT_BLOB_A)
+        assert (mnt / fx.ROOT_BLOB_B).read_bytes() == fx.BLOB_B
+    assert code == errno.EIO
+    assert str(fx.BLOB_A_DIGEST) in log
 
 
 def test_corrupted_blob_leaves_the_rest_readable(tmp_path: Path) -> None:

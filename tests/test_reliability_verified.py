@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ import pytest
 from tests.fixtures import castore as fx
 from tests.mounting import Mount, make_fixture_store, mounted, requires_fuse
 from tests.reliability import drop_caches, flip_blob_bit
+from tvixmount.castore.digest import B3Digest
 
 pytestmark = requires_fuse
 
@@ -27,30 +29,51 @@ def _read_errno(mnt: Mount, name: bytes) -> int | None:
     return excinfo.value.errno
 
 
-@pytest.fixture
-def served_then_corrupted(tmp_path: Path) -> Iterator[Mount]:
-    """BLOB_B read once through the mount (so verified), then one bit flipped on disk."""
+@dataclass(frozen=True)
+class Case:
+    """The blob to corrupt, and another one that must stay readable."""
+
+    root: bytes
+    data: bytes
+    digest: bytes
+    other_root: bytes
+    other_data: bytes
+
+
+# BLOB_B (1 MiB) is a blob file of its own; BLOB_A (2 bytes) lies in a pack.
+CASES = {
+    "file": Case(fx.ROOT_BLOB_B, fx.BLOB_B, fx.BLOB_B_DIGEST, fx.ROOT_BLOB_A, fx.BLOB_A),
+    "packed": Case(fx.ROOT_BLOB_A, fx.BLOB_A, fx.BLOB_A_DIGEST, fx.ROOT_BLOB_B, fx.BLOB_B),
+}
+
+
+@pytest.fixture(params=sorted(CASES))
+def served_then_corrupted(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[Mount, Case]]:
+    """A blob read once through the mount (so verified), then one bit flipped on disk."""
+    case = CASES[request.param]
     store = tmp_path / "store"
     make_fixture_store(store)
     with mounted(str(store), tmp_path / "mnt") as mnt:
-        assert (mnt / fx.ROOT_BLOB_B).read_bytes() == fx.BLOB_B
-        flip_blob_bit(store, fx.BLOB_B_DIGEST, len(fx.BLOB_B) // 2)
+        assert (mnt / case.root).read_bytes() == case.data
+        flip_blob_bit(store, case.digest, len(case.data) // 2)
         drop_caches()  # so the next read reaches the daemon, not the page cache
-        yield mnt
+        yield mnt, case
 
 
 def test_blob_corrupted_after_it_was_served_is_eio_at_the_next_open(
-    served_then_corrupted: Mount,
+    served_then_corrupted: tuple[Mount, Case],
 ) -> None:
-    mnt = served_then_corrupted
-    assert _read_errno(mnt, fx.ROOT_BLOB_B) == errno.EIO
-    assert str(fx.BLOB_B_DIGEST) in mnt.log()
+    mnt, case = served_then_corrupted
+    assert _read_errno(mnt, case.root) == errno.EIO
+    assert str(B3Digest(case.digest)) in mnt.log()
 
 
 def test_other_blobs_stay_readable_after_one_was_corrupted(
-    served_then_corrupted: Mount,
+    served_then_corrupted: tuple[Mount, Case],
 ) -> None:
-    mnt = served_then_corrupted
-    assert _read_errno(mnt, fx.ROOT_BLOB_B) == errno.EIO
-    assert (mnt / fx.ROOT_BLOB_A).read_bytes() == fx.BLOB_A
+    mnt, case = served_then_corrupted
+    assert _read_errno(mnt, case.root) == errno.EIO
+    assert (mnt / case.other_root).read_bytes() == case.other_data
     assert os.listdir(mnt / fx.ROOT_DIRECTORY_COMPLICATED) == [".keep", "aa", "keep"]

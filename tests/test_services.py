@@ -42,9 +42,11 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         await opened.aclose()
 
 
-def _blob_files(store: Store) -> list[Path]:
+def _stored_bytes(store: Store) -> int:
+    """The bytes in the local store's blob files and packs (a blob's copies count each)."""
     assert isinstance(store.blobs, LocalBlobService)
-    return [p for p in store.blobs.blob_dir.rglob("*") if p.is_file()]
+    places = (store.blobs.blob_dir, store.blobs.pack_dir)
+    return sum(p.stat().st_size for place in places for p in place.rglob("*") if p.is_file())
 
 
 # --- blobs -----------------------------------------------------------------
@@ -126,7 +128,7 @@ async def test_pread_past_the_end_is_short(store: Store) -> None:
 async def test_putting_a_blob_twice_keeps_one_copy(store: Store) -> None:
     assert await put_stream(store.blobs, [BLOB_A]) == await put_stream(store.blobs, [BLOB_A])
     if isinstance(store.blobs, LocalBlobService):
-        assert len(_blob_files(store)) == 1
+        assert _stored_bytes(store) == len(BLOB_A)
 
 
 async def test_chunks_of_unchunked_blob_is_empty_list(store: Store) -> None:
@@ -144,7 +146,7 @@ async def test_aborted_writer_leaves_nothing(store: Store) -> None:
     await writer.abort()
     assert not await store.blobs.has(B3Digest.of(HELLOWORLD_BLOB))
     if isinstance(store.blobs, LocalBlobService):
-        assert _blob_files(store) == []
+        assert _stored_bytes(store) == 0
         assert list(store.blobs.tmp_dir.iterdir()) == []
 
 
@@ -164,9 +166,11 @@ async def test_blob_corrupted_on_disk_fails_integrity_check_on_open(store: Store
     await put_stream(store.blobs, [HELLOWORLD_BLOB])
     digest = B3Digest.of(HELLOWORLD_BLOB)
     if isinstance(store.blobs, LocalBlobService):
-        path = store.blobs.path_of(digest)
-        os.chmod(path, 0o644)
-        path.write_bytes(b"Hello World?")
+        location = store.blobs.location_of(digest)
+        assert location is not None
+        os.chmod(location.path, 0o644)
+        with location.path.open("r+b") as f:
+            os.pwrite(f.fileno(), b"Hello World?", location.offset)
     else:
         assert isinstance(store.blobs, MemoryBlobService)
         store.blobs.blobs[digest] = b"Hello World?"

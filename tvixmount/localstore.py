@@ -1,11 +1,21 @@
-"""The embedded local store: a directory holding SQLite metadata and blob files.
+"""The embedded local store: a directory holding SQLite metadata, packs and blob files.
 
-Layout::
+Layout (format 2)::
 
     DIR/tvixmount-store     marker with the format version
-    DIR/store.sqlite        directories + pathinfos tables (WAL mode)
-    DIR/blobs/xx/<hex>      content-addressed blob files
-    DIR/tmp/                blobs being written
+    DIR/store.sqlite        directories, pathinfos, packs, packed_blobs (WAL mode)
+    DIR/packs/<name>.pack   small blobs (<= 128 KiB) appended back to back
+    DIR/blobs/xx/<hex>      bigger blobs, one content-addressed file each
+    DIR/tmp/                big blobs being written
+
+``packed_blobs`` maps a blob digest to (pack id, offset, size); ``packs``
+maps a pack id to its file name. ``directories`` is a rowid table, so the
+Directories of one import lie together on disk in insertion order and a cold
+walk of one store path reads few pages.
+
+A format-1 store (every blob a file, ``directories`` keyed by digest without
+rowid) is upgraded in place when opened: the new tables are created and the
+marker rewritten. Its blob files and directories stay valid as they are.
 
 SQLite in WAL mode lets readers in many processes run while one writer
 writes; a busy timeout makes concurrent writers wait instead of failing.
@@ -22,14 +32,25 @@ from .errors import StoreError
 from .pathinfo.local import LocalPathInfoService
 
 MARKER = "tvixmount-store"
-FORMAT = "tvixmount-store 1\n"
+FORMAT = "tvixmount-store 2\n"
+# Older formats this version opens and upgrades to FORMAT.
+_UPGRADABLE = frozenset({"tvixmount-store 1\n"})
 
+# Format-1 stores keep their WITHOUT ROWID directories table: both shapes answer
+# the same queries, and rewriting it would cost a whole copy of the table.
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS directories (digest BLOB PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS directories (
+    id INTEGER PRIMARY KEY, digest BLOB UNIQUE NOT NULL, data BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS pathinfos (
     digest BLOB PRIMARY KEY, name TEXT NOT NULL, data BLOB NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS pathinfos_by_name ON pathinfos (name);
+CREATE TABLE IF NOT EXISTS packs (id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL);
+CREATE TABLE IF NOT EXISTS packed_blobs (
+    digest BLOB PRIMARY KEY, pack INTEGER NOT NULL, offset INTEGER NOT NULL,
+    size INTEGER NOT NULL
+) WITHOUT ROWID;
 """
 
 
@@ -43,20 +64,36 @@ def default_store_dir() -> Path:
 
 # What a store directory holds before its marker exists: another process may be
 # creating the same store right now, and that must not look like a foreign dir.
-_OWN_NAMES = {MARKER, "blobs", "tmp", "store.sqlite", "store.sqlite-wal", "store.sqlite-shm"}
+_OWN_NAMES = {
+    MARKER,
+    "blobs",
+    "packs",
+    "tmp",
+    "store.sqlite",
+    "store.sqlite-wal",
+    "store.sqlite-shm",
+}
 
 
-def _is_store(root: Path) -> bool:
+def _store_format(root: Path) -> str | None:
+    """The store's marker (FORMAT or an upgradable one), or None if ``root`` is no store."""
     try:
         marker = (root / MARKER).read_text()
     except OSError:
-        return False
-    if marker != FORMAT:
+        return None
+    if marker != FORMAT and marker not in _UPGRADABLE:
         raise StoreError(
             f"{root} is a tvixmount store of an unsupported format {marker.strip()!r} "
             f"(this version reads {FORMAT.strip()!r})"
         )
-    return True
+    return marker
+
+
+def _write_marker(root: Path) -> None:
+    """Atomically: readers see the old marker or the complete new one."""
+    staging = root / f"{MARKER}.{os.getpid()}"
+    staging.write_text(FORMAT)
+    os.replace(staging, root / MARKER)
 
 
 def _initialise(root: Path) -> None:
@@ -64,12 +101,10 @@ def _initialise(root: Path) -> None:
         root.mkdir(parents=True, exist_ok=True)
         if any(p.name not in _OWN_NAMES and not p.name.startswith(MARKER) for p in root.iterdir()):
             raise StoreError(f"{root} is not empty and not a tvixmount store; refusing to use it")
-        (root / "blobs").mkdir(exist_ok=True)
-        (root / "tmp").mkdir(exist_ok=True)
+        for name in ("blobs", "packs", "tmp"):
+            (root / name).mkdir(exist_ok=True)
         # The marker appears atomically and last: its presence means "complete".
-        staging = root / f"{MARKER}.{os.getpid()}"
-        staging.write_text(FORMAT)
-        os.replace(staging, root / MARKER)
+        _write_marker(root)
     except OSError as exc:
         raise StoreError(f"cannot create store at {root}: {exc}") from exc
 
@@ -78,7 +113,8 @@ def open_local(
     root: Path, create: bool
 ) -> tuple[LocalBlobService, LocalDirectoryService, LocalPathInfoService, sqlite3.Connection]:
     """Open (or with ``create``, create) the store at ``root``."""
-    if not _is_store(root):
+    marker = _store_format(root)
+    if marker is None:
         if root.exists() and not root.is_dir():
             raise StoreError(f"{root} is not a tvixmount store (not a directory)")
         if not create:
@@ -99,9 +135,12 @@ def open_local(
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(_SCHEMA)
-        (root / "blobs").mkdir(exist_ok=True)
-        (root / "tmp").mkdir(exist_ok=True)
+        for name in ("blobs", "packs", "tmp"):
+            (root / name).mkdir(exist_ok=True)
+        if marker is not None and marker != FORMAT:
+            # Only now: the tables the new format needs exist.
+            _write_marker(root)
     except (sqlite3.Error, OSError) as exc:
         db.close()
         raise StoreError(f"{root}: cannot open store database: {exc}") from exc
-    return LocalBlobService(root), LocalDirectoryService(db), LocalPathInfoService(db), db
+    return LocalBlobService(root, db), LocalDirectoryService(db), LocalPathInfoService(db), db

@@ -1,13 +1,26 @@
-"""The embedded local store's castore half: blob files + SQLite directories.
+"""The embedded local store's castore half: packed and file blobs + SQLite directories.
 
-Blobs are files named by their hex digest under ``blobs/xx/``. They are
-written to a temp file, made durable and only then renamed into place, so a
-crash never leaves a partial blob under its final name. Durability is a group
-commit: blobs finished at about the same time (an import writes many at once)
-share one ``syncfs`` of the store's filesystem instead of an fsync each, which
-is what makes importing many small files fast. Readers verify a blob's BLAKE3
-digest once per (file identity) before serving any byte of it; the result is
-remembered in a bounded cache so re-opening a file does not re-hash it.
+Small blobs (up to ``PACK_MAX``, one FUSE read) are appended to pack files
+under ``packs/``; the ``packed_blobs`` table maps a digest to its pack,
+offset and size. Packing keeps the files of one import next to each other
+on disk, so a cold walk reads neighbours with readahead instead of paying a
+random read for each blob's dentry, inode and data. Each service instance
+appends only to packs it created itself (unique name, ``O_EXCL``), so
+processes importing into one store never share a pack. Bigger blobs are
+files named by their hex digest under ``blobs/xx/``, written to a temp file,
+made durable and only then renamed into place.
+
+Durability is a group commit: blobs finished at about the same time (an
+import writes many at once) share one sync, after which the batch's pack
+rows are inserted in one SQLite transaction and its files renamed into
+place. ``finish`` returns only once its blob is durable and visible; a crash
+leaves at most unreferenced bytes at the end of a pack, which nothing reads.
+
+Readers verify a blob's BLAKE3 digest once per identity of the file holding
+it (inode, size, mtime) before serving any byte of it; the result and the
+blob's location are remembered in a bounded cache, so a warm re-open of a
+packed blob costs one ``fstat`` of the already open pack: no query, no
+``open(2)``, no re-hash.
 """
 
 from __future__ import annotations
@@ -16,9 +29,11 @@ import contextlib
 import ctypes
 import itertools
 import os
+import secrets
 import sqlite3
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import blake3
@@ -31,6 +46,10 @@ from .directoryservice import check_closure, walk_breadth_first
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
+# Blobs up to this size go to packs: one FUSE read serves them whole.
+PACK_MAX = 128 << 10
+# A pack that reached this size is left alone; the next blob starts a new one.
+PACK_ROLLOVER = 1 << 30
 # Blobs up to this size are hashed inline on the trio loop; bigger ones in a thread.
 _INLINE_VERIFY_MAX = 1 << 20
 _VERIFIED_CACHE_SIZE = 65536
@@ -38,10 +57,30 @@ _VERIFIED_CACHE_SIZE = 65536
 _WRITE_BUFFER = 1 << 20
 
 
+@dataclass(frozen=True)
+class BlobLocation:
+    """Where a blob's bytes lie: ``size`` bytes at ``offset`` of the file at ``path``."""
+
+    path: Path
+    offset: int
+    size: int
+
+
 class LocalBlobReader:
-    def __init__(self, fd: int, size: int) -> None:
+    """Reads ``size`` bytes at ``base`` of ``fd`` (a blob file, or a pack it shares).
+
+    ``data``, when given, is the blob's verified content already in memory
+    (read to verify it): reads are then served from it without a syscall.
+    """
+
+    def __init__(
+        self, fd: int, base: int, size: int, owns_fd: bool, data: memoryview | None = None
+    ) -> None:
         self._fd = fd
+        self._base = base
         self._size = size
+        self._owns_fd = owns_fd
+        self._data = data
 
     @property
     def size(self) -> int:
@@ -51,21 +90,30 @@ class LocalBlobReader:
         """Served inline from the page cache; a read that would wait on the disk
         goes to a worker thread, so concurrent readers' disk reads overlap."""
         length = max(0, min(length, self._size - offset))
-        buf = bytearray(length)
-        try:
-            got = os.preadv(self._fd, [buf], offset, os.RWF_NOWAIT)
-        except BlockingIOError:
-            got = 0
-        if got < length:
-            rest = await trio.to_thread.run_sync(os.pread, self._fd, length - got, offset + got)
-            buf[got : got + len(rest)] = rest
-            got += len(rest)
-        return memoryview(buf)[:got]
+        if self._data is not None:
+            return self._data[offset : offset + length]
+        return await _pread_nowait(self._fd, length, self._base + offset)
 
     async def aclose(self) -> None:
-        if self._fd >= 0:
+        if self._owns_fd and self._fd >= 0:
             os.close(self._fd)
-            self._fd = -1
+        self._fd = -1
+        self._data = None
+
+
+async def _pread_nowait(fd: int, length: int, offset: int) -> memoryview:
+    buf = bytearray(length)
+    try:
+        got = os.preadv(fd, [buf], offset, os.RWF_NOWAIT)
+    except BlockingIOError:
+        got = 0
+    while got < length:
+        rest = await trio.to_thread.run_sync(os.pread, fd, length - got, offset + got)
+        if not rest:
+            break
+        buf[got : got + len(rest)] = rest
+        got += len(rest)
+    return memoryview(buf)[:got]
 
 
 class LocalBlobWriter:
@@ -103,14 +151,19 @@ class LocalBlobWriter:
     async def finish(self) -> B3Digest:
         digest = B3Digest(self._hasher.digest())
         try:
+            if self._fd < 0 and self._buffered <= PACK_MAX:
+                data, self._parts = b"".join(self._parts), []
+                await self._service.put_packed(digest, data)
+                return digest
             if self._fd < 0:
                 self._spill()
             os.fchmod(self._fd, 0o444)
             os.close(self._fd)
             self._fd = -1
             assert self._tmp is not None
-            await self._service.committer.commit(self._tmp, self._service.path_of(digest))
-        except OSError as exc:
+            await self._service.commit_file(self._tmp, self._service.path_of(digest))
+            self._tmp = None
+        except (OSError, sqlite3.Error) as exc:
             await self.abort()
             raise StoreError(f"cannot store blob {digest}: {exc}") from exc
         return digest
@@ -126,85 +179,63 @@ class LocalBlobWriter:
             self._tmp = None
 
 
+@dataclass(eq=False, slots=True)
+class _Pack:
+    id: int
+    path: Path
+    fd: int
+
+
+@dataclass(slots=True)
+class _Known:
+    """A verified blob: where it lies and the identity of the file it was verified in."""
+
+    pack: _Pack | None  # None: a blob file
+    offset: int
+    size: int
+    identity: tuple[int, int, int]
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int]:
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@dataclass(eq=False)
 class _Batch:
-    def __init__(self) -> None:
-        self.done = trio.Event()
-        self.error: OSError | None = None
+    """Blobs finished while the previous batch was being made durable."""
 
+    done: trio.Event = field(default_factory=trio.Event)
+    error: OSError | sqlite3.Error | None = None
+    moves: list[tuple[Path, Path]] = field(default_factory=list)
+    rows: dict[B3Digest, tuple[int, int, int]] = field(default_factory=dict)
+    packs: set[_Pack] = field(default_factory=set)
+    sync_pack_dir: bool = False
 
-class GroupCommit:
-    """Make finished temp files durable together, then rename them into place.
-
-    The first caller becomes the leader and commits batches until none is
-    pending; everyone returns once the batch holding their file is committed,
-    so ``finish`` keeps its meaning ("the blob is durable and visible").
-    """
-
-    def __init__(self, sync_dir: Path) -> None:
-        self._sync_dir = sync_dir
-        self._pending: list[tuple[Path, Path]] = []
-        self._batch = _Batch()
-        self._leading = False
-        self._made_dirs: set[Path] = set()
-
-    async def commit(self, tmp: Path, final: Path) -> None:
-        self._pending.append((tmp, final))
-        batch = self._batch
-        if not self._leading:
-            self._leading = True
-            try:
-                while self._pending:
-                    moves, self._pending = self._pending, []
-                    current, self._batch = self._batch, _Batch()
-                    try:
-                        await trio.to_thread.run_sync(self._sync_and_rename, moves)
-                    except OSError as exc:
-                        current.error = exc
-                    current.done.set()
-            finally:
-                self._leading = False
-        await batch.done.wait()
-        if batch.error is not None:
-            raise batch.error
-
-    def _sync_and_rename(self, moves: list[tuple[Path, Path]]) -> None:
-        _syncfs(self._sync_dir, [tmp for tmp, _ in moves])
-        for tmp, final in moves:
-            if final.parent not in self._made_dirs:
-                final.parent.mkdir(exist_ok=True)
-                self._made_dirs.add(final.parent)
-            # Replace even an existing blob file: the new bytes are verified by
-            # construction, so putting a blob again heals a corrupted copy.
-            os.replace(tmp, final)
-
-
-def _syncfs(directory: Path, files: list[Path]) -> None:
-    """One syncfs(2) for the filesystem holding ``directory``; fsync each file without it."""
-    syncfs = getattr(_libc, "syncfs", None)
-    if syncfs is not None:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            if syncfs(fd) == 0:
-                return
-        finally:
-            os.close(fd)
-    for path in files:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    def empty(self) -> bool:
+        return not self.moves and not self.rows
 
 
 class LocalBlobService:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, db: sqlite3.Connection) -> None:
         self.blob_dir = root / "blobs"
         self.tmp_dir = root / "tmp"
-        self.committer = GroupCommit(self.tmp_dir)
+        self.pack_dir = root / "packs"
+        self._db = db
         self._blob_root = str(self.blob_dir)
         self._temp_prefix = f"blob-{os.getpid()}-{id(self):x}-"
         self._temp_counter = itertools.count()
-        self._verified: OrderedDict[B3Digest, tuple[int, int, int]] = OrderedDict()
+        self._verified: OrderedDict[B3Digest, _Known] = OrderedDict()
+        # Every pack this service has read or written, by id; fds live until aclose.
+        self._packs: dict[int, _Pack] = {}
+        self._appending: _Pack | None = None
+        self._append_at = 0
+        self._batch = _Batch()
+        # Packed blobs appended but not yet committed, so a second put waits instead.
+        self._in_flight: dict[B3Digest, _Batch] = {}
+        self._leader_gone: trio.Event | None = None
+        self._made_dirs: set[Path] = set()
+
+    # --- locating ----------------------------------------------------------
 
     def new_temp(self) -> tuple[int, Path]:
         """A fresh temp file (unique per process and service, O_EXCL for safety)."""
@@ -218,6 +249,7 @@ class LocalBlobService:
                 continue
 
     def path_of(self, digest: B3Digest) -> Path:
+        """Where the blob's file is (or would be); small blobs live in packs instead."""
         return Path(self._file_of(digest))
 
     def _file_of(self, digest: B3Digest) -> str:
@@ -225,10 +257,87 @@ class LocalBlobService:
         text = digest.hex()
         return f"{self._blob_root}/{text[:2]}/{text}"
 
+    def _packed_row(self, digest: B3Digest) -> tuple[int, int, int] | None:
+        row: tuple[int, int, int] | None = self._db.execute(
+            "SELECT pack, offset, size FROM packed_blobs WHERE digest = ?", (bytes(digest),)
+        ).fetchone()
+        return row
+
+    def location_of(self, digest: B3Digest) -> BlobLocation | None:
+        """Where the stored bytes of a blob lie (the seam tests corrupt them through)."""
+        try:
+            row = self._packed_row(digest)
+            if row is not None:
+                pack, offset, size = row
+                return BlobLocation(self._pack(pack).path, offset, size)
+        except sqlite3.Error as exc:
+            raise StoreError(f"local store: {exc}") from exc
+        path = self.path_of(digest)
+        try:
+            return BlobLocation(path, 0, path.stat().st_size)
+        except FileNotFoundError:
+            return None
+
+    def _pack(self, pack_id: int) -> _Pack:
+        """The pack with this id, its read fd opened on first use."""
+        pack = self._packs.get(pack_id)
+        if pack is not None:
+            return pack
+        row = self._db.execute("SELECT name FROM packs WHERE id = ?", (pack_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"local store: pack {pack_id} is referenced but not recorded")
+        path = self.pack_dir / row[0]
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise StoreError(f"cannot open pack {path}: {exc}") from exc
+        pack = self._packs[pack_id] = _Pack(pack_id, path, fd)
+        return pack
+
+    # --- reading -----------------------------------------------------------
+
     async def has(self, digest: B3Digest) -> bool:
-        return self.path_of(digest).exists()
+        if digest in self._verified:
+            return True
+        try:
+            if self._packed_row(digest) is not None:
+                return True
+        except sqlite3.Error as exc:
+            raise StoreError(f"local store: {exc}") from exc
+        return os.path.exists(self._file_of(digest))
 
     async def open_read(self, digest: B3Digest) -> LocalBlobReader | None:
+        known = self._verified.get(digest)
+        # The warm path: the pack is open already, and unchanged since it was verified.
+        if (
+            known is not None
+            and known.pack is not None
+            and _identity(os.fstat(known.pack.fd)) == known.identity
+        ):
+            self._verified.move_to_end(digest)
+            return LocalBlobReader(known.pack.fd, known.offset, known.size, owns_fd=False)
+        try:
+            row = self._packed_row(digest)
+        except sqlite3.Error as exc:
+            raise StoreError(f"local store: {exc}") from exc
+        if row is not None:
+            return await self._open_packed(digest, *row)
+        return await self._open_file(digest)
+
+    async def _open_packed(
+        self, digest: B3Digest, pack_id: int, offset: int, size: int
+    ) -> LocalBlobReader:
+        pack = self._pack(pack_id)
+        try:
+            st = os.fstat(pack.fd)
+            data = await _pread_nowait(pack.fd, size, offset)
+        except OSError as exc:
+            raise StoreError(f"cannot read blob {digest} from {pack.path}: {exc}") from exc
+        self._check(digest, B3Digest(blake3.blake3(data).digest()))
+        self._remember(digest, _Known(pack, offset, size, _identity(st)))
+        return LocalBlobReader(pack.fd, offset, size, owns_fd=False, data=data)
+
+    async def _open_file(self, digest: B3Digest) -> LocalBlobReader | None:
         try:
             fd = os.open(self._file_of(digest), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -237,35 +346,218 @@ class LocalBlobService:
             raise StoreError(f"cannot open blob {digest}: {exc}") from exc
         try:
             st = os.fstat(fd)
-            await self._verify(digest, fd, st)
+            await self._verify_file(digest, fd, st)
+            if st.st_size > PACK_MAX:
+                # Big files are mostly read front to back: ask for more readahead.
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         except BaseException:
             os.close(fd)
             raise
-        return LocalBlobReader(fd, st.st_size)
+        return LocalBlobReader(fd, 0, st.st_size, owns_fd=True)
 
-    async def _verify(self, digest: B3Digest, fd: int, st: os.stat_result) -> None:
-        identity = (st.st_ino, st.st_size, st.st_mtime_ns)
-        if self._verified.get(digest) == identity:
+    async def _verify_file(self, digest: B3Digest, fd: int, st: os.stat_result) -> None:
+        identity = _identity(st)
+        known = self._verified.get(digest)
+        if known is not None and known.pack is None and known.identity == identity:
             self._verified.move_to_end(digest)
             return
         if st.st_size <= _INLINE_VERIFY_MAX:
             actual = _hash_fd(fd, st.st_size)
         else:
             actual = await trio.to_thread.run_sync(_hash_fd, fd, st.st_size)
+        self._check(digest, actual)
+        self._remember(digest, _Known(None, 0, st.st_size, identity))
+
+    @staticmethod
+    def _check(digest: B3Digest, actual: B3Digest) -> None:
         if actual != digest:
             raise IntegrityError(f"blob {digest} is corrupt: its bytes hash to {actual}")
-        self._verified[digest] = identity
+
+    def _remember(self, digest: B3Digest, known: _Known) -> None:
+        self._verified[digest] = known
+        self._verified.move_to_end(digest)
         if len(self._verified) > _VERIFIED_CACHE_SIZE:
             self._verified.popitem(last=False)
+
+    # --- writing -----------------------------------------------------------
 
     async def open_write(self) -> LocalBlobWriter:
         return LocalBlobWriter(self)
 
+    async def put_packed(self, digest: B3Digest, data: bytes) -> None:
+        """Append a small blob to this service's pack; returns once it is durable."""
+        batch = self._in_flight.get(digest)
+        if batch is None:
+            if await self._stored_intact(digest):
+                return
+            batch = self._in_flight.get(digest)  # another put may have begun meanwhile
+        if batch is None:
+            pack, offset = self._append(data)
+            batch = self._in_flight[digest] = self._batch
+            batch.rows[digest] = (pack.id, offset, len(data))
+            batch.packs.add(pack)
+        await self._commit(batch)
+
+    async def _stored_intact(self, digest: B3Digest) -> bool:
+        """Whether the blob is stored with the right bytes (a corrupt copy gets replaced)."""
+        try:
+            reader = await self.open_read(digest)
+        except IntegrityError:
+            return False
+        if reader is None:
+            return False
+        await reader.aclose()
+        return True
+
+    def _append(self, data: bytes) -> tuple[_Pack, int]:
+        """Write ``data`` at the end of this service's current pack."""
+        pack = self._appending
+        if pack is None or self._append_at + len(data) > PACK_ROLLOVER:
+            pack = self._new_pack()
+        offset = self._append_at
+        view = memoryview(data)
+        while view:
+            view = view[os.pwrite(pack.fd, view, offset + len(data) - len(view)) :]
+        self._append_at = offset + len(data)
+        return pack, offset
+
+    def _new_pack(self) -> _Pack:
+        self.pack_dir.mkdir(exist_ok=True)
+        while True:
+            name = f"{os.getpid()}-{id(self):x}-{secrets.token_hex(8)}.pack"
+            path = self.pack_dir / name
+            try:
+                # Read-only for everyone but this fd: nothing else ever writes to it.
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+            except FileExistsError:
+                continue
+            break
+        try:
+            with self._db:
+                pack_id = self._db.execute("INSERT INTO packs (name) VALUES (?)", (name,)).lastrowid
+        except BaseException:
+            os.close(fd)
+            raise
+        assert pack_id is not None
+        pack = self._packs[pack_id] = _Pack(pack_id, path, fd)
+        self._appending, self._append_at = pack, 0
+        # The new name must be durable before any row points into the pack.
+        self._batch.sync_pack_dir = True
+        return pack
+
+    async def commit_file(self, tmp: Path, final: Path) -> None:
+        """Make a finished temp file durable and rename it to its final name."""
+        batch = self._batch
+        batch.moves.append((tmp, final))
+        await self._commit(batch)
+
+    async def _commit(self, batch: _Batch) -> None:
+        """Wait until ``batch`` is committed, committing pending batches if no one else is.
+
+        The first caller becomes the leader and commits batches until none is
+        pending; if it is cancelled, a waiter takes over.
+        """
+        while not batch.done.is_set():
+            if self._leader_gone is not None:
+                await self._leader_gone.wait()
+            else:
+                await self._lead()
+        if batch.error is not None:
+            raise batch.error
+
+    async def _lead(self) -> None:
+        self._leader_gone = gone = trio.Event()
+        try:
+            while not self._batch.empty():
+                current, self._batch = self._batch, _Batch()
+                # Shielded: a cancelled leader still completes the batch others wait on.
+                with trio.CancelScope(shield=True):
+                    await self._commit_batch(current)
+        finally:
+            self._leader_gone = None
+            gone.set()
+
+    async def _commit_batch(self, batch: _Batch) -> None:
+        try:
+            await trio.to_thread.run_sync(self._make_durable, batch)
+            if batch.rows:
+                with self._db:
+                    self._db.executemany(
+                        "INSERT OR REPLACE INTO packed_blobs (digest, pack, offset, size)"
+                        " VALUES (?, ?, ?, ?)",
+                        [(bytes(d), *row) for d, row in batch.rows.items()],
+                    )
+        except (OSError, sqlite3.Error) as exc:
+            batch.error = exc
+        except BaseException:
+            batch.error = OSError("the blob commit was interrupted")
+            raise
+        finally:
+            for digest in batch.rows:
+                del self._in_flight[digest]
+                # A put may have replaced a corrupt copy: verify the new location.
+                self._verified.pop(digest, None)
+            batch.done.set()
+
+    def _make_durable(self, batch: _Batch) -> None:
+        """Sync the batch's bytes, then rename its files into place (in a worker thread)."""
+        synced = bool(batch.moves) and _syncfs(self.tmp_dir, [tmp for tmp, _ in batch.moves])
+        if not synced:
+            for pack in batch.packs:
+                os.fdatasync(pack.fd)
+            if batch.sync_pack_dir:
+                _fsync_dir(self.pack_dir)
+        for tmp, final in batch.moves:
+            if final.parent not in self._made_dirs:
+                final.parent.mkdir(exist_ok=True)
+                self._made_dirs.add(final.parent)
+            # Replace even an existing blob file: the new bytes are verified by
+            # construction, so putting a blob again heals a corrupted copy.
+            os.replace(tmp, final)
+
     async def chunks(self, digest: B3Digest) -> list[tuple[B3Digest, int]] | None:
         return [] if await self.has(digest) else None
 
+    def close(self) -> None:
+        """Close the pack fds; readers still open on a pack must not be used after this."""
+        for pack in self._packs.values():
+            os.close(pack.fd)
+        self._packs.clear()
+        self._appending = None
+        self._verified.clear()
+
     async def aclose(self) -> None:
-        pass
+        self.close()
+
+
+def _syncfs(directory: Path, files: list[Path]) -> bool:
+    """One syncfs(2) for the filesystem holding ``directory``; fsync each file without it.
+
+    Returns whether syncfs ran (it made every other write to the filesystem durable too).
+    """
+    syncfs = getattr(_libc, "syncfs", None)
+    if syncfs is not None:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if syncfs(fd) == 0:
+                return True
+        finally:
+            os.close(fd)
+    for path in files:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return False
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _hash_fd(fd: int, size: int) -> B3Digest:
