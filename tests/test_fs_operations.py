@@ -16,6 +16,7 @@ from tvixmount.castore.blobservice import put_stream
 from tvixmount.castore.memory import MemoryBlobService, MemoryDirectoryService
 from tvixmount.errors import StoreError
 from tvixmount.fs.inode_tracker import ROOT_INODE
+from tvixmount.fs.inodes import CACHE_TIMEOUT
 from tvixmount.fs.operations import TvixmountFS
 from tvixmount.fs.root_nodes import PathInfoRootNodes
 from tvixmount.pathinfo.memory import MemoryPathInfoService
@@ -71,6 +72,16 @@ async def test_pathinfo_service_error_is_eio(error: Exception) -> None:
 async def test_unknown_root_name_is_enoent() -> None:
     fs = await _fs()
     assert await _errno_of(fs.lookup(ROOT_INODE, b"z" * 32 + b"-x", CTX)) == errno.ENOENT
+
+
+async def test_unknown_name_below_the_root_is_a_cached_negative_entry() -> None:
+    fs = await _fs()
+    directory = await fs.lookup(ROOT_INODE, fx.ROOT_DIRECTORY_COMPLICATED, CTX)
+    before = len(fs.inodes)
+    attrs = await fs.lookup(directory.st_ino, b"no-such-name", CTX)
+    # Inode 0 is FUSE's negative entry: the kernel answers ENOENT from its cache.
+    assert (attrs.st_ino, attrs.entry_timeout) == (0, CACHE_TIMEOUT)
+    assert len(fs.inodes) == before
 
 
 async def test_root_opendir_without_list_root_is_eperm() -> None:

@@ -94,3 +94,11 @@ def entry_attributes(inode: int, data: InodeData) -> pyfuse3.EntryAttributes:
     attrs.st_mtime_ns = 0
     attrs.st_ctime_ns = 0
     return attrs
+
+
+def negative_entry() -> pyfuse3.EntryAttributes:
+    """A lookup answer meaning "no such name", which the kernel caches (inode 0)."""
+    attrs = pyfuse3.EntryAttributes()
+    attrs.st_ino = 0
+    attrs.entry_timeout = CACHE_TIMEOUT
+    return attrs

@@ -38,7 +38,7 @@ from ..castore.directoryservice import DirectoryService
 from ..castore.nodes import Node
 from ..errors import NotFoundError, TvixmountError
 from .handles import DirectoryHandle, FileHandle, HandleTable
-from .inode_tracker import InodeTracker
+from .inode_tracker import ROOT_INODE, InodeTracker
 from .inodes import (
     DirectoryInode,
     FileInode,
@@ -47,6 +47,7 @@ from .inodes import (
     RootInode,
     SymlinkInode,
     entry_attributes,
+    negative_entry,
 )
 from .listing_cache import ListingCache
 from .root_nodes import RootNodes
@@ -218,7 +219,15 @@ class TvixmountFS(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         node = await self._child(parent_inode, name)
         if node is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
+            if parent_inode == ROOT_INODE:
+                # Store paths appear in the root (an import, a binary-cache
+                # fetch), so its "no such name" must not be cached.
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            # Below the root a directory's names never change: the kernel may
+            # remember the absence as long as the entry itself (a negative
+            # dentry), sparing a round trip for every repeated miss (a
+            # symlink resolved again and again, a PATH or library search).
+            return negative_entry()
         inode, data = self.inodes.remember(node)
         return entry_attributes(inode, data)
 
