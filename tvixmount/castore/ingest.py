@@ -39,19 +39,29 @@ from .nodes import DirectoryNode, FileNode, Node, SymlinkNode
 
 # Big reads keep per-syscall and per-hash-call overhead negligible.
 READ_CHUNK = 1 << 20
-# A batch of walker events is handed over once it holds this much file data
-# (or this many events), amortising the thread hand-over.
+# A batch of walker jobs is handed over once it holds this much file data
+# (or this many jobs), amortising the thread hand-over.
 _BATCH_BYTES = 4 << 20
-_BATCH_EVENTS = 1024
-# Batches in flight between walker and storer: bounds memory to a few batches.
-_CHANNEL_SIZE = 2
-# Blobs being stored at once (each holds an open temp file, small ones
-# their bytes too).
-MAX_PENDING_BLOBS = 256
-# Files up to this size are collected in memory and stored by a task of their own.
+_BATCH_JOBS = 1024
+# Batches in flight between walker and storer: bounds memory to a few batches,
+# while leaving the walker some slack when the storer falls briefly behind.
+_CHANNEL_SIZE = 4
+# Files up to this size are read whole and stored by a group task, one
+# after the other within the group.
 SMALL_FILE = 256 << 10
-# Token bytes are hashed in batches: one hashlib call per token would
-# dominate for trees of many small files.
+# A group of small files is at most this many files or bytes. Spawning a
+# trio task costs about as much as storing a small blob into a store that
+# does not wait in ``finish``, so tasks are per group, not per file; groups
+# still overlap each other for stores whose ``finish`` waits (e.g. for a
+# commit shared by many blobs).
+_GROUP_FILES = 64
+_GROUP_BYTES = 1 << 20
+# Group tasks and big-file completions running at once: bounds the blobs
+# in flight (at most this many groups of small files in memory).
+MAX_PENDING_BLOBS = 64
+# Short token runs and small files' bytes are hashed in batches: one
+# hashlib call per token (or per small file) would dominate for trees of
+# many small files.
 _TOKEN_FLUSH = 64 << 10
 
 Progress = Callable[[int], None]
@@ -66,27 +76,25 @@ class IngestedTree:
     nar_sha256: bytes
 
 
-# Walker events. File contents follow a _File event as plain ``bytes`` chunks
-# adding up to its size.
-@dataclass(frozen=True, slots=True)
-class _Enter:
-    name: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class _Leave:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class _File:
+@dataclass(slots=True)
+class _FileRecord:
     name: bytes
     size: int
     executable: bool
+    digest: B3Digest | None = None
 
 
-_Event = _Enter | _Leave | _File | SymlinkNode | bytes
-_LEAVE = _Leave()
+@dataclass(slots=True)
+class _DirRecord:
+    name: bytes
+    children: list[_DirRecord | _FileRecord | SymlinkNode] = field(default_factory=list)
+
+
+_Record = _DirRecord | _FileRecord | SymlinkNode
+# What the walker hands to the storer: a file's record and some of its bytes.
+# A small file is one job holding all its bytes; a big file is a run of
+# consecutive jobs, one per chunk, in order.
+_Job = tuple[_FileRecord, bytes]
 
 
 class _NarHash:
@@ -103,6 +111,9 @@ class _NarHash:
             self._flush()
 
     def contents(self, data: bytes) -> None:
+        if len(data) < _TOKEN_FLUSH:
+            self.tokens(data)
+            return
         self._flush()
         self._sha.update(data)
         self.size += len(data)
@@ -151,13 +162,15 @@ def _list(path: bytes) -> list[bytes]:
         raise IngestError(f"{_show(path)}: cannot list directory: {exc.strerror}") from None
 
 
-def _read_file(path: bytes, size: int, nar: _NarHash) -> Iterator[bytes]:
+def _read_file(path: bytes, size: int) -> Iterator[bytes]:
+    """The file's bytes: one chunk if it is small, else ``READ_CHUNK``-sized chunks."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError as exc:
         raise IngestError(f"{_show(path)}: cannot open: {exc.strerror}") from None
     try:
         done = 0
+        parts: list[bytes] = []
         while done < size:
             try:
                 chunk = os.read(fd, min(READ_CHUNK, size - done))
@@ -165,77 +178,105 @@ def _read_file(path: bytes, size: int, nar: _NarHash) -> Iterator[bytes]:
                 raise IngestError(f"{_show(path)}: cannot read: {exc.strerror}") from None
             if not chunk:
                 break
-            nar.contents(chunk)
             done += len(chunk)
-            yield chunk
+            if size > SMALL_FILE:
+                yield chunk
+            else:
+                parts.append(chunk)  # a short read: still one job per small file
         # The NAR header already promised ``size`` bytes: a file that changed
         # under us would make the hash describe nothing real.
         if done != size or os.read(fd, 1):
             raise IngestError(f"{_show(path)}: file changed size while being read")
+        if size <= SMALL_FILE:
+            yield parts[0] if len(parts) == 1 else b"".join(parts)
     finally:
         os.close(fd)
 
 
-def _walk(root: bytes, name: bytes, nar: _NarHash) -> Iterator[_Event]:
-    """The tree's events in NAR order, hashing its NAR along the way (blocking)."""
-    nar.tokens(wire.HEADER)
-    # An explicit stack: depth is bounded by PATH_MAX, not the recursion limit.
-    stack: list[tuple[bytes, Iterator[bytes]]] = []
-    path, entry_name = root, name
-    while True:
-        st = _lstat(path)
-        entered = False
-        if stat.S_ISDIR(st.st_mode):
-            nar.tokens(wire.DIRECTORY_PREFIX)
-            yield _Enter(entry_name)
-            stack.append((path, iter(_list(path))))
-            entered = True
-        elif stat.S_ISREG(st.st_mode):
-            executable = bool(st.st_mode & stat.S_IXUSR)
-            nar.tokens(wire.regular_header(executable, st.st_size))
-            yield _File(entry_name, st.st_size, executable)
-            yield from _read_file(path, st.st_size, nar)
-            nar.tokens(wire.regular_trailer(st.st_size))
-        elif stat.S_ISLNK(st.st_mode):
-            try:
-                target = os.readlink(path)
-            except OSError as exc:
-                raise IngestError(f"{_show(path)}: cannot read symlink: {exc.strerror}") from None
-            nar.tokens(wire.symlink(target))
-            yield SymlinkNode(entry_name, target)
-        else:
-            raise IngestError(f"{_show(path)}: cannot import {_kind(st.st_mode)}")
-        # Move on to the next entry, closing each finished entry and directory.
-        entry_open = not entered and bool(stack)
-        while stack:
-            if entry_open:
-                nar.tokens(wire.ENTRY_CLOSE)
-            parent, children = stack[-1]
-            child = next(children, None)
-            if child is not None:
-                nar.tokens(wire.entry_header(child))
-                path, entry_name = os.path.join(parent, child), child
-                break
-            stack.pop()
-            nar.tokens(wire.CLOSE)
-            yield _LEAVE
+class _Walker:
+    """Walks a tree in NAR order (blocking): hashes its NAR, builds its records
+    and ships every file's bytes to ``ship`` in batches of jobs."""
+
+    def __init__(self, nar: _NarHash, ship: Callable[[list[_Job]], None]) -> None:
+        self._nar = nar
+        self._ship = ship
+        self._batch: list[_Job] = []
+        self._batch_bytes = 0
+
+    def _job(self, record: _FileRecord, data: bytes) -> None:
+        self._batch.append((record, data))
+        self._batch_bytes += len(data)
+        if self._batch_bytes >= _BATCH_BYTES or len(self._batch) >= _BATCH_JOBS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._batch:
+            batch, self._batch, self._batch_bytes = self._batch, [], 0
+            self._ship(batch)
+
+    def _file(self, path: bytes, name: bytes, st: os.stat_result) -> _FileRecord:
+        nar = self._nar
+        size = st.st_size
+        executable = bool(st.st_mode & stat.S_IXUSR)
+        nar.tokens(wire.regular_header(executable, size))
+        record = _FileRecord(name, size, executable)
+        for chunk in _read_file(path, size):
+            nar.contents(chunk)
+            self._job(record, chunk)
+        nar.tokens(wire.regular_trailer(size))
+        return record
+
+    def walk(self, root: bytes, name: bytes) -> _Record:
+        """The tree's root record; every file's jobs are shipped or pending a flush."""
+        nar = self._nar
+        nar.tokens(wire.HEADER)
+        # An explicit stack: depth is bounded by PATH_MAX, not the recursion limit.
+        stack: list[tuple[bytes, Iterator[bytes], _DirRecord]] = []
+        path, entry_name = root, name
+        top: _Record | None = None
+        while True:
+            st = _lstat(path)
+            record: _Record
+            if stat.S_ISDIR(st.st_mode):
+                nar.tokens(wire.DIRECTORY_PREFIX)
+                record = _DirRecord(entry_name)
+            elif stat.S_ISREG(st.st_mode):
+                record = self._file(path, entry_name, st)
+            elif stat.S_ISLNK(st.st_mode):
+                try:
+                    target = os.readlink(path)
+                except OSError as exc:
+                    raise IngestError(
+                        f"{_show(path)}: cannot read symlink: {exc.strerror}"
+                    ) from None
+                nar.tokens(wire.symlink(target))
+                record = SymlinkNode(entry_name, target)
+            else:
+                raise IngestError(f"{_show(path)}: cannot import {_kind(st.st_mode)}")
+            if stack:
+                stack[-1][2].children.append(record)
+            else:
+                top = record
             entry_open = bool(stack)
-        else:
-            return
-
-
-@dataclass(slots=True)
-class _FileRecord:
-    name: bytes
-    size: int
-    executable: bool
-    digest: B3Digest | None = None
-
-
-@dataclass(slots=True)
-class _DirRecord:
-    name: bytes
-    children: list[_DirRecord | _FileRecord | SymlinkNode] = field(default_factory=list)
+            if isinstance(record, _DirRecord):
+                stack.append((path, iter(_list(path)), record))
+                entry_open = False
+            # Move on to the next entry, closing each finished entry and directory.
+            while stack:
+                if entry_open:
+                    nar.tokens(wire.ENTRY_CLOSE)
+                parent, children, _ = stack[-1]
+                child = next(children, None)
+                if child is not None:
+                    nar.tokens(wire.entry_header(child))
+                    path, entry_name = os.path.join(parent, child), child
+                    break
+                stack.pop()
+                nar.tokens(wire.CLOSE)
+                entry_open = bool(stack)
+            else:
+                assert top is not None
+                return top
 
 
 def _leaf(record: _FileRecord | SymlinkNode) -> Node:
@@ -245,11 +286,11 @@ def _leaf(record: _FileRecord | SymlinkNode) -> Node:
     return FileNode(record.name, record.digest, record.size, record.executable)
 
 
-def _build(root: _DirRecord | _FileRecord | SymlinkNode, out: dict[B3Digest, Directory]) -> Node:
+def _build(root: _Record, out: dict[B3Digest, Directory]) -> Node:
     """Nodes from records, bottom-up; Directories land in ``out`` leaves first."""
     if not isinstance(root, _DirRecord):
         return _leaf(root)
-    stack: list[tuple[_DirRecord, Iterator[_DirRecord | _FileRecord | SymlinkNode], list[Node]]]
+    stack: list[tuple[_DirRecord, Iterator[_Record], list[Node]]]
     stack = [(root, iter(root.children), [])]
     while True:
         record, children, nodes = stack[-1]
@@ -270,30 +311,62 @@ def _build(root: _DirRecord | _FileRecord | SymlinkNode, out: dict[B3Digest, Dir
 
 
 class _Storer:
-    """Consumes walker batches on the trio loop: blobs in, a record tree out.
+    """Consumes walker batches on the trio loop, setting each file record's digest.
 
-    Small files are stored whole by their own task (their bytes are already
-    in memory), so creating, writing and syncing many of them overlaps; big
-    files stream through one writer in order and only their completion runs
-    concurrently. ``MAX_PENDING_BLOBS`` bounds both, and with it memory.
+    Small files are stored in groups, each group by a task of its own that
+    stores its files one after the other; big files stream through one
+    writer in order and only their completion runs in a task.
+    ``MAX_PENDING_BLOBS`` bounds the tasks, and with them memory.
     """
 
     def __init__(self, blobs: BlobService, progress: Progress | None) -> None:
         self._blobs = blobs
         self._progress = progress
         self._slots = trio.Semaphore(MAX_PENDING_BLOBS)
-        self.root: _DirRecord | _FileRecord | SymlinkNode | None = None
-        self._stack: list[_DirRecord] = []
-        self._file: _FileRecord | None = None
         self._writer: BlobWriter | None = None  # a big file being streamed
-        self._parts: list[bytes] = []  # a small file being collected
-        self._remaining = 0
+        self._written = 0
 
-    def _attach(self, record: _DirRecord | _FileRecord | SymlinkNode) -> None:
-        if self._stack:
-            self._stack[-1].children.append(record)
-        else:
-            self.root = record
+    async def consume(
+        self, batches: trio.MemoryReceiveChannel[list[_Job]], nursery: trio.Nursery
+    ) -> None:
+        try:
+            async with batches:
+                async for batch in batches:
+                    await self._take(batch, nursery)
+        except BaseException:
+            if self._writer is not None:
+                await self._writer.abort()
+            raise
+
+    async def _take(self, batch: list[_Job], nursery: trio.Nursery) -> None:
+        group: list[_Job] = []
+        group_bytes = 0
+        for record, data in batch:
+            if record.size > SMALL_FILE:
+                await self._stream(record, data, nursery)
+                continue
+            group.append((record, data))
+            group_bytes += len(data)
+            if len(group) >= _GROUP_FILES or group_bytes >= _GROUP_BYTES:
+                await self._slots.acquire()
+                nursery.start_soon(self._store_group, group)
+                group, group_bytes = [], 0
+        if group:
+            await self._slots.acquire()
+            nursery.start_soon(self._store_group, group)
+
+    async def _stream(self, record: _FileRecord, data: bytes, nursery: trio.Nursery) -> None:
+        if self._writer is None:
+            self._writer = await self._blobs.open_write()
+            self._written = 0
+        await self._writer.write(data)
+        self._written += len(data)
+        if self._progress is not None:
+            self._progress(len(data))
+        if self._written == record.size:
+            writer, self._writer = self._writer, None
+            await self._slots.acquire()
+            nursery.start_soon(self._finish, writer, record)
 
     async def _finish(self, writer: BlobWriter, record: _FileRecord) -> None:
         try:
@@ -301,71 +374,21 @@ class _Storer:
         finally:
             self._slots.release()
 
-    async def _store_small(self, parts: list[bytes], record: _FileRecord) -> None:
+    async def _store_group(self, group: list[_Job]) -> None:
         try:
-            writer = await self._blobs.open_write()
-            try:
-                for part in parts:
-                    await writer.write(part)
-            except BaseException:
-                await writer.abort()
-                raise
-            record.digest = await writer.finish()
+            for record, data in group:
+                writer = await self._blobs.open_write()
+                try:
+                    if data:
+                        await writer.write(data)
+                except BaseException:
+                    await writer.abort()
+                    raise
+                record.digest = await writer.finish()
+                if self._progress is not None and data:
+                    self._progress(len(data))
         finally:
             self._slots.release()
-
-    async def _file_done(self, nursery: trio.Nursery) -> None:
-        record = self._file
-        assert record is not None
-        await self._slots.acquire()
-        if self._writer is None:
-            nursery.start_soon(self._store_small, self._parts, record)
-            self._parts = []
-        else:
-            nursery.start_soon(self._finish, self._writer, record)
-            self._writer = None
-        self._file = None
-
-    async def consume(
-        self, batches: trio.MemoryReceiveChannel[list[_Event]], nursery: trio.Nursery
-    ) -> None:
-        try:
-            async with batches:
-                async for batch in batches:
-                    for event in batch:
-                        await self._event(event, nursery)
-        except BaseException:
-            if self._writer is not None:
-                await self._writer.abort()
-            raise
-
-    async def _event(self, event: _Event, nursery: trio.Nursery) -> None:
-        if isinstance(event, bytes):
-            if self._writer is None:
-                self._parts.append(event)
-            else:
-                await self._writer.write(event)
-            self._remaining -= len(event)
-            if self._progress is not None:
-                self._progress(len(event))
-            if not self._remaining:
-                await self._file_done(nursery)
-        elif isinstance(event, _File):
-            self._file = _FileRecord(event.name, event.size, event.executable)
-            self._attach(self._file)
-            self._remaining = event.size
-            if event.size > SMALL_FILE:
-                self._writer = await self._blobs.open_write()
-            elif not event.size:
-                await self._file_done(nursery)
-        elif isinstance(event, _Enter):
-            record = _DirRecord(event.name)
-            self._attach(record)
-            self._stack.append(record)
-        elif isinstance(event, _Leave):
-            self._stack.pop()
-        else:
-            self._attach(event)
 
 
 def _sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -385,23 +408,24 @@ def _produce(
     root: bytes,
     name: bytes,
     nar: _NarHash,
-    send: trio.MemorySendChannel[list[_Event]],
-) -> None:
-    """Run the walk in a worker thread, shipping events to the trio loop in batches."""
-    batch: list[_Event] = []
-    data = 0
+    send: trio.MemorySendChannel[list[_Job]],
+) -> _Record | None:
+    """Run the walk in a worker thread, shipping jobs to the trio loop in batches.
+
+    Returns the root record, or None if the storer stopped first (its error
+    is the one the nursery reports).
+    """
+
+    def ship(batch: list[_Job]) -> None:
+        trio.from_thread.run(send.send, batch)
+
+    walker = _Walker(nar, ship)
     try:
-        for event in _walk(root, name, nar):
-            batch.append(event)
-            if isinstance(event, bytes):
-                data += len(event)
-            if data >= _BATCH_BYTES or len(batch) >= _BATCH_EVENTS:
-                trio.from_thread.run(send.send, batch)
-                batch, data = [], 0
-        if batch:
-            trio.from_thread.run(send.send, batch)
+        root_record = walker.walk(root, name)
+        walker.flush()
+        return root_record
     except trio.BrokenResourceError:
-        pass  # the storer stopped on an error of its own, which is the one to report
+        return None
     finally:
         # Channels are not thread-safe: close it on the loop's thread.
         trio.from_thread.run_sync(send.close)
@@ -421,23 +445,23 @@ async def ingest_path(
     regular files, directories and symlinks raises :class:`IngestError`
     naming the offending path; no Directory is stored unless the whole walk
     succeeded. ``progress`` is called with the number of file bytes stored
-    after each chunk.
+    after each chunk (big files) or file (small ones).
     """
     root = os.fsencode(os.path.abspath(path))
     root_name = os.path.basename(root) if name is None else name
     nar = _NarHash()
     storer = _Storer(blobs, progress)
-    send, receive = trio.open_memory_channel[list[_Event]](_CHANNEL_SIZE)
+    send, receive = trio.open_memory_channel[list[_Job]](_CHANNEL_SIZE)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(storer.consume, receive, nursery)
-            await trio.to_thread.run_sync(_produce, root, root_name, nar, send)
+            root_record = await trio.to_thread.run_sync(_produce, root, root_name, nar, send)
     except BaseExceptionGroup as group:
         # Callers expect the one error that stopped the import, not trio's wrapping.
         raise _sole_error(group) from None
-    assert storer.root is not None
+    assert root_record is not None, "the walk finished, so the storer did not fail"
     built: dict[B3Digest, Directory] = {}
-    node = _build(storer.root, built)
+    node = _build(root_record, built)
     if built:
         await directories.put_many(list(built.values()))
     nar_sha256 = nar.digest()  # flushes pending tokens, so read the size after it
