@@ -10,15 +10,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from .castore.blobservice import BlobService
-from .castore.directoryservice import DirectoryService
-from .castore.memory import MemoryBlobService, MemoryDirectoryService
 from .errors import StoreURLError
-from .localstore import default_store_dir, open_local
-from .pathinfo.memory import MemoryPathInfoService
-from .pathinfo.service import PathInfoService
+
+# Each opener imports its backend itself: a command pays only for the store kind
+# it opens (the embedded store alone pulls in trio and protobuf; grpc and httpx
+# cost more), and checking a URL or building the CLI parser imports none.
+if TYPE_CHECKING:
+    from .castore.blobservice import BlobService
+    from .castore.directoryservice import DirectoryService
+    from .pathinfo.service import PathInfoService
 
 
 @dataclass
@@ -49,12 +52,17 @@ class Store:
 
 
 def _open_memory(url: str, options: StoreOptions) -> Store:
+    from .castore.memory import MemoryBlobService, MemoryDirectoryService
+    from .pathinfo.memory import MemoryPathInfoService
+
     return Store(
         url, MemoryBlobService(), MemoryDirectoryService(), MemoryPathInfoService(), inline=True
     )
 
 
 def _open_local_path(url: str, options: StoreOptions) -> Store:
+    from .localstore import open_local
+
     blobs, directories, pathinfos, db = open_local(Path(url).expanduser(), options.create)
     return Store(url, blobs, directories, pathinfos, [db.close], inline=True)
 
@@ -112,6 +120,8 @@ def check_store_url(url: str) -> None:
 
 
 def default_store_url() -> str:
+    from .localstore import default_store_dir
+
     return str(default_store_dir())
 
 

@@ -1,12 +1,20 @@
-"""Argument helpers shared by the command modules."""
+"""Argument helpers shared by the command modules.
+
+Every command module is imported to build the parser, so nothing here (or
+at the top of a command module) may import a store backend, trio, rich or
+the FUSE layer: ``tvixmount --help`` would pay for all of them. Commands
+import what they use inside ``run()``.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..storepath import StorePath
-from ..stores import Store, StoreOptions, open_store
+if TYPE_CHECKING:
+    from ..storepath import StorePath
+    from ..stores import Store, StoreOptions
 
 
 def add_store_argument(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +42,8 @@ def add_store_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def store_options(args: argparse.Namespace, create: bool = False) -> StoreOptions:
+    from ..stores import StoreOptions
+
     return StoreOptions(
         create=create,
         cache_dir=args.cache_dir,
@@ -42,9 +52,13 @@ def store_options(args: argparse.Namespace, create: bool = False) -> StoreOption
 
 
 def open_store_from_args(args: argparse.Namespace, create: bool = False) -> Store:
+    from ..stores import open_store
+
     return open_store(args.store, store_options(args, create))
 
 
 def parse_store_paths(texts: list[str]) -> list[StorePath]:
     """Parse every argument first, so one bad path fails before any work is done."""
+    from ..storepath import StorePath
+
     return [StorePath.parse(text) for text in texts]

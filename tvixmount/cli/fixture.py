@@ -11,11 +11,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import trio
-
-from ..testing.build import COMPRESSIONS, build_into
-from ..testing.spec import load_spec
 from .common import add_store_argument, store_options
+
+# testing.build.COMPRESSIONS, repeated: building the parser (for every command)
+# must not import the fixture builder. A test keeps the two equal.
+COMPRESSIONS = ("none", "xz")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -50,6 +50,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
+    import trio
+
+    from ..testing.build import build_into
+    from ..testing.spec import load_spec
+
     spec = load_spec(args.spec)
     options = store_options(args, create=True)
     fixture = trio.run(build_into, spec, args.store, options, args.nix_cache, args.compression)

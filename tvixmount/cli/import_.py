@@ -12,22 +12,13 @@ import stat
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-import trio
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-
-from ..castore.ingest import Progress as ProgressCallback
 from ..errors import IngestError
-from ..importer import import_path
 from .common import add_store_argument, open_store_from_args
+
+if TYPE_CHECKING:
+    from ..castore.ingest import Progress as ProgressCallback
 
 # Below this much file data an import is over before a bar would be worth drawing.
 PROGRESS_MIN_BYTES = 8 << 20
@@ -82,6 +73,16 @@ def _progress_bar(path: str) -> Iterator[ProgressCallback | None]:
     if total < PROGRESS_MIN_BYTES:
         yield None
         return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -95,6 +96,8 @@ def _progress_bar(path: str) -> Iterator[ProgressCallback | None]:
 
 
 async def _import_all(args: argparse.Namespace) -> int:
+    from ..importer import import_path
+
     store = open_store_from_args(args, create=True)
     try:
         for path in args.paths:
@@ -107,5 +110,7 @@ async def _import_all(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    import trio  # here: the parser for every command imports this module
+
     _check_exists(args.paths)
     return trio.run(_import_all, args)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import functools
 
-from ..stores import check_store_url, default_store_url
 from .common import add_store_argument, open_store_from_args
 
 # fs.operations.DEFAULT_TIMEOUT, repeated: importing the fs layer (pyfuse3, trio)
@@ -56,8 +55,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    # Imported here: pyfuse3 and trio are not needed to build the parser for other commands.
+    # Imported here: the parser is built for every command, which must not pay for
+    # pyfuse3, trio or a store backend.
     from ..fs.mount import MountOptions, check_mountpoint, mount_background, mount_foreground
+    from ..stores import check_store_url, default_store_url
 
     check_store_url(args.store or default_store_url())
     mountpoint = check_mountpoint(args.mountpoint)

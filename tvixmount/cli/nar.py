@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-
-import trio
+from typing import TYPE_CHECKING
 
 from ..errors import NotFoundError
-from ..nar.writer import write_nar
-from ..storepath import StorePath
 from .common import add_store_argument, open_store_from_args, parse_store_paths
+
+if TYPE_CHECKING:
+    from ..storepath import StorePath
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -29,6 +29,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 async def _dump(args: argparse.Namespace, store_path: StorePath) -> int:
+    from ..nar.writer import write_nar
+
     store = open_store_from_args(args)
     try:
         info = await store.pathinfos.get(store_path.digest)
@@ -45,5 +47,7 @@ async def _dump(args: argparse.Namespace, store_path: StorePath) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    import trio  # here: the parser for every command imports this module
+
     [store_path] = parse_store_paths([args.store_path])
     return trio.run(_dump, args, store_path)

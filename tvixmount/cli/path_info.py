@@ -12,13 +12,14 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-
-import trio
+from typing import TYPE_CHECKING
 
 from ..errors import NotFoundError
-from ..pathinfo.model import PathInfo
-from ..storepath import StorePath
 from .common import add_store_argument, open_store_from_args, parse_store_paths
+
+if TYPE_CHECKING:
+    from ..pathinfo.model import PathInfo
+    from ..storepath import StorePath
 
 JsonValue = str | int | list[str]
 
@@ -71,6 +72,8 @@ async def _query(args: argparse.Namespace, paths: list[StorePath]) -> list[PathI
 
 
 def run(args: argparse.Namespace) -> int:
+    import trio  # here: the parser for every command imports this module
+
     paths = sorted(set(parse_store_paths(args.store_paths)))
     infos = trio.run(_query, args, paths)
     if args.json:

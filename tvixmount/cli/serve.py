@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import trio
-
-from ..stores import Store
 from .common import add_store_argument, open_store_from_args
+
+if TYPE_CHECKING:
+    from ..stores import Store
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,8 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import trio  # here: the parser for every command imports this module
+
     # A server receives Puts, so like `import` it creates the embedded store.
     store = open_store_from_args(args, create=True)
     return trio.run(_serve, store, args.listen)
@@ -43,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
 async def _serve(store: Store, listen: str) -> int:
     # Imported here: every command imports this module, and grpc must not be
     # loaded before `mount` forks.
+    import trio
+
     from ..server import GrpcServer
 
     try:

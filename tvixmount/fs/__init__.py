@@ -1,9 +1,43 @@
-"""The read-only FUSE filesystem: inode/handle core, root-node providers, pyfuse3 operations."""
+"""The read-only FUSE filesystem: inode/handle core, root-node providers, pyfuse3 operations.
 
-from .inode_tracker import InodeTracker
-from .mount import MountOptions, check_mountpoint, mount_background, mount_foreground, unmount
-from .operations import TvixmountFS
-from .root_nodes import DirectoryRootNodes, PathInfoRootNodes, RootNodes
+The names below load on first use (PEP 562): importing one submodule, such
+as ``fs.root_nodes`` for ``tvixmount ls``, must not import pyfuse3 and the
+whole FUSE layer through this package.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .inode_tracker import InodeTracker
+    from .mount import MountOptions, check_mountpoint, mount_background, mount_foreground, unmount
+    from .operations import TvixmountFS
+    from .root_nodes import DirectoryRootNodes, PathInfoRootNodes, RootNodes
+
+_SUBMODULE = {
+    "DirectoryRootNodes": "root_nodes",
+    "InodeTracker": "inode_tracker",
+    "MountOptions": "mount",
+    "PathInfoRootNodes": "root_nodes",
+    "RootNodes": "root_nodes",
+    "TvixmountFS": "operations",
+    "check_mountpoint": "mount",
+    "mount_background": "mount",
+    "mount_foreground": "mount",
+    "unmount": "mount",
+}
+
+
+def __getattr__(name: str) -> Any:
+    submodule = _SUBMODULE.get(name)
+    if submodule is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{submodule}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "DirectoryRootNodes",

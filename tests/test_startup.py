@@ -1,0 +1,121 @@
+"""Start-up cost of the CLI: a command imports only what it uses.
+
+Each case runs the command in a fresh interpreter and lists the heavy
+third-party packages that ended up in ``sys.modules``. Every command module
+is imported to build the parser, so one eager import at the top of any of
+them would be paid by ``tvixmount --help`` and every other command.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.fixtures import castore as fx
+from tests.mounting import make_fixture_store
+from tvixmount.cli import fixture as cli_fixture
+from tvixmount.testing import build
+
+HEAVY = ("trio", "pyfuse3", "grpc", "httpx", "rich", "google.protobuf", "cryptography")
+
+# Runs the CLI in-process (stdout piped, so not a terminal), then prints its exit
+# code and which of HEAVY got imported, as JSON on stderr's last line.
+_PROBE = """
+import json, sys
+from tvixmount.cli.main import main
+heavy = sys.argv[1].split(",")
+try:
+    code = main(sys.argv[2:])
+except SystemExit as exc:  # --help
+    code = exc.code
+loaded = sorted({h for h in heavy for m in sys.modules if m == h or m.startswith(h + ".")})
+print(json.dumps([code, loaded]), file=sys.stderr)
+"""
+
+
+def heavy_imports(*args: str) -> set[str]:
+    """The HEAVY packages ``tvixmount ARGS`` imports (it must exit 0)."""
+    result = subprocess.run(
+        [sys.executable, "-c", _PROBE, ",".join(HEAVY), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    code, loaded = json.loads(result.stderr.strip().splitlines()[-1])
+    assert code == 0, result.stderr
+    return set(loaded)
+
+
+@pytest.fixture(scope="module")
+def store_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return make_fixture_store(tmp_path_factory.mktemp("startup") / "store")
+
+
+def test_help_imports_no_heavy_package() -> None:
+    assert heavy_imports("--help") == set()
+
+
+def test_building_the_parser_imports_no_heavy_package() -> None:
+    probe = (
+        "import sys; from tvixmount.cli.main import build_parser; build_parser(); "
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}"
+        " or m.startswith('google.protobuf')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "[]"
+
+
+def test_ls_json_on_the_embedded_store_loads_neither_fuse_nor_network_nor_rich(
+    store_url: str,
+) -> None:
+    loaded = heavy_imports("ls", "--store", store_url, "--json")
+    assert loaded.isdisjoint({"pyfuse3", "grpc", "httpx", "rich", "cryptography"})
+
+
+def test_piped_ls_does_not_load_rich(store_url: str) -> None:
+    assert "rich" not in heavy_imports("ls", "--store", store_url)
+
+
+def test_path_info_on_the_embedded_store_loads_neither_fuse_nor_network(store_url: str) -> None:
+    name = fx.ROOT_DIRECTORY_COMPLICATED.decode()
+    loaded = heavy_imports("path-info", "--store", store_url, name)
+    assert loaded.isdisjoint({"pyfuse3", "grpc", "httpx", "rich", "cryptography"})
+
+
+def test_fixture_command_offers_the_builders_compressions() -> None:
+    assert cli_fixture.COMPRESSIONS == build.COMPRESSIONS
+
+
+def test_fs_package_does_not_load_pyfuse3_for_root_nodes() -> None:
+    probe = "import sys, tvixmount.fs.root_nodes; print('pyfuse3' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "False"
+
+
+def test_fs_package_still_exports_its_names_lazily() -> None:
+    import tvixmount.fs as fs
+    from tvixmount.fs.mount import MountOptions
+
+    assert fs.MountOptions is MountOptions
+
+
+def test_ls_on_a_terminal_is_still_decided_by_rich(store_url: str) -> None:
+    # FORCE_COLOR makes rich treat even a pipe as a terminal: the table, not plain lines.
+    result = subprocess.run(
+        [sys.executable, "-m", "tvixmount", "ls", "--store", store_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "FORCE_COLOR": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "store path" in result.stdout  # the table's header; plain lines have none
