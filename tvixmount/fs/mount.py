@@ -4,7 +4,7 @@ Background mode forks *before* anything creates threads, gRPC channels or a
 trio loop (none of them survive a fork). The child starts a new session,
 opens the store, mounts (``pyfuse3.init``), tells the parent over a pipe, and
 serves until an unmount from outside (``pyfuse3.main`` returns by itself) or
-SIGINT/SIGTERM (``pyfuse3.terminate``). The serving process never stats its
+SIGINT/SIGTERM (``fuse_loop.terminate``). The serving process never stats its
 own mount point once the loop has stopped (that deadlocks): whether it is
 still mounted is read from ``/proc/self/mounts``.
 """
@@ -28,6 +28,7 @@ import trio
 
 from ..errors import MountError, TvixmountError
 from ..stores import Store
+from . import fuse_loop
 from .operations import DEFAULT_TIMEOUT, TvixmountFS
 from .root_nodes import PathInfoRootNodes
 
@@ -245,6 +246,7 @@ def _mount(store: Store, mountpoint: str, options: MountOptions) -> None:
         pyfuse3.init(fs, mountpoint, options.fuse_options())
     except RuntimeError as exc:
         raise MountError(f"cannot mount at {mountpoint}: {exc}") from None
+    fuse_loop.install()
 
 
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
@@ -264,7 +266,7 @@ async def _terminate_on_signal() -> None:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         async for signum in signals:
             log.info("received %s, unmounting", signal.Signals(signum).name)
-            pyfuse3.terminate()
+            fuse_loop.terminate()
             return
 
 
