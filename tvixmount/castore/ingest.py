@@ -51,14 +51,14 @@ _CHANNEL_SIZE = 4
 SMALL_FILE = 256 << 10
 # A group of small files is at most this many files or bytes. Spawning a
 # trio task costs about as much as storing a small blob into a store that
-# does not wait in ``finish``, so tasks are per group, not per file; groups
-# still overlap each other for stores whose ``finish`` waits (e.g. for a
-# commit shared by many blobs).
-_GROUP_FILES = 64
-_GROUP_BYTES = 1 << 20
-# Group tasks and big-file completions running at once: bounds the blobs
-# in flight (at most this many groups of small files in memory).
-MAX_PENDING_BLOBS = 64
+# does not wait in ``finish``, so tasks are per group, not per file.
+_GROUP_FILES = 16
+_GROUP_BYTES = 256 << 10
+# Group tasks and big-file completions running at once. Stores whose
+# ``finish`` waits for a durability commit shared by every blob pending at
+# the time commit about this many blobs at once (one per task), so it should
+# be large; it also bounds memory (at most this many groups held).
+MAX_PENDING_BLOBS = 256
 # Short token runs and small files' bytes are hashed in batches: one
 # hashlib call per token (or per small file) would dominate for trees of
 # many small files.
