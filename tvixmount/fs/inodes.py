@@ -20,8 +20,6 @@ from ..castore.nodes import Node
 # attributes for as long as it likes (a year; effectively forever).
 CACHE_TIMEOUT = 365 * 24 * 3600.0
 
-_BLOCK_SIZE = 4096
-
 
 @dataclass(slots=True)
 class RootInode:
@@ -75,24 +73,22 @@ def _mode_and_size(data: InodeData) -> tuple[int, int]:
 
 
 def entry_attributes(inode: int, data: InodeData) -> pyfuse3.EntryAttributes:
-    """Attributes as tvix serves them: fixed modes, owner root, all times 0."""
+    """Attributes as tvix serves them: fixed modes, owner root, all times 0.
+
+    A fresh EntryAttributes is already zeroed with one link and a 4096-byte
+    block size, so only what differs is set: this runs for every lookup,
+    getattr and readdirplus entry.
+    """
     attrs = pyfuse3.EntryAttributes()
     mode, size = _mode_and_size(data)
     attrs.st_ino = inode
-    attrs.generation = 0
     attrs.entry_timeout = CACHE_TIMEOUT
     attrs.attr_timeout = CACHE_TIMEOUT
     attrs.st_mode = mode
-    attrs.st_nlink = 1
-    attrs.st_uid = 0
-    attrs.st_gid = 0
-    attrs.st_rdev = 0
-    attrs.st_size = size
-    attrs.st_blksize = _BLOCK_SIZE
-    attrs.st_blocks = (size + 511) // 512 if isinstance(data, FileInode) else 0
-    attrs.st_atime_ns = 0
-    attrs.st_mtime_ns = 0
-    attrs.st_ctime_ns = 0
+    if size:
+        attrs.st_size = size
+        if isinstance(data, FileInode):
+            attrs.st_blocks = (size + 511) // 512
     return attrs
 
 
