@@ -10,12 +10,15 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from tvixmount.localstore import FORMAT
 
 from . import measure, peers
 from .dataset import generate
@@ -48,12 +51,33 @@ class Figure:
         return mine[1] / theirs[1]
 
 
+def _current_format(native: Path) -> bool:
+    """Whether the data set was imported by this store layout.
+
+    Recorded at import time: opening an older store upgrades its marker, but
+    not the way its blobs were laid out when they were written.
+    """
+    try:
+        return (native / ".store-format").read_text() == FORMAT
+    except OSError:
+        return False
+
+
 def prepare() -> tuple[Path, Path, Path, list[Path]]:
     """Data, embedded store, native store layout and squashfs image (each made once)."""
     store = DATA / "store"
     native = DATA / "native"
     image = DATA / "native.sqsh"
     done = native / ".complete"
+    if done.exists() and not _current_format(native):
+        # Imported by an older layout (say, before small blobs were packed):
+        # measuring it would measure the old store, so start again.
+        print(f"bench: {store} has an older store format; regenerating the data set")
+        for stale in (store, native, image, DATA / "src"):
+            if stale.is_dir():
+                shutil.rmtree(stale)
+            elif stale.exists():
+                stale.unlink()
     if not done.exists():
         big, trees = generate(DATA)
         start = time.perf_counter()
@@ -67,6 +91,7 @@ def prepare() -> tuple[Path, Path, Path, list[Path]]:
         native.mkdir(parents=True, exist_ok=True)
         for src, store_path in zip([big, *trees], out, strict=True):
             src.rename(native / Path(store_path).name)
+        (native / ".store-format").write_text(FORMAT)
         done.write_text("\n".join(Path(p).name for p in out) + "\n")
     peers.make_squashfs(native, image)
     names = done.read_text().split()
