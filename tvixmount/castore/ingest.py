@@ -20,9 +20,12 @@ content-addressed and referenced by nothing).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import math
 import os
 import stat
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,9 +46,9 @@ READ_CHUNK = 1 << 20
 # (or this many jobs), amortising the thread hand-over.
 _BATCH_BYTES = 4 << 20
 _BATCH_JOBS = 1024
-# Batches in flight between walker and storer: bounds memory to a few batches,
-# while leaving the walker some slack when the storer falls briefly behind.
-_CHANNEL_SIZE = 4
+# Batches shipped but not yet stored: bounds memory to a few batches, while
+# leaving the walker slack when the storer falls briefly behind.
+_BATCHES_IN_FLIGHT = 8
 # Files up to this size are read whole and stored by a group task, one
 # after the other within the group.
 SMALL_FILE = 256 << 10
@@ -326,17 +329,18 @@ class _Storer:
         self._writer: BlobWriter | None = None  # a big file being streamed
         self._written = 0
 
-    async def consume(
-        self, batches: trio.MemoryReceiveChannel[list[_Job]], nursery: trio.Nursery
-    ) -> None:
+    async def consume(self, handoff: _Handoff, nursery: trio.Nursery) -> None:
         try:
-            async with batches:
-                async for batch in batches:
+            async with handoff.receive:
+                async for batch in handoff.receive:
                     await self._take(batch, nursery)
+                    handoff.taken()
         except BaseException:
             if self._writer is not None:
                 await self._writer.abort()
             raise
+        finally:
+            handoff.stop()
 
     async def _take(self, batch: list[_Job], nursery: trio.Nursery) -> None:
         group: list[_Job] = []
@@ -404,31 +408,75 @@ def _sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return errors[0] if len(errors) == 1 else group
 
 
-def _produce(
-    root: bytes,
-    name: bytes,
-    nar: _NarHash,
-    send: trio.MemorySendChannel[list[_Job]],
-) -> _Record | None:
+class _StorerStopped(Exception):
+    """The storer stopped on an error of its own: nothing takes the walker's batches."""
+
+
+class _Handoff:
+    """Ships batches from the walker thread to the trio loop without a round trip.
+
+    ``trio.from_thread.run(send.send, ...)`` would block the walker until the
+    loop got round to the send, i.e. until the storer finished the batch it
+    is in the middle of; here the walker only blocks once
+    ``_BATCHES_IN_FLIGHT`` batches are shipped and not yet stored.
+    """
+
+    def __init__(self) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        # Unbounded on the trio side: ``_queued`` is the bound, kept by the walker.
+        self._send, self.receive = trio.open_memory_channel[list[_Job]](math.inf)
+        self._cond = threading.Condition()
+        self._queued = 0
+        self._stopped = False
+
+    def ship(self, batch: list[_Job]) -> None:
+        """Queue ``batch`` for the storer (walker thread)."""
+        with self._cond:
+            while self._queued >= _BATCHES_IN_FLIGHT and not self._stopped:
+                self._cond.wait()
+            if self._stopped:
+                raise _StorerStopped
+            self._queued += 1
+        self._token.run_sync_soon(self._deliver, batch)
+
+    def _deliver(self, batch: list[_Job]) -> None:
+        # If the storer stopped, the batch is dropped: the walker learns of
+        # it on its next ship.
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            self._send.send_nowait(batch)
+
+    def end(self) -> None:
+        """No more batches (walker thread); runs after every batch already shipped."""
+        self._token.run_sync_soon(self._send.close)
+
+    def taken(self) -> None:
+        """The storer is done with one batch (trio loop)."""
+        with self._cond:
+            self._queued -= 1
+            self._cond.notify()
+
+    def stop(self) -> None:
+        """The storer takes no more batches (trio loop): unblock the walker."""
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+
+
+def _produce(root: bytes, name: bytes, nar: _NarHash, handoff: _Handoff) -> _Record | None:
     """Run the walk in a worker thread, shipping jobs to the trio loop in batches.
 
     Returns the root record, or None if the storer stopped first (its error
     is the one the nursery reports).
     """
-
-    def ship(batch: list[_Job]) -> None:
-        trio.from_thread.run(send.send, batch)
-
-    walker = _Walker(nar, ship)
+    walker = _Walker(nar, handoff.ship)
     try:
         root_record = walker.walk(root, name)
         walker.flush()
         return root_record
-    except trio.BrokenResourceError:
+    except _StorerStopped:
         return None
     finally:
-        # Channels are not thread-safe: close it on the loop's thread.
-        trio.from_thread.run_sync(send.close)
+        handoff.end()
 
 
 async def ingest_path(
@@ -451,11 +499,11 @@ async def ingest_path(
     root_name = os.path.basename(root) if name is None else name
     nar = _NarHash()
     storer = _Storer(blobs, progress)
-    send, receive = trio.open_memory_channel[list[_Job]](_CHANNEL_SIZE)
+    handoff = _Handoff()
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(storer.consume, receive, nursery)
-            root_record = await trio.to_thread.run_sync(_produce, root, root_name, nar, send)
+            nursery.start_soon(storer.consume, handoff, nursery)
+            root_record = await trio.to_thread.run_sync(_produce, root, root_name, nar, handoff)
     except BaseExceptionGroup as group:
         # Callers expect the one error that stopped the import, not trio's wrapping.
         raise _sole_error(group) from None
