@@ -35,6 +35,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import blake3
 import trio
@@ -257,21 +258,24 @@ class LocalBlobService:
         text = digest.hex()
         return f"{self._blob_root}/{text[:2]}/{text}"
 
+    def _query_one(self, sql: str, *params: object) -> Any:
+        try:
+            return self._db.execute(sql, params).fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"local store: {exc}") from exc
+
     def _packed_row(self, digest: B3Digest) -> tuple[int, int, int] | None:
-        row: tuple[int, int, int] | None = self._db.execute(
-            "SELECT pack, offset, size FROM packed_blobs WHERE digest = ?", (bytes(digest),)
-        ).fetchone()
+        row: tuple[int, int, int] | None = self._query_one(
+            "SELECT pack, offset, size FROM packed_blobs WHERE digest = ?", bytes(digest)
+        )
         return row
 
     def location_of(self, digest: B3Digest) -> BlobLocation | None:
         """Where the stored bytes of a blob lie (the seam tests corrupt them through)."""
-        try:
-            row = self._packed_row(digest)
-            if row is not None:
-                pack, offset, size = row
-                return BlobLocation(self._pack(pack).path, offset, size)
-        except sqlite3.Error as exc:
-            raise StoreError(f"local store: {exc}") from exc
+        row = self._packed_row(digest)
+        if row is not None:
+            pack, offset, size = row
+            return BlobLocation(self._pack(pack).path, offset, size)
         path = self.path_of(digest)
         try:
             return BlobLocation(path, 0, path.stat().st_size)
@@ -283,7 +287,7 @@ class LocalBlobService:
         pack = self._packs.get(pack_id)
         if pack is not None:
             return pack
-        row = self._db.execute("SELECT name FROM packs WHERE id = ?", (pack_id,)).fetchone()
+        row = self._query_one("SELECT name FROM packs WHERE id = ?", pack_id)
         if row is None:
             raise StoreError(f"local store: pack {pack_id} is referenced but not recorded")
         path = self.pack_dir / row[0]
@@ -297,13 +301,8 @@ class LocalBlobService:
     # --- reading -----------------------------------------------------------
 
     async def has(self, digest: B3Digest) -> bool:
-        if digest in self._verified:
+        if digest in self._verified or self._packed_row(digest) is not None:
             return True
-        try:
-            if self._packed_row(digest) is not None:
-                return True
-        except sqlite3.Error as exc:
-            raise StoreError(f"local store: {exc}") from exc
         return os.path.exists(self._file_of(digest))
 
     async def open_read(self, digest: B3Digest) -> LocalBlobReader | None:
@@ -316,10 +315,7 @@ class LocalBlobService:
         ):
             self._verified.move_to_end(digest)
             return LocalBlobReader(known.pack.fd, known.offset, known.size, owns_fd=False)
-        try:
-            row = self._packed_row(digest)
-        except sqlite3.Error as exc:
-            raise StoreError(f"local store: {exc}") from exc
+        row = self._packed_row(digest)
         if row is not None:
             return await self._open_packed(digest, *row)
         return await self._open_file(digest)
@@ -455,7 +451,8 @@ class LocalBlobService:
         """Wait until ``batch`` is committed, committing pending batches if no one else is.
 
         The first caller becomes the leader and commits batches until none is
-        pending; if it is cancelled, a waiter takes over.
+        pending (shielded from cancellation: others wait on those batches); if
+        it fails unexpectedly, a waiter whose batch is still pending takes over.
         """
         while not batch.done.is_set():
             if self._leader_gone is not None:
@@ -470,7 +467,6 @@ class LocalBlobService:
         try:
             while not self._batch.empty():
                 current, self._batch = self._batch, _Batch()
-                # Shielded: a cancelled leader still completes the batch others wait on.
                 with trio.CancelScope(shield=True):
                     await self._commit_batch(current)
         finally:
