@@ -1,0 +1,172 @@
+"""The ingestion pipeline's edges: chunk and group boundaries, hand-over back-pressure
+and a storer that fails or waits while the walker still has batches to ship."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import trio
+
+from tvixmount import nixbase32
+from tvixmount.castore import B3Digest, FileNode
+from tvixmount.castore import ingest as ingest_module
+from tvixmount.castore.ingest import READ_CHUNK, SMALL_FILE, ingest_path
+from tvixmount.castore.memory import MemoryBlobService, MemoryBlobWriter, MemoryDirectoryService
+from tvixmount.errors import IngestError, StoreError
+from tvixmount.nar import write_nar
+from tvixmount.stores import Store, open_store
+
+from .fixtures.local_tree import make_tree, nix_dump, nix_hash_base32, requires_nix
+
+# Sizes on each side of every boundary the walker and storer switch on.
+BOUNDARY_SIZES = [
+    0,
+    1,
+    SMALL_FILE - 1,
+    SMALL_FILE,
+    SMALL_FILE + 1,
+    READ_CHUNK - 1,
+    READ_CHUNK,
+    READ_CHUNK + 1,
+    2 * READ_CHUNK,
+    3 * READ_CHUNK + 7,
+]
+
+
+@pytest.fixture
+def store() -> Store:
+    return open_store("memory://")
+
+
+def _content(size: int, seed: int) -> bytes:
+    # Distinct per file, so no two blobs share a digest by accident.
+    block = seed.to_bytes(4, "little") + bytes(range(251))
+    return (block * (size // len(block) + 1))[:size]
+
+
+def _boundary_tree(root: Path) -> Path:
+    root.mkdir()
+    for i, size in enumerate(BOUNDARY_SIZES):
+        path = root / f"f{size}"
+        path.write_bytes(_content(size, i))
+        if i % 2:
+            path.chmod(0o755)
+    return root
+
+
+@requires_nix
+@pytest.mark.parametrize("size", BOUNDARY_SIZES)
+async def test_file_of_boundary_size_has_the_nar_hash_of_nix_hash(
+    tmp_path: Path, store: Store, size: int
+) -> None:
+    path = tmp_path / "file"
+    path.write_bytes(_content(size, size))
+    result = await ingest_path(path, store.blobs, store.directories)
+    assert nixbase32.encode(result.nar_sha256) == nix_hash_base32(path)
+
+
+@pytest.mark.parametrize("size", BOUNDARY_SIZES)
+async def test_file_of_boundary_size_is_stored_whole_under_its_blake3(
+    tmp_path: Path, size: int
+) -> None:
+    path = tmp_path / "file"
+    data = _content(size, size)
+    path.write_bytes(data)
+    blobs = MemoryBlobService()
+    result = await ingest_path(path, blobs, MemoryDirectoryService())
+    assert isinstance(result.node, FileNode)
+    assert result.node.digest == B3Digest.of(data)
+    assert blobs.blobs[result.node.digest] == data
+
+
+@requires_nix
+async def test_tree_of_boundary_sizes_writes_back_as_nix_store_dump(
+    tmp_path: Path, store: Store
+) -> None:
+    tree = _boundary_tree(tmp_path / "tree")
+    result = await ingest_path(tree, store.blobs, store.directories)
+    nar = b"".join([c async for c in write_nar(result.node, store.blobs, store.directories)])
+    assert nar == nix_dump(tree)
+
+
+@requires_nix
+async def test_walker_held_back_by_the_in_flight_limit_still_matches_nix(
+    tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One job per batch and one batch in flight: every ship waits for the storer.
+    monkeypatch.setattr(ingest_module, "_BATCH_JOBS", 1)
+    monkeypatch.setattr(ingest_module, "_BATCHES_IN_FLIGHT", 1)
+    tree = make_tree(tmp_path / "tree")
+    result = await ingest_path(tree, store.blobs, store.directories)
+    nar = b"".join([c async for c in write_nar(result.node, store.blobs, store.directories)])
+    assert nar == nix_dump(tree)
+
+
+class _SlowFinishBlobs(MemoryBlobService):
+    """Every ``finish`` waits a little, like a store waiting for a durability commit."""
+
+    async def open_write(self) -> MemoryBlobWriter:
+        return _SlowFinishWriter(self)
+
+
+class _SlowFinishWriter(MemoryBlobWriter):
+    async def finish(self) -> B3Digest:
+        await trio.sleep(0.001)
+        return await super().finish()
+
+
+async def test_store_waiting_in_finish_gets_every_blob_of_a_wide_tree(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ingest_module, "_BATCH_JOBS", 8)
+    monkeypatch.setattr(ingest_module, "_BATCHES_IN_FLIGHT", 2)
+    wide = tmp_path / "wide"
+    wide.mkdir()
+    contents = {f"f{i:03d}": _content(i * 37, i) for i in range(300)}
+    for name, data in contents.items():
+        (wide / name).write_bytes(data)
+    blobs = _SlowFinishBlobs()
+    await ingest_path(wide, blobs, MemoryDirectoryService())
+    assert set(blobs.blobs.values()) == set(contents.values())
+
+
+class _FailingBlobs(MemoryBlobService):
+    """Refuses every write from the ``fail_at``-th blob on."""
+
+    def __init__(self, fail_at: int) -> None:
+        super().__init__()
+        self.fail_at = fail_at
+        self.opened = 0
+
+    async def open_write(self) -> MemoryBlobWriter:
+        self.opened += 1
+        if self.opened >= self.fail_at:
+            raise StoreError("blob store refused the write")
+        return await super().open_write()
+
+
+@pytest.mark.parametrize("fail_at", [1, 50])
+async def test_storer_failing_with_batches_still_to_ship_raises_its_error_without_hanging(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail_at: int
+) -> None:
+    # Far more batches than may be in flight: the walker is blocked shipping
+    # when the storer fails, and must be released rather than wait forever.
+    monkeypatch.setattr(ingest_module, "_BATCH_JOBS", 1)
+    monkeypatch.setattr(ingest_module, "_BATCHES_IN_FLIGHT", 1)
+    wide = tmp_path / "wide"
+    wide.mkdir()
+    for i in range(200):
+        (wide / f"f{i:03d}").write_bytes(_content(100, i))
+    directories = MemoryDirectoryService()
+    with trio.fail_after(30), pytest.raises(StoreError, match="refused"):
+        await ingest_path(wide, _FailingBlobs(fail_at), directories)
+    assert directories.directories == {}
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs procfs")
+async def test_file_longer_than_its_stat_size_is_an_ingest_error(store: Store) -> None:
+    # procfs files report size 0 but have contents: the NAR header would lie.
+    with pytest.raises(IngestError, match="changed size"):
+        await ingest_path("/proc/self/status", store.blobs, store.directories)
