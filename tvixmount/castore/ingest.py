@@ -3,19 +3,25 @@
 Two stages run in parallel so the work spreads over two cores:
 
 - the *walker*, in a worker thread, visits entries in NAR order (each
-  directory's entries sorted by raw name bytes, depth first), reads every
-  file exactly once in big chunks and feeds the NAR serialisation of the
+  directory's entries sorted by raw name bytes, depth first), builds the
+  tree's records, reads every file exactly once (small files in one read,
+  big ones in ``READ_CHUNK`` pieces) and feeds the NAR serialisation of the
   tree to SHA-256 as it goes (hashlib releases the GIL on big buffers);
-- the *storer*, on the trio loop, streams each file's chunks into a blob
-  writer (which computes the BLAKE3 digest), up to ``MAX_PENDING_BLOBS``
-  at a time, so blob stores that sync each blob to disk overlap those
-  syncs instead of queueing one after the other.
+- the *storer*, on the trio loop, writes each file's bytes into a blob
+  writer (which computes the BLAKE3 digest, also without the GIL) and sets
+  the file's digest on its record.
 
-The walker hands over batches of events through a small memory channel, so
-at most a few batches of file data are in memory at once. Directories are
-built once every blob digest is known and put in one batch, leaves first,
-only if the whole walk succeeded (blobs may remain after an error: they are
-content-addressed and referenced by nothing).
+The walker hands over batches of ``(record, bytes)`` jobs without waiting
+for the trio loop (it only blocks once ``_BATCHES_IN_FLIGHT`` batches are
+not yet stored), so the two threads overlap instead of taking turns. The
+storer keeps per-file work off the scheduler: small files are stored in
+groups, one task per group, and up to ``MAX_PENDING_BLOBS`` groups and
+big-file completions run at once, so stores that wait in ``finish`` for a
+shared durability commit still commit many blobs at a time.
+
+Directories are built once every blob digest is known and put in one batch,
+leaves first, only if the whole walk succeeded (blobs may remain after an
+error: they are content-addressed and referenced by nothing).
 """
 
 from __future__ import annotations
