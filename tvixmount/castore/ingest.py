@@ -180,11 +180,21 @@ def _read_file(path: bytes, size: int) -> Iterator[bytes]:
     try:
         done = 0
         parts: list[bytes] = []
-        while done < size:
+        at_end = False
+        while not at_end:
+            left = size - done
+            # Asking for one byte more than is left makes a short read mark
+            # the end, so most files need no extra read to find it.
+            want = min(READ_CHUNK, left + 1)
             try:
-                chunk = os.read(fd, min(READ_CHUNK, size - done))
+                chunk = os.read(fd, want)
             except OSError as exc:
                 raise IngestError(f"{_show(path)}: cannot read: {exc.strerror}") from None
+            # The NAR header already promised ``size`` bytes: a file that
+            # changed under us would make the hash describe nothing real.
+            if len(chunk) > left:
+                raise IngestError(f"{_show(path)}: file changed size while being read")
+            at_end = len(chunk) < want
             if not chunk:
                 break
             done += len(chunk)
@@ -192,9 +202,7 @@ def _read_file(path: bytes, size: int) -> Iterator[bytes]:
                 yield chunk
             else:
                 parts.append(chunk)  # a short read: still one job per small file
-        # The NAR header already promised ``size`` bytes: a file that changed
-        # under us would make the hash describe nothing real.
-        if done != size or os.read(fd, 1):
+        if done != size:
             raise IngestError(f"{_show(path)}: file changed size while being read")
         if size <= SMALL_FILE:
             yield parts[0] if len(parts) == 1 else b"".join(parts)
