@@ -119,3 +119,28 @@ def test_ls_on_a_terminal_is_still_decided_by_rich(store_url: str) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "store path" in result.stdout  # the table's header; plain lines have none
+
+
+def test_a_quick_exit_still_delivers_all_piped_output_and_the_exit_code(store_url: str) -> None:
+    # ls ends without the interpreter's teardown: everything buffered must be out first.
+    result = subprocess.run(
+        [sys.executable, "-m", "tvixmount", "ls", "--store", store_url, "-l"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == len(fx.ROOT_NODES)
+    assert result.stdout.endswith("\n")
+
+
+def test_a_quick_exit_keeps_the_error_exit_code_and_message(store_url: str) -> None:
+    missing = "00000000000000000000000000000000-absent"
+    result = subprocess.run(
+        [sys.executable, "-m", "tvixmount", "path-info", "--store", store_url, missing],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("tvixmount: error: ")
