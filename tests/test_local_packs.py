@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import blake3
@@ -18,9 +20,16 @@ import trio
 from tvixmount.castore import B3Digest, Directory, DirectoryNode, FileNode
 from tvixmount.castore import local as local_module
 from tvixmount.castore.blobservice import put_stream, read_all
-from tvixmount.castore.local import PACK_MAX, LocalBlobService
+from tvixmount.castore.local import PACK_MAX, LocalBlobService, LocalDirectoryService
 from tvixmount.errors import IntegrityError
 from tvixmount.localstore import FORMAT, MARKER, open_local
+
+
+@dataclass
+class Opened:
+    blobs: LocalBlobService
+    directories: LocalDirectoryService
+    db: sqlite3.Connection
 
 
 @pytest.fixture
@@ -28,19 +37,21 @@ def root(tmp_path: Path) -> Path:
     return tmp_path / "s"
 
 
-@pytest.fixture
-def store(root: Path) -> Iterator[tuple[LocalBlobService, sqlite3.Connection]]:
-    blobs, _, _, db = open_local(root, create=True)
+@contextmanager
+def opened(root: Path, create: bool = False) -> Iterator[Opened]:
+    """The store's services, closed again on the way out."""
+    blobs, directories, _, db = open_local(root, create)
     try:
-        yield blobs, db
+        yield Opened(blobs, directories, db)
     finally:
         blobs.close()
         db.close()
 
 
 @pytest.fixture
-def blobs(store: tuple[LocalBlobService, sqlite3.Connection]) -> LocalBlobService:
-    return store[0]
+def blobs(root: Path) -> Iterator[LocalBlobService]:
+    with opened(root, create=True) as store:
+        yield store.blobs
 
 
 async def read(blobs: LocalBlobService, digest: B3Digest) -> bytes:
@@ -181,12 +192,8 @@ async def test_another_service_does_not_write_a_blob_already_packed(
 ) -> None:
     await put_stream(blobs, [b"already here"])
     before = stored_bytes(root)
-    other, _, _, db = open_local(root, create=False)
-    try:
-        await put_stream(other, [b"already here"])
-    finally:
-        other.close()
-        db.close()
+    with opened(root) as other:
+        await put_stream(other.blobs, [b"already here"])
     assert stored_bytes(root) == before
 
 
@@ -211,9 +218,8 @@ async def test_full_pack_rolls_over_to_a_new_one(
 
 
 async def test_two_services_on_one_store_write_separate_packs(root: Path) -> None:
-    opened = [open_local(root, create=True) for _ in range(2)]
-    services = [blobs for blobs, _, _, _ in opened]
-    try:
+    with opened(root, create=True) as one, opened(root) as two:
+        services = [one.blobs, two.blobs]
         async with trio.open_nursery() as nursery:
             for i in range(200):
                 nursery.start_soon(put_stream, services[i % 2], [small(i)])
@@ -222,10 +228,6 @@ async def test_two_services_on_one_store_write_separate_packs(root: Path) -> Non
         for i in range(200):
             for service in services:
                 assert await read(service, B3Digest.of(small(i))) == small(i)
-    finally:
-        for blobs, _, _, db in opened:
-            blobs.close()
-            db.close()
 
 
 def _write_tree(path: Path, seed: str, count: int) -> dict[Path, bytes]:
@@ -242,7 +244,8 @@ def _write_tree(path: Path, seed: str, count: int) -> dict[Path, bytes]:
 async def test_two_import_processes_into_one_store_both_land_intact(
     tmp_path: Path, root: Path
 ) -> None:
-    open_local(root, create=True)[3].close()
+    with opened(root, create=True):
+        pass
     trees = [tmp_path / "one", tmp_path / "two"]
     files = {**_write_tree(trees[0], "one", 600), **_write_tree(trees[1], "two", 600)}
     procs = [
@@ -263,36 +266,26 @@ async def test_two_import_processes_into_one_store_both_land_intact(
                 proc.kill()
                 proc.wait()
     assert len(list((root / "packs").iterdir())) >= 2
-    blobs, _, _, db = open_local(root, create=False)
-    try:
+    with opened(root) as store:
         for data in files.values():
-            assert await read(blobs, B3Digest.of(data)) == data
-    finally:
-        blobs.close()
-        db.close()
+            assert await read(store.blobs, B3Digest.of(data)) == data
 
 
 async def test_abandoned_bytes_at_a_pack_end_leave_a_consistent_store(root: Path) -> None:
-    blobs, _, _, db = open_local(root, create=True)
-    kept = await put_stream(blobs, [b"committed before the crash"])
-    location = blobs.location_of(kept)
-    blobs.close()
-    db.close()
+    with opened(root, create=True) as store:
+        kept = await put_stream(store.blobs, [b"committed before the crash"])
+        location = store.blobs.location_of(kept)
     assert location is not None
     # What a crash between appending and committing leaves: bytes no row points at.
     location.path.chmod(0o644)
     with location.path.open("ab") as pack:
         pack.write(b"appended, never committed")
     (root / "packs" / "orphan.pack").write_bytes(b"a pack created, never recorded")
-    blobs, _, _, db = open_local(root, create=False)
-    try:
-        assert await read(blobs, kept) == b"committed before the crash"
-        assert not await blobs.has(B3Digest.of(b"appended, never committed"))
-        fresh = await put_stream(blobs, [b"written after the crash"])
-        assert await read(blobs, fresh) == b"written after the crash"
-    finally:
-        blobs.close()
-        db.close()
+    with opened(root) as store:
+        assert await read(store.blobs, kept) == b"committed before the crash"
+        assert not await store.blobs.has(B3Digest.of(b"appended, never committed"))
+        fresh = await put_stream(store.blobs, [b"written after the crash"])
+        assert await read(store.blobs, fresh) == b"written after the crash"
 
 
 async def test_aborted_small_writer_appends_nothing(root: Path, blobs: LocalBlobService) -> None:
@@ -311,15 +304,12 @@ def _directories_sql(db: sqlite3.Connection) -> str:
 
 
 async def test_new_store_clusters_directories_in_insertion_order(root: Path) -> None:
-    _, directories, _, db = open_local(root, create=True)
-    try:
+    with opened(root, create=True) as store:
         leaf = Directory.from_nodes([FileNode(b"f", B3Digest.of(b""), 0, False)])
         parent = Directory.from_nodes([DirectoryNode(b"d", leaf.digest(), leaf.size())])
-        await directories.put_many([leaf, parent])
-        rows = db.execute("SELECT digest FROM directories ORDER BY rowid").fetchall()
-        assert "WITHOUT ROWID" not in _directories_sql(db).upper()
-    finally:
-        db.close()
+        await store.directories.put_many([leaf, parent])
+        rows = store.db.execute("SELECT digest FROM directories ORDER BY rowid").fetchall()
+        assert "WITHOUT ROWID" not in _directories_sql(store.db).upper()
     assert [bytes(r[0]) for r in rows] == [bytes(leaf.digest()), bytes(parent.digest())]
 
 
@@ -356,9 +346,8 @@ def test_format_1_store_is_upgraded_to_the_current_marker(
     format_1_store: tuple[Path, bytes, Directory],
 ) -> None:
     root = format_1_store[0]
-    blobs, _, _, db = open_local(root, create=False)
-    blobs.close()
-    db.close()
+    with opened(root):
+        pass
     assert (root / MARKER).read_text() == FORMAT
     assert (root / "packs").is_dir()
 
@@ -367,33 +356,25 @@ async def test_format_1_blob_files_and_directories_stay_readable(
     format_1_store: tuple[Path, bytes, Directory],
 ) -> None:
     root, data, directory = format_1_store
-    blobs, directories, _, db = open_local(root, create=False)
-    try:
-        assert await read(blobs, B3Digest.of(data)) == data
-        assert await directories.get(directory.digest()) == directory
-        assert "WITHOUT ROWID" in _directories_sql(db).upper()
-    finally:
-        blobs.close()
-        db.close()
+    with opened(root) as store:
+        assert await read(store.blobs, B3Digest.of(data)) == data
+        assert await store.directories.get(directory.digest()) == directory
+        assert "WITHOUT ROWID" in _directories_sql(store.db).upper()
 
 
 async def test_upgraded_store_packs_new_small_blobs_and_keeps_old_files(
     format_1_store: tuple[Path, bytes, Directory],
 ) -> None:
     root, data, _ = format_1_store
-    blobs, directories, _, db = open_local(root, create=False)
-    try:
-        await put_stream(blobs, [data])
-        fresh = await put_stream(blobs, [b"new in format 2"])
+    with opened(root) as store:
+        await put_stream(store.blobs, [data])
+        fresh = await put_stream(store.blobs, [b"new in format 2"])
         leaf = Directory.from_nodes([FileNode(b"g", fresh, 15, False)])
-        await directories.put_many([leaf])
-        assert await directories.get(leaf.digest()) == leaf
-        location = blobs.location_of(fresh)
-        assert location is not None and location.path.parent == blobs.pack_dir
-        assert blob_files(root) == [blobs.path_of(B3Digest.of(data))]
-    finally:
-        blobs.close()
-        db.close()
+        await store.directories.put_many([leaf])
+        assert await store.directories.get(leaf.digest()) == leaf
+        location = store.blobs.location_of(fresh)
+        assert location is not None and location.path.parent == store.blobs.pack_dir
+        assert blob_files(root) == [store.blobs.path_of(B3Digest.of(data))]
 
 
 def test_upgraded_store_reopens_as_current_format(
@@ -401,7 +382,6 @@ def test_upgraded_store_reopens_as_current_format(
 ) -> None:
     root = format_1_store[0]
     for _ in range(2):
-        blobs, _, _, db = open_local(root, create=False)
-        blobs.close()
-        db.close()
+        with opened(root):
+            pass
     assert (root / MARKER).read_text() == FORMAT
