@@ -18,9 +18,10 @@ DIGEST (``-l``) is the castore digest (``-`` for symlinks).
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .common import add_store_argument, open_store_from_args
 
@@ -28,6 +29,26 @@ if TYPE_CHECKING:
     from ..listing import Listing, StoreEntry
 
 EXIT_USAGE = 2
+
+# The renderers live in ls_render (plain, JSON) and ls_terminal (rich), imported
+# when a listing is printed; their names stay reachable from here.
+_RENDERERS = {
+    "kind_of": "ls_render",
+    "plain_lines": "ls_render",
+    "plain_store_lines": "ls_render",
+    "Painter": "ls_terminal",
+    "tree_lines": "ls_terminal",
+    "table_lines": "ls_terminal",
+    "summary_line": "ls_terminal",
+    "store_summary_line": "ls_terminal",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _RENDERERS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __package__), name)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
