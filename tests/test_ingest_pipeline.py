@@ -4,6 +4,8 @@ and a storer that fails or waits while the walker still has batches to ship."""
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -170,3 +172,61 @@ async def test_file_longer_than_its_stat_size_is_an_ingest_error(store: Store) -
     # procfs files report size 0 but have contents: the NAR header would lie.
     with pytest.raises(IngestError, match="changed size"):
         await ingest_path("/proc/self/status", store.blobs, store.directories)
+
+
+def _prefetch_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name == "tvixmount-prefetch"]
+
+
+async def test_prefetcher_visits_files_in_the_order_the_walker_reads_them(
+    tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tree = make_tree(tmp_path / "tree")
+    (tree / "nested" / "b-after-deeper").write_bytes(b"sorts after the deeper directory\n")
+    read: list[bytes] = []
+    real_read_file = ingest_module._read_file
+
+    def recording_read_file(path: bytes, size: int) -> Iterator[bytes]:
+        read.append(path)
+        return real_read_file(path, size)
+
+    monkeypatch.setattr(ingest_module, "_read_file", recording_read_file)
+    await ingest_path(tree, store.blobs, store.directories)
+    prefetched = [path for path, _size in ingest_module._regular_files(bytes(tree))]
+    assert prefetched == read
+
+
+@requires_nix
+async def test_tree_read_with_the_prefetcher_running_matches_nix(
+    tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every read counts as cold, and the prefetcher may run one file ahead only.
+    monkeypatch.setattr(ingest_module, "_COLD_READ", -1.0)
+    monkeypatch.setattr(ingest_module, "_PREFETCH_AHEAD", 1)
+    tree = _boundary_tree(tmp_path / "tree")
+    make_tree(tree / "sub")
+    result = await ingest_path(tree, store.blobs, store.directories)
+    nar = b"".join([c async for c in write_nar(result.node, store.blobs, store.directories)])
+    assert nar == nix_dump(tree)
+
+
+async def test_prefetcher_is_stopped_when_the_ingest_returns(
+    tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ingest_module, "_COLD_READ", -1.0)
+    tree = make_tree(tmp_path / "tree")
+    await ingest_path(tree, store.blobs, store.directories)
+    assert _prefetch_threads() == []
+
+
+async def test_prefetcher_skips_a_fifo_and_the_walk_rejects_it_without_hanging(
+    tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ingest_module, "_COLD_READ", -1.0)
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "a-first").write_bytes(b"read before the fifo\n")
+    os.mkfifo(tree / "b-fifo")
+    with trio.fail_after(30), pytest.raises(IngestError, match="FIFO"):
+        await ingest_path(tree, store.blobs, store.directories)
+    assert _prefetch_threads() == []

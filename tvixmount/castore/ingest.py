@@ -32,7 +32,8 @@ import math
 import os
 import stat
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,6 +69,12 @@ _GROUP_BYTES = 256 << 10
 # the time commit about this many blobs at once (one per task), so it should
 # be large; it also bounds memory (at most this many groups held).
 MAX_PENDING_BLOBS = 256
+# A small file whose open and read took longer than this came from the disk,
+# not the page cache: the prefetcher starts then.
+_COLD_READ = 0.002
+# Files the prefetcher may be ahead of the walker: enough to keep the disk
+# busy, few enough that their pages are still cached when the walker comes.
+_PREFETCH_AHEAD = 512
 # Short token runs and small files' bytes are hashed in batches: one
 # hashlib call per token (or per small file) would dominate for trees of
 # many small files.
@@ -210,6 +217,83 @@ def _read_file(path: bytes, size: int) -> Iterator[bytes]:
         os.close(fd)
 
 
+def _regular_files(root: bytes) -> Iterator[tuple[bytes, int]]:
+    """Every regular file under directory ``root`` with its size, in NAR order."""
+    stack: list[Iterator[os.DirEntry[bytes]]] = []
+    with os.scandir(root) as it:
+        stack.append(iter(sorted(it, key=lambda entry: entry.name)))
+    while stack:
+        entry = next(stack[-1], None)
+        if entry is None:
+            stack.pop()
+        elif entry.is_dir(follow_symlinks=False):
+            with os.scandir(entry.path) as it:
+                stack.append(iter(sorted(it, key=lambda entry: entry.name)))
+        elif entry.is_file(follow_symlinks=False):
+            yield entry.path, entry.stat(follow_symlinks=False).st_size
+
+
+class _Prefetcher:
+    """Warms the page cache for the small files the walker reads next.
+
+    Reading many small files from the disk one after the other waits on
+    each in turn; this thread walks the same order ahead of the walker and
+    asks the kernel to read each small file (``POSIX_FADV_WILLNEED``) without
+    waiting, so the disk works on many at once. It is only started once a
+    read is seen to wait on the disk: on a cached tree it would only cost
+    syscalls. Everything it does is advisory, so it ignores every error.
+    """
+
+    def __init__(self, root: bytes, walker_at: int) -> None:
+        self._cond = threading.Condition()
+        self._walker_at = walker_at  # regular files the walker has read
+        self._stopped = False
+        self._thread = threading.Thread(
+            target=self._run, args=(root, walker_at), name="tvixmount-prefetch"
+        )
+        self._thread.start()
+
+    def advance(self, walker_at: int) -> None:
+        with self._cond:
+            self._walker_at = walker_at
+            self._cond.notify()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+        self._thread.join()
+
+    def _run(self, root: bytes, skip: int) -> None:
+        try:
+            for index, (path, size) in enumerate(_regular_files(root)):
+                if index < skip:
+                    continue
+                with self._cond:
+                    while index >= self._walker_at + _PREFETCH_AHEAD and not self._stopped:
+                        self._cond.wait()
+                    if self._stopped:
+                        return
+                if size <= SMALL_FILE:
+                    _advise_willneed(path)
+        except OSError:
+            pass  # the walker reports whatever is wrong with the tree
+
+
+def _advise_willneed(path: bytes) -> None:
+    try:
+        # Non-blocking: the entry may have been replaced by a FIFO meanwhile.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 class _Walker:
     """Walks a tree in NAR order (blocking): hashes its NAR, builds its records
     and ships every file's bytes to ``ship`` in batches of jobs."""
@@ -219,6 +303,15 @@ class _Walker:
         self._ship = ship
         self._batch: list[_Job] = []
         self._batch_bytes = 0
+        self._root = b""
+        self._files_read = 0
+        self._prefetcher: _Prefetcher | None = None
+
+    def close(self) -> None:
+        """Stop the prefetcher, if one was started."""
+        if self._prefetcher is not None:
+            self._prefetcher.stop()
+            self._prefetcher = None
 
     def _job(self, record: _FileRecord, data: bytes) -> None:
         self._batch.append((record, data))
@@ -237,15 +330,31 @@ class _Walker:
         executable = bool(st.st_mode & stat.S_IXUSR)
         nar.tokens(wire.regular_header(executable, size))
         record = _FileRecord(name, size, executable)
-        for chunk in _read_file(path, size):
+        chunks: Iterable[bytes]
+        if size <= SMALL_FILE:
+            started = time.perf_counter()
+            chunks = list(_read_file(path, size))  # one chunk, read whole
+            if self._prefetcher is None and time.perf_counter() - started > _COLD_READ:
+                self._start_prefetcher()
+        else:
+            chunks = _read_file(path, size)
+        for chunk in chunks:
             nar.contents(chunk)
             self._job(record, chunk)
         nar.tokens(wire.regular_trailer(size))
+        self._files_read += 1
+        if self._prefetcher is not None:
+            self._prefetcher.advance(self._files_read)
         return record
+
+    def _start_prefetcher(self) -> None:
+        if os.path.isdir(self._root):
+            self._prefetcher = _Prefetcher(self._root, self._files_read + 1)
 
     def walk(self, root: bytes, name: bytes) -> _Record:
         """The tree's root record; every file's jobs are shipped or pending a flush."""
         nar = self._nar
+        self._root = root
         nar.tokens(wire.HEADER)
         # An explicit stack: depth is bounded by PATH_MAX, not the recursion limit.
         stack: list[tuple[bytes, Iterator[bytes], _DirRecord]] = []
@@ -490,6 +599,7 @@ def _produce(root: bytes, name: bytes, nar: _NarHash, handoff: _Handoff) -> _Rec
     except _StorerStopped:
         return None
     finally:
+        walker.close()
         handoff.end()
 
 
