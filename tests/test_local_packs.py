@@ -206,6 +206,21 @@ async def test_concurrent_puts_of_one_blob_append_it_once(
     assert stored_bytes(root) == len(b"wanted by many")
 
 
+async def test_a_put_cancelled_while_committing_still_commits_for_everyone(
+    blobs: LocalBlobService,
+) -> None:
+    async def cancelled_put() -> None:
+        with trio.move_on_after(0):
+            await put_stream(blobs, [b"leader, cancelled"])
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(cancelled_put)
+            nursery.start_soon(put_stream, blobs, [b"waiting on the leader"])
+    assert await read(blobs, B3Digest.of(b"leader, cancelled")) == b"leader, cancelled"
+    assert await read(blobs, B3Digest.of(b"waiting on the leader")) == b"waiting on the leader"
+
+
 async def test_full_pack_rolls_over_to_a_new_one(
     blobs: LocalBlobService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
