@@ -34,6 +34,12 @@ log = logging.getLogger(__name__)
 
 _HOOK = "_wait_fuse_readable"
 _FAIR_EVERY = 32
+# pyfuse3 counts its idle workers inside its own wait and starts another
+# whenever none is idle; with this wait that count stays zero, so the pool
+# grows to the cap and stays there. Each worker holds a ~1 MiB receive
+# buffer, so the cap is modest: requests that wait on the disk or network
+# run in threads, and 16 in flight keep both cores and the disk busy.
+WORKERS = 16
 
 
 def _fuse_fd() -> int | None:
@@ -105,3 +111,8 @@ def terminate() -> None:
     if _installed is not None:
         _installed.closed = True
     pyfuse3.terminate()
+
+
+async def main() -> None:
+    """``pyfuse3.main`` with the worker pool this wait needs."""
+    await pyfuse3.main(min_tasks=1, max_tasks=WORKERS if _installed is not None else 99)

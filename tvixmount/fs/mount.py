@@ -352,7 +352,7 @@ async def _serve(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_terminate_on_signal)
             nursery.start_soon(_once_serving, mountpoint, options, ready)
-            await pyfuse3.main()
+            await fuse_loop.main()
             nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
