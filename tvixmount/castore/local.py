@@ -54,6 +54,12 @@ PACK_ROLLOVER = 1 << 30
 # Blobs up to this size are hashed inline on the trio loop; bigger ones in a thread.
 _INLINE_VERIFY_MAX = 1 << 20
 _VERIFIED_CACHE_SIZE = 65536
+# A pack holds the blobs of an import in the order they were read, which is
+# the order a walk of the same trees reads them back. Readers share one fd per
+# pack and jump between files, so the kernel sees no sequential stream and
+# would read each small blob with its own disk request; instead, a read that
+# has to go to the disk also starts reading what follows it in the pack.
+_PACK_READ_AHEAD = 1 << 20
 # Blobs up to this size are collected in memory and written with one write(2).
 _WRITE_BUFFER = 1 << 20
 
@@ -82,6 +88,9 @@ class LocalBlobReader:
         self._size = size
         self._owns_fd = owns_fd
         self._data = data
+        # A blob in a shared pack reads ahead in the pack (see _PACK_READ_AHEAD);
+        # a blob file has the kernel's own readahead.
+        self._ahead = 0 if owns_fd else _PACK_READ_AHEAD
 
     @property
     def size(self) -> int:
@@ -93,7 +102,7 @@ class LocalBlobReader:
         length = max(0, min(length, self._size - offset))
         if self._data is not None:
             return self._data[offset : offset + length]
-        return await _pread_nowait(self._fd, length, self._base + offset)
+        return await _pread_nowait(self._fd, length, self._base + offset, self._ahead)
 
     async def aclose(self) -> None:
         if self._owns_fd and self._fd >= 0:
@@ -102,14 +111,24 @@ class LocalBlobReader:
         self._data = None
 
 
-async def _pread_nowait(fd: int, length: int, offset: int) -> memoryview:
+def _read_ahead_and_pread(fd: int, length: int, offset: int, ahead: int) -> bytes:
+    if ahead:
+        os.posix_fadvise(fd, offset, ahead, os.POSIX_FADV_WILLNEED)
+    return os.pread(fd, length, offset)
+
+
+async def _pread_nowait(fd: int, length: int, offset: int, ahead: int = 0) -> memoryview:
+    """``length`` bytes at ``offset``; ``ahead``: on a disk read, also start
+    reading that many bytes from ``offset`` into the page cache."""
     buf = bytearray(length)
     try:
         got = os.preadv(fd, [buf], offset, os.RWF_NOWAIT)
     except BlockingIOError:
         got = 0
     while got < length:
-        rest = await trio.to_thread.run_sync(os.pread, fd, length - got, offset + got)
+        rest = await trio.to_thread.run_sync(
+            _read_ahead_and_pread, fd, length - got, offset + got, ahead
+        )
         if not rest:
             break
         buf[got : got + len(rest)] = rest
@@ -326,7 +345,7 @@ class LocalBlobService:
         pack = self._pack(pack_id)
         try:
             st = os.fstat(pack.fd)
-            data = await _pread_nowait(pack.fd, size, offset)
+            data = await _pread_nowait(pack.fd, size, offset, _PACK_READ_AHEAD)
         except OSError as exc:
             raise StoreError(f"cannot read blob {digest} from {pack.path}: {exc}") from exc
         self._check(digest, B3Digest(blake3.blake3(data).digest()))
