@@ -19,6 +19,10 @@ groups, one task per group, and up to ``MAX_PENDING_BLOBS`` groups and
 big-file completions run at once, so stores that wait in ``finish`` for a
 shared durability commit still commit many blobs at a time.
 
+When small files turn out to come from the disk rather than the page cache,
+a prefetch thread walks ahead of the walker and has the kernel read them in
+the background, so their reads overlap instead of waiting one by one.
+
 Directories are built once every blob digest is known and put in one batch,
 leaves first, only if the whole walk succeeded (blobs may remain after an
 error: they are content-addressed and referenced by nothing).
