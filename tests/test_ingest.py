@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.failing_blobs import FailingBlobs
 from tvixmount import nixbase32
 from tvixmount.castore import EMPTY_DIGEST, B3Digest, Directory, DirectoryNode, FileNode
 from tvixmount.castore.ingest import ingest_path
-from tvixmount.castore.memory import MemoryBlobService, MemoryBlobWriter, MemoryDirectoryService
+from tvixmount.castore.memory import MemoryBlobService, MemoryDirectoryService
 from tvixmount.errors import IngestError, StoreError, StorePathError
 from tvixmount.importer import import_path
 from tvixmount.nar import write_nar
@@ -193,28 +194,13 @@ async def test_invalid_store_name_fails_before_reading(tree: Path, store: Store)
         await import_path(store, tree, name="has space")
 
 
-class _FailingBlobs(MemoryBlobService):
-    """Refuses to store the ``fail_at``-th blob."""
-
-    def __init__(self, fail_at: int) -> None:
-        super().__init__()
-        self.fail_at = fail_at
-        self.opened = 0
-
-    async def open_write(self) -> MemoryBlobWriter:
-        self.opened += 1
-        if self.opened == self.fail_at:
-            raise StoreError("blob store refused the write")
-        return await super().open_write()
-
-
 @pytest.mark.parametrize("fail_at", [1, 3, 7])
 async def test_blob_store_error_surfaces_as_itself_and_stores_no_directory(
     tree: Path, fail_at: int
 ) -> None:
     directories = MemoryDirectoryService()
     with pytest.raises(StoreError, match="refused"):
-        await ingest_path(tree, _FailingBlobs(fail_at), directories)
+        await ingest_path(tree, FailingBlobs(fail_at), directories)
     assert directories.directories == {}
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from tests.fixtures.failing_blobs import FailingBlobs
 from tvixmount import nixbase32
 from tvixmount.castore import B3Digest, FileNode
 from tvixmount.castore import ingest as ingest_module
@@ -134,21 +135,6 @@ async def test_store_waiting_in_finish_gets_every_blob_of_a_wide_tree(
     assert set(blobs.blobs.values()) == set(contents.values())
 
 
-class _FailingBlobs(MemoryBlobService):
-    """Refuses every write from the ``fail_at``-th blob on."""
-
-    def __init__(self, fail_at: int) -> None:
-        super().__init__()
-        self.fail_at = fail_at
-        self.opened = 0
-
-    async def open_write(self) -> MemoryBlobWriter:
-        self.opened += 1
-        if self.opened >= self.fail_at:
-            raise StoreError("blob store refused the write")
-        return await super().open_write()
-
-
 @pytest.mark.parametrize("fail_at", [1, 50])
 async def test_storer_failing_with_batches_still_to_ship_raises_its_error_without_hanging(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail_at: int
@@ -163,7 +149,7 @@ async def test_storer_failing_with_batches_still_to_ship_raises_its_error_withou
         (wide / f"f{i:03d}").write_bytes(_content(100, i))
     directories = MemoryDirectoryService()
     with trio.fail_after(30), pytest.raises(StoreError, match="refused"):
-        await ingest_path(wide, _FailingBlobs(fail_at), directories)
+        await ingest_path(wide, FailingBlobs(fail_at), directories)
     assert directories.directories == {}
 
 

@@ -18,11 +18,11 @@ DIGEST (``-l``) is the castore digest (``-`` for symlinks).
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 from typing import TYPE_CHECKING, Any
 
+from .._lazy import lazy_names
 from .common import add_store_argument, open_store_from_args
 
 if TYPE_CHECKING:
@@ -44,11 +44,11 @@ _RENDERERS = {
 }
 
 
+_load = lazy_names(__package__ or "tvixmount.cli", _RENDERERS, globals())
+
+
 def __getattr__(name: str) -> Any:
-    module = _RENDERERS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{module}", __package__), name)
+    return _load(name)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -7,8 +7,9 @@ whole FUSE layer through this package.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
+
+from .._lazy import lazy_names
 
 if TYPE_CHECKING:
     from .inode_tracker import InodeTracker
@@ -30,13 +31,11 @@ _SUBMODULE = {
 }
 
 
+_load = lazy_names(__name__, _SUBMODULE, globals())
+
+
 def __getattr__(name: str) -> Any:
-    submodule = _SUBMODULE.get(name)
-    if submodule is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{submodule}", __name__), name)
-    globals()[name] = value
-    return value
+    return _load(name)
 
 
 __all__ = [
