@@ -23,20 +23,33 @@ def pipe() -> Iterator[tuple[int, int]]:
         os.close(w)
 
 
+class _Steps(trio.abc.Instrument):
+    """Counts how often the scheduler resumes one task: each yield costs one step."""
+
+    def __init__(self, task: trio.lowlevel.Task) -> None:
+        self.task = task
+        self.count = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task is self.task:
+            self.count += 1
+
+
+async def _yields_during(wait: fuse_loop._FastWait) -> int:
+    steps = _Steps(trio.lowlevel.current_task())
+    trio.lowlevel.add_instrument(steps)
+    try:
+        assert await wait() is True
+    finally:
+        trio.lowlevel.remove_instrument(steps)
+    return steps.count
+
+
 async def test_a_queued_request_is_taken_without_yielding(pipe: tuple[int, int]) -> None:
     r, w = pipe
     wait = fuse_loop._FastWait(r)
     os.write(w, b"request")
-    ran: list[str] = []
-
-    async def other() -> None:
-        ran.append("other")
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(other)
-        assert await wait() is True
-        # Had the wait yielded to the scheduler, the other task would have run.
-        assert ran == []
+    assert await _yields_during(wait) == 0
 
 
 async def test_waits_until_a_request_arrives(pipe: tuple[int, int]) -> None:
@@ -79,16 +92,8 @@ async def test_every_so_many_immediate_takes_yield_once(pipe: tuple[int, int]) -
     r, w = pipe
     wait = fuse_loop._FastWait(r)
     os.write(w, b"x")
-    ran: list[int] = []
-
-    async def other() -> None:
-        ran.append(1)
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(other)
-        for _ in range(fuse_loop._FAIR_EVERY):
-            await wait()
-        assert ran == [1]
+    yields = [await _yields_during(wait) for _ in range(fuse_loop._FAIR_EVERY)]
+    assert yields == [0] * (fuse_loop._FAIR_EVERY - 1) + [1]
 
 
 async def test_closing_wakes_the_waiter_and_stops_the_others(pipe: tuple[int, int]) -> None:
