@@ -62,6 +62,8 @@ _VERIFIED_CACHE_SIZE = 65536
 _PACK_READ_AHEAD = 1 << 20
 # Blobs up to this size are collected in memory and written with one write(2).
 _WRITE_BUFFER = 1 << 20
+# Writes to a big blob's temp file from this size on are hashed and written in a thread.
+_THREADED_WRITE_MIN = 64 << 10
 
 
 @dataclass(frozen=True)
@@ -148,10 +150,15 @@ class LocalBlobWriter:
         self._tmp: Path | None = None
 
     async def write(self, data: bytes | memoryview) -> None:
-        self._hasher.update(data)
         if self._fd >= 0:
-            self._write_out(data)
+            if len(data) >= _THREADED_WRITE_MIN:
+                # BLAKE3 and write(2) release the GIL: in a worker thread they
+                # overlap with the importer's reading and SHA-256 on the other core.
+                await trio.to_thread.run_sync(self._hash_and_write_out, data)
+            else:
+                self._hash_and_write_out(data)
             return
+        self._hasher.update(data)
         self._parts.append(bytes(data))
         self._buffered += len(data)
         if self._buffered > _WRITE_BUFFER:
@@ -161,6 +168,10 @@ class LocalBlobWriter:
         """Move the buffered bytes to a temp file; later writes go straight there."""
         self._fd, self._tmp = self._service.new_temp()
         data, self._parts = b"".join(self._parts), []
+        self._write_out(data)
+
+    def _hash_and_write_out(self, data: bytes | memoryview) -> None:
+        self._hasher.update(data)
         self._write_out(data)
 
     def _write_out(self, data: bytes | memoryview) -> None:
