@@ -64,15 +64,8 @@ def default_store_dir() -> Path:
 
 # What a store directory holds before its marker exists: another process may be
 # creating the same store right now, and that must not look like a foreign dir.
-_OWN_NAMES = {
-    MARKER,
-    "blobs",
-    "packs",
-    "tmp",
-    "store.sqlite",
-    "store.sqlite-wal",
-    "store.sqlite-shm",
-}
+_DIRS = ("blobs", "packs", "tmp")
+_OWN_NAMES = {MARKER, *_DIRS, "store.sqlite", "store.sqlite-wal", "store.sqlite-shm"}
 
 
 def _store_format(root: Path) -> str | None:
@@ -101,7 +94,7 @@ def _initialise(root: Path) -> None:
         root.mkdir(parents=True, exist_ok=True)
         if any(p.name not in _OWN_NAMES and not p.name.startswith(MARKER) for p in root.iterdir()):
             raise StoreError(f"{root} is not empty and not a tvixmount store; refusing to use it")
-        for name in ("blobs", "packs", "tmp"):
+        for name in _DIRS:
             (root / name).mkdir(exist_ok=True)
         # The marker appears atomically and last: its presence means "complete".
         _write_marker(root)
@@ -135,7 +128,7 @@ def open_local(
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(_SCHEMA)
-        for name in ("blobs", "packs", "tmp"):
+        for name in _DIRS:
             (root / name).mkdir(exist_ok=True)
         if marker is not None and marker != FORMAT:
             # Only now: the tables the new format needs exist.
