@@ -76,23 +76,33 @@ class BlobLocation:
 
 
 class LocalBlobReader:
-    """Reads ``size`` bytes at ``base`` of ``fd`` (a blob file, or a pack it shares).
+    """Reads ``size`` bytes at ``base`` of ``fd``: a blob file it owns, or a shared pack.
 
     ``data``, when given, is the blob's verified content already in memory
     (read to verify it): reads are then served from it without a syscall.
     """
 
     def __init__(
-        self, fd: int, base: int, size: int, owns_fd: bool, data: memoryview | None = None
+        self, fd: int, base: int, size: int, *, owns_fd: bool, ahead: int, data: memoryview | None
     ) -> None:
         self._fd = fd
         self._base = base
         self._size = size
         self._owns_fd = owns_fd
+        self._ahead = ahead
         self._data = data
-        # A blob in a shared pack reads ahead in the pack (see _PACK_READ_AHEAD);
-        # a blob file has the kernel's own readahead.
-        self._ahead = 0 if owns_fd else _PACK_READ_AHEAD
+
+    @classmethod
+    def of_file(cls, fd: int, size: int) -> LocalBlobReader:
+        """A blob file, closed with the reader; the kernel's own readahead serves it."""
+        return cls(fd, 0, size, owns_fd=True, ahead=0, data=None)
+
+    @classmethod
+    def in_pack(
+        cls, pack: _Pack, offset: int, size: int, data: memoryview | None = None
+    ) -> LocalBlobReader:
+        """A blob in a pack that stays open; disk reads also read ahead in the pack."""
+        return cls(pack.fd, offset, size, owns_fd=False, ahead=_PACK_READ_AHEAD, data=data)
 
     @property
     def size(self) -> int:
@@ -344,7 +354,7 @@ class LocalBlobService:
             and _identity(os.fstat(known.pack.fd)) == known.identity
         ):
             self._verified.move_to_end(digest)
-            return LocalBlobReader(known.pack.fd, known.offset, known.size, owns_fd=False)
+            return LocalBlobReader.in_pack(known.pack, known.offset, known.size)
         row = self._packed_row(digest)
         if row is not None:
             return await self._open_packed(digest, *row)
@@ -361,7 +371,7 @@ class LocalBlobService:
             raise StoreError(f"cannot read blob {digest} from {pack.path}: {exc}") from exc
         self._check(digest, B3Digest(blake3.blake3(data).digest()))
         self._remember(digest, _Known(pack, offset, size, _identity(st)))
-        return LocalBlobReader(pack.fd, offset, size, owns_fd=False, data=data)
+        return LocalBlobReader.in_pack(pack, offset, size, data)
 
     async def _open_file(self, digest: B3Digest) -> LocalBlobReader | None:
         try:
@@ -379,7 +389,7 @@ class LocalBlobService:
         except BaseException:
             os.close(fd)
             raise
-        return LocalBlobReader(fd, 0, st.st_size, owns_fd=True)
+        return LocalBlobReader.of_file(fd, st.st_size)
 
     async def _verify_file(self, digest: B3Digest, fd: int, st: os.stat_result) -> None:
         identity = _identity(st)
