@@ -92,25 +92,34 @@ def _first_line(proc: subprocess.Popen[str], timeout: float) -> str:
     return proc.stdout.readline().strip() if ready else "(nothing)"
 
 
-def test_sigterm_during_heavy_reads_unmounts_cleanly_with_exit_0(
-    big_files: tuple[str, dict[str, bytes]], tmp_path: Path
-) -> None:
+@contextlib.contextmanager
+def _heavy_reads(
+    big_files: tuple[str, dict[str, bytes]], mountpoint: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], list[subprocess.Popen[str]]]]:
+    """A foreground mount with READERS processes reading it in full swing."""
     store, contents = big_files
-    mountpoint = tmp_path / "mnt"
     with foreground_mount(store, mountpoint) as server:
-        (pid,) = serving_pids(str(mountpoint))
         files = {mountpoint / name: data for name, data in contents.items()}
         with _readers(files, READERS) as readers:
             # Every reader has verified a whole round: reads are in full swing.
             assert [_first_line(r, 60) for r in readers] == ["round"] * READERS
-            server.send_signal(signal.SIGTERM)
-            assert server.wait(timeout=_WAIT) == 0
-            assert not is_mounted(str(mountpoint))
-            for reader in readers:
-                out, _ = reader.communicate(timeout=_WAIT)
-                assert "WRONG" not in out
-                assert out.splitlines()[-1].startswith("stopped")
-                assert reader.returncode == 0
+            yield server, readers
+
+
+def test_sigterm_during_heavy_reads_unmounts_cleanly_with_exit_0(
+    big_files: tuple[str, dict[str, bytes]], tmp_path: Path
+) -> None:
+    mountpoint = tmp_path / "mnt"
+    with _heavy_reads(big_files, mountpoint) as (server, readers):
+        (pid,) = serving_pids(str(mountpoint))
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=_WAIT) == 0
+        assert not is_mounted(str(mountpoint))
+        for reader in readers:
+            out, _ = reader.communicate(timeout=_WAIT)
+            assert "WRONG" not in out
+            assert out.splitlines()[-1].startswith("stopped")
+            assert reader.returncode == 0
     assert pid not in serving_pids()
     # The mount point is an ordinary empty directory again, ready for the next mount.
     assert os.listdir(mountpoint) == []
@@ -119,16 +128,12 @@ def test_sigterm_during_heavy_reads_unmounts_cleanly_with_exit_0(
 def test_sigkill_during_heavy_reads_fails_readers_and_umount_clears_the_mount(
     big_files: tuple[str, dict[str, bytes]], tmp_path: Path
 ) -> None:
-    store, contents = big_files
     mountpoint = tmp_path / "mnt"
-    with foreground_mount(store, mountpoint) as server:
-        files = {mountpoint / name: data for name, data in contents.items()}
-        with _readers(files, READERS) as readers:
-            assert [_first_line(r, 60) for r in readers] == ["round"] * READERS
-            server.kill()
-            server.wait(timeout=_WAIT)
-            # No reader hangs on the dead daemon: each gets an error and stops.
-            outputs = [reader.communicate(timeout=_WAIT)[0] for reader in readers]
+    with _heavy_reads(big_files, mountpoint) as (server, readers):
+        server.kill()
+        server.wait(timeout=_WAIT)
+        # No reader hangs on the dead daemon: each gets an error and stops.
+        outputs = [reader.communicate(timeout=_WAIT)[0] for reader in readers]
         # ECONNABORTED for requests in flight when the connection died, ENOTCONN after.
         dead = {f"stopped {errno.ECONNABORTED}", f"stopped {errno.ENOTCONN}"}
         assert all(out.splitlines()[-1] in dead for out in outputs), outputs
