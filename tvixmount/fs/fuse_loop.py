@@ -116,5 +116,8 @@ def terminate() -> None:
 
 
 async def main() -> None:
-    """``pyfuse3.main`` with the worker pool this wait needs."""
-    await pyfuse3.main(min_tasks=1, max_tasks=WORKERS if _installed is not None else 99)
+    """``pyfuse3.main``, with the worker pool this wait needs when it is installed."""
+    if _installed is None:
+        await pyfuse3.main()
+    else:
+        await pyfuse3.main(min_tasks=1, max_tasks=WORKERS)
