@@ -45,7 +45,7 @@ import trio
 
 from ..errors import IngestError
 from ..nar import wire
-from .blobservice import BlobService, BlobWriter
+from .blobservice import BlobService, BlobWriter, put_stream
 from .digest import B3Digest
 from .directory import Directory
 from .directoryservice import DirectoryService
@@ -508,14 +508,7 @@ class _Storer:
     async def _store_group(self, group: list[_Job]) -> None:
         try:
             for record, data in group:
-                writer = await self._blobs.open_write()
-                try:
-                    if data:
-                        await writer.write(data)
-                except BaseException:
-                    await writer.abort()
-                    raise
-                record.digest = await writer.finish()
+                record.digest = await put_stream(self._blobs, (data,) if data else ())
                 if self._progress is not None and data:
                     self._progress(len(data))
         finally:
