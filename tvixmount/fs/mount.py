@@ -7,7 +7,7 @@ over a pipe once its own statfs is answered (and the readahead is set), and
 serves until an unmount from outside (``pyfuse3.main`` returns by itself) or
 SIGINT/SIGTERM (``fuse_loop.terminate``). The serving process never stats its
 own mount point once the loop has stopped (that deadlocks): whether it is
-still mounted is read from ``/proc/self/mounts``.
+still mounted is read from ``/proc/self/mountinfo``.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class MountOptions:
         return options
 
 
-# -- /proc/self/mounts ----------------------------------------------------
+# -- /proc/self/mountinfo -------------------------------------------------
 
 
 def _unescape(field: str) -> str:
@@ -75,11 +75,36 @@ def _unescape(field: str) -> str:
     return field
 
 
+def _mount_table() -> list[tuple[str, str, str, tuple[int, int]]]:
+    """(source, mount point, fs type, (major, minor)) of every mount this process sees.
+
+    Read from /proc/self/mountinfo, which sends no FUSE server a request, so
+    a server may read it about its own mount before its loop runs.
+    """
+    table = []
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            fields = line.rstrip("\n").split(" ")
+            try:
+                # Optional fields end with a lone "-"; fs type and source follow it.
+                end = fields.index("-", 6)
+                major, _, minor = fields[2].partition(":")
+                table.append(
+                    (
+                        _unescape(fields[end + 2]),
+                        _unescape(fields[4]),
+                        fields[end + 1],
+                        (int(major), int(minor)),
+                    )
+                )
+            except (ValueError, IndexError):
+                continue
+    return table
+
+
 def mounts() -> list[tuple[str, str, str]]:
     """(source, mount point, fs type) of every mount this process sees."""
-    with open("/proc/self/mounts", encoding="utf-8", errors="surrogateescape") as f:
-        rows = [line.split(" ") for line in f]
-    return [(_unescape(r[0]), _unescape(r[1]), r[2]) for r in rows if len(r) >= 3]
+    return [(source, point, fstype) for source, point, fstype, _ in _mount_table()]
 
 
 def is_mounted(mountpoint: str) -> bool:
@@ -87,19 +112,11 @@ def is_mounted(mountpoint: str) -> bool:
 
 
 def mount_device(mountpoint: str) -> tuple[int, int] | None:
-    """(major, minor) of the filesystem mounted at ``mountpoint``, from /proc/self/mountinfo.
-
-    Unlike a stat of the mount point, this sends the FUSE server no request,
-    so the server itself may call it before its loop runs. The last matching
-    line is the mount on top.
-    """
+    """(major, minor) of the filesystem mounted at ``mountpoint`` (the one on top)."""
     device = None
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-        for line in f:
-            fields = line.split(" ")
-            if len(fields) > 4 and _unescape(fields[4]) == mountpoint:
-                major, _, minor = fields[2].partition(":")
-                device = (int(major), int(minor))
+    for _, point, _, number in _mount_table():
+        if point == mountpoint:
+            device = number
     return device
 
 
