@@ -183,19 +183,16 @@ def _list(path: bytes) -> list[bytes]:
 
 
 def _read_file(path: bytes, size: int) -> Iterator[bytes]:
-    """The file's bytes: one chunk if it is small, else ``READ_CHUNK``-sized chunks."""
+    """The file's ``size`` bytes in chunks of at most ``READ_CHUNK`` (none if empty)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError as exc:
         raise IngestError(f"{_show(path)}: cannot open: {exc.strerror}") from None
     try:
-        done = 0
-        parts: list[bytes] = []
-        at_end = False
-        while not at_end:
-            left = size - done
-            # Asking for one byte more than is left makes a short read mark
-            # the end, so most files need no extra read to find it.
+        left = size
+        while True:
+            # Asking for one byte more than is left makes the read that
+            # completes the file also show its end, with no extra read.
             want = min(READ_CHUNK, left + 1)
             try:
                 chunk = os.read(fd, want)
@@ -205,18 +202,14 @@ def _read_file(path: bytes, size: int) -> Iterator[bytes]:
             # changed under us would make the hash describe nothing real.
             if len(chunk) > left:
                 raise IngestError(f"{_show(path)}: file changed size while being read")
-            at_end = len(chunk) < want
             if not chunk:
                 break
-            done += len(chunk)
-            if size > SMALL_FILE:
-                yield chunk
-            else:
-                parts.append(chunk)  # a short read: still one job per small file
-        if done != size:
+            left -= len(chunk)
+            yield chunk
+            if not left and len(chunk) < want:
+                break
+        if left:
             raise IngestError(f"{_show(path)}: file changed size while being read")
-        if size <= SMALL_FILE:
-            yield parts[0] if len(parts) == 1 else b"".join(parts)
     finally:
         os.close(fd)
 
@@ -337,7 +330,8 @@ class _Walker:
         chunks: Iterable[bytes]
         if size <= SMALL_FILE:
             started = time.perf_counter()
-            chunks = list(_read_file(path, size))  # one chunk, read whole
+            # One job per small file, read whole (a single chunk is joined without a copy).
+            chunks = (b"".join(_read_file(path, size)),)
             if self._prefetcher is None and time.perf_counter() - started > _COLD_READ:
                 self._start_prefetcher()
         else:
