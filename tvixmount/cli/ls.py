@@ -20,35 +20,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from .._lazy import lazy_names
 from .common import add_store_argument, open_store_from_args
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from ..listing import Listing, StoreEntry
 
 EXIT_USAGE = 2
-
-# The renderers live in ls_render (plain, JSON) and ls_terminal (rich), imported
-# when a listing is printed; their names stay reachable from here.
-_RENDERERS = {
-    "kind_of": "ls_render",
-    "plain_lines": "ls_render",
-    "plain_store_lines": "ls_render",
-    "Painter": "ls_terminal",
-    "tree_lines": "ls_terminal",
-    "table_lines": "ls_terminal",
-    "summary_line": "ls_terminal",
-    "store_summary_line": "ls_terminal",
-}
-
-
-_load = lazy_names(__package__ or "tvixmount.cli", _RENDERERS, globals())
-
-
-def __getattr__(name: str) -> Any:
-    return _load(name)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -97,8 +78,8 @@ def listing_depth(args: argparse.Namespace) -> int | None:
     return None if args.recursive else 1
 
 
-def _stdout_is_terminal() -> bool:
-    """Whether rich would treat stdout as a terminal, deciding without rich when it can.
+def _terminal_console() -> Console | None:
+    """The rich console for stdout if rich treats it as a terminal, else None.
 
     Rich consults ``TTY_COMPATIBLE`` and ``FORCE_COLOR`` before ``isatty()``;
     without either, a stdout that is no tty is no terminal to rich either,
@@ -106,10 +87,11 @@ def _stdout_is_terminal() -> bool:
     """
     overridden = "FORCE_COLOR" in os.environ or os.environ.get("TTY_COMPATIBLE") in ("0", "1")
     if not overridden and not sys.stdout.isatty():
-        return False
+        return None
     from rich.console import Console
 
-    return Console().is_terminal
+    console = Console()
+    return console if console.is_terminal else None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -128,8 +110,10 @@ def run(args: argparse.Namespace) -> int:
             from ..listing import store_to_json
 
             print_json(store_to_json(entries))
-        elif _stdout_is_terminal():
-            _print_store_table(entries, args.long)
+        elif (console := _terminal_console()) is not None:
+            from .ls_terminal import print_store_table
+
+            print_store_table(console, entries, args.long)
         else:
             write_lines(plain_store_lines(entries, args.long))
         return 0
@@ -138,34 +122,13 @@ def run(args: argparse.Namespace) -> int:
         from ..listing import to_nix_json
 
         print_json(to_nix_json(listing))
-    elif _stdout_is_terminal():
-        _print_tree(listing, args.long)
+    elif (console := _terminal_console()) is not None:
+        from .ls_terminal import print_tree
+
+        print_tree(console, listing, args.long)
     else:
         write_lines(plain_lines(listing, args.long))
     return 0
-
-
-def _print_store_table(entries: list[StoreEntry], long: bool) -> None:
-    from rich.console import Console
-
-    from ..listing import summarize_store
-    from .ls_render import write_lines
-    from .ls_terminal import Painter, store_summary_line, table_lines
-
-    paint = Painter(Console(highlight=False))
-    write_lines(table_lines(entries, long, paint))
-    write_lines([paint(store_summary_line(summarize_store(entries)), "bold")])
-
-
-def _print_tree(listing: Listing, long: bool) -> None:
-    from rich.console import Console
-
-    from .ls_render import write_lines
-    from .ls_terminal import Painter, summary_line, tree_lines
-
-    paint = Painter(Console(highlight=False))
-    write_lines(tree_lines(listing, long, paint))
-    write_lines([paint(summary_line(listing.summary()), "bold")])
 
 
 async def _store_entries(args: argparse.Namespace) -> list[StoreEntry]:

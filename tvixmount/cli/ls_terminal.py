@@ -13,8 +13,16 @@ from rich.console import Console
 from rich.filesize import decimal
 from rich.style import Style
 
-from ..listing import Entry, EntryType, Listing, StoreEntry, Summary, display_name
-from .ls_render import kind_of
+from ..listing import (
+    Entry,
+    EntryType,
+    Listing,
+    StoreEntry,
+    Summary,
+    display_name,
+    summarize_store,
+)
+from .ls_render import kind_of, write_lines
 
 _STYLES = {
     "directory": "bold blue",
@@ -40,6 +48,18 @@ class Painter:
         if not self.enabled or not style:
             return text
         return Style.parse(style).render(text, color_system=ColorSystem.STANDARD)
+
+
+def print_tree(console: Console, listing: Listing, long: bool) -> None:
+    paint = Painter(console)
+    write_lines(tree_lines(listing, long, paint))
+    write_lines([paint(summary_line(listing.summary()), "bold")])
+
+
+def print_store_table(console: Console, entries: list[StoreEntry], long: bool) -> None:
+    paint = Painter(console)
+    write_lines(table_lines(entries, long, paint))
+    write_lines([paint(store_summary_line(summarize_store(entries)), "bold")])
 
 
 def _label(entry: Entry, name: str, long: bool, paint: Painter) -> str:
