@@ -61,7 +61,7 @@ from ..nar.ingest import ingest_nar
 from ..nar.narinfo import Narinfo
 from ..nar.signing import PublicKey, parse_public_keys, pathinfo_signers, valid_signers
 from ..storepath import STORE_DIR
-from .model import PathInfo
+from .model import NarInfo, PathInfo
 from .service import PathInfoService
 
 log = logging.getLogger(__name__)
@@ -468,13 +468,16 @@ class BinaryCachePathInfoService:
         self._flights: dict[bytes, _Flight] = {}
         self._cache_info_checked = False
         self._warned_unsigned = False
+        # (root node name, NarInfo) pairs already found signed by a trusted key: all the
+        # signature check reads, so each cached path costs one ed25519 verify per service.
+        self._trusted: set[tuple[bytes, NarInfo]] = set()
 
     async def get(self, digest: bytes) -> PathInfo | None:
         info = await self._local.get(digest)
         if info is not None:
             # A path cached by a mount without keys must not slip past a mount with keys:
             # its kept signatures are checked, and if none is trusted it is fetched again.
-            if not self._keys or pathinfo_signers(info, self._keys):
+            if self._is_trusted(info):
                 return info
             log.debug("%s: cached copy lacks a trusted signature; refetching", info.store_path)
         flight = self._flights.get(digest)
@@ -493,6 +496,17 @@ class BinaryCachePathInfoService:
         if flight.error is not None:
             raise type(flight.error)(str(flight.error))
         return flight.result
+
+    def _is_trusted(self, info: PathInfo) -> bool:
+        if not self._keys:
+            return True
+        seen = (info.node.name, info.narinfo)
+        if seen in self._trusted:
+            return True
+        if not pathinfo_signers(info, self._keys):
+            return False
+        self._trusted.add(seen)
+        return True
 
     async def _fly(self, digest: bytes, flight: _Flight) -> None:
         try:
