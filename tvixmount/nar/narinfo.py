@@ -122,7 +122,7 @@ def fingerprint(
 ) -> bytes:
     """What a ``Sig:`` signs: ``1;<path>;sha256:<NarHash>;<NarSize>;<sorted refs, ","-joined>``."""
     refs = ",".join(sorted(ref.absolute for ref in references))
-    nar_hash = f"sha256:{nixbase32.encode(nar_sha256)}"
+    nar_hash = NixHash("sha256", nar_sha256)
     return f"1;{store_path.absolute};{nar_hash};{nar_size};{refs}".encode()
 
 
@@ -275,7 +275,7 @@ class Narinfo:
 
     @property
     def nar_hash_text(self) -> str:
-        return f"sha256:{nixbase32.encode(self.nar_hash)}"
+        return str(NixHash("sha256", self.nar_hash))
 
     def fingerprint(self) -> bytes:
         return fingerprint(self.store_path, self.nar_hash, self.nar_size, self.references)

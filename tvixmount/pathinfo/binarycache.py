@@ -58,7 +58,7 @@ from ..errors import (
 )
 from ..localstore import open_local
 from ..nar.ingest import ingest_nar
-from ..nar.narinfo import Narinfo
+from ..nar.narinfo import Narinfo, NixHash
 from ..nar.signing import PublicKey, parse_public_keys, pathinfo_signers, valid_signers
 from ..storepath import STORE_DIR
 from .model import NarInfo, PathInfo
@@ -693,7 +693,7 @@ class BinaryCachePathInfoService:
             )
         if got.nar_sha256 != narinfo.nar_hash:
             raise IntegrityError(
-                f"{where}: NAR hashes to sha256:{nixbase32.encode(got.nar_sha256)}, "
+                f"{where}: NAR hashes to {NixHash('sha256', got.nar_sha256)}, "
                 f"but NarHash says {narinfo.nar_hash_text}"
             )
 
