@@ -178,7 +178,7 @@ async def test_prefetcher_visits_files_in_the_order_the_walker_reads_them(
 
     monkeypatch.setattr(ingest_module, "_read_file", recording_read_file)
     await ingest_path(tree, store.blobs, store.directories)
-    prefetched = [path for path, _size in ingest_module._regular_files(bytes(tree))]
+    prefetched = [path for path, _size in ingest_module.regular_files(bytes(tree))]
     assert prefetched == read
 
 

@@ -214,8 +214,11 @@ def _read_file(path: bytes, size: int) -> Iterator[bytes]:
         os.close(fd)
 
 
-def _regular_files(root: bytes) -> Iterator[tuple[bytes, int]]:
-    """Every regular file under directory ``root`` with its size, in NAR order."""
+def regular_files(root: bytes) -> Iterator[tuple[bytes, int]]:
+    """Every regular file under directory ``root`` with its size, in NAR order.
+
+    Raises :class:`OSError` on an entry it cannot list or stat.
+    """
     stack: list[Iterator[os.DirEntry[bytes]]] = []
     with os.scandir(root) as it:
         stack.append(iter(sorted(it, key=lambda entry: entry.name)))
@@ -263,7 +266,7 @@ class _Prefetcher:
 
     def _run(self, root: bytes, skip: int) -> None:
         try:
-            for index, (path, size) in enumerate(_regular_files(root)):
+            for index, (path, size) in enumerate(regular_files(root)):
                 if index < skip:
                     continue
                 with self._cond:

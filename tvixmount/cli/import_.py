@@ -48,19 +48,15 @@ def _check_exists(paths: list[str]) -> None:
 
 def _file_bytes(path: str) -> int:
     """Total size of the regular files under ``path`` (for the progress bar only)."""
+    from ..castore.ingest import regular_files
+
     st = os.lstat(path)
     if not stat.S_ISDIR(st.st_mode):
         return st.st_size if stat.S_ISREG(st.st_mode) else 0
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            try:
-                child = os.lstat(os.path.join(root, name))
-            except OSError:
-                continue  # the import itself reports it
-            if stat.S_ISREG(child.st_mode):
-                total += child.st_size
-    return total
+    try:
+        return sum(size for _path, size in regular_files(os.fsencode(path)))
+    except OSError:
+        return 0  # no bar: the import itself fails on this tree, naming the entry
 
 
 @contextmanager
