@@ -40,6 +40,12 @@ def store() -> Store:
     return open_store("memory://")
 
 
+async def _ingest_and_write_back(path: Path, store: Store) -> bytes:
+    """The NAR of ``path`` as ingested into ``store`` and written back out of it."""
+    result = await ingest_path(path, store.blobs, store.directories)
+    return b"".join([c async for c in write_nar(result.node, store.blobs, store.directories)])
+
+
 @requires_nix
 async def test_import_gives_the_store_path_of_nix_store_add(tree: Path, store: Store) -> None:
     info = await import_path(store, tree)
@@ -69,9 +75,7 @@ async def test_non_directory_root_matches_nix_store_add(
 
 @requires_nix
 async def test_ingested_tree_writes_back_as_nix_store_dump(tree: Path, store: Store) -> None:
-    result = await ingest_path(tree, store.blobs, store.directories)
-    nar = b"".join([c async for c in write_nar(result.node, store.blobs, store.directories)])
-    assert nar == nix_dump(tree)
+    assert await _ingest_and_write_back(tree, store) == nix_dump(tree)
 
 
 async def test_root_node_is_named_after_the_path(tree: Path, store: Store) -> None:
@@ -212,6 +216,4 @@ async def test_wide_tree_of_many_small_files_matches_nix(tmp_path: Path, store: 
         sub = wide / f"d{i % 7}"
         sub.mkdir(parents=True, exist_ok=True)
         (sub / f"f{i:04d}").write_bytes(f"file {i}\n".encode() * (i % 50))
-    result = await ingest_path(wide, store.blobs, store.directories)
-    nar = b"".join([c async for c in write_nar(result.node, store.blobs, store.directories)])
-    assert nar == nix_dump(wide)
+    assert await _ingest_and_write_back(wide, store) == nix_dump(wide)

@@ -43,6 +43,12 @@ def store() -> Store:
     return open_store("memory://")
 
 
+async def _ingest_and_write_back(path: Path, store: Store) -> bytes:
+    """The NAR of ``path`` as ingested into ``store`` and written back out of it."""
+    result = await ingest_path(path, store.blobs, store.directories)
+    return b"".join([c async for c in write_nar(result.node, store.blobs, store.directories)])
+
+
 def _content(size: int, seed: int) -> bytes:
     # Distinct per file, so no two blobs share a digest by accident.
     block = seed.to_bytes(4, "little") + bytes(range(251))
@@ -89,9 +95,7 @@ async def test_tree_of_boundary_sizes_writes_back_as_nix_store_dump(
     tmp_path: Path, store: Store
 ) -> None:
     tree = _boundary_tree(tmp_path / "tree")
-    result = await ingest_path(tree, store.blobs, store.directories)
-    nar = b"".join([c async for c in write_nar(result.node, store.blobs, store.directories)])
-    assert nar == nix_dump(tree)
+    assert await _ingest_and_write_back(tree, store) == nix_dump(tree)
 
 
 @requires_nix
@@ -102,9 +106,7 @@ async def test_walker_held_back_by_the_in_flight_limit_still_matches_nix(
     monkeypatch.setattr(ingest_module, "_BATCH_JOBS", 1)
     monkeypatch.setattr(ingest_module, "_BATCHES_IN_FLIGHT", 1)
     tree = make_tree(tmp_path / "tree")
-    result = await ingest_path(tree, store.blobs, store.directories)
-    nar = b"".join([c async for c in write_nar(result.node, store.blobs, store.directories)])
-    assert nar == nix_dump(tree)
+    assert await _ingest_and_write_back(tree, store) == nix_dump(tree)
 
 
 class _SlowFinishBlobs(MemoryBlobService):
@@ -191,9 +193,7 @@ async def test_tree_read_with_the_prefetcher_running_matches_nix(
     monkeypatch.setattr(ingest_module, "_PREFETCH_AHEAD", 1)
     tree = _boundary_tree(tmp_path / "tree")
     make_tree(tree / "sub")
-    result = await ingest_path(tree, store.blobs, store.directories)
-    nar = b"".join([c async for c in write_nar(result.node, store.blobs, store.directories)])
-    assert nar == nix_dump(tree)
+    assert await _ingest_and_write_back(tree, store) == nix_dump(tree)
 
 
 async def test_prefetcher_is_stopped_when_the_ingest_returns(
