@@ -22,33 +22,42 @@ from tvixmount.testing import build
 
 HEAVY = ("trio", "pyfuse3", "grpc", "httpx", "rich", "google.protobuf", "cryptography")
 
-# Runs the CLI in-process (stdout piped, so not a terminal), then prints its exit
-# code and which of HEAVY got imported, as JSON on stderr's last line.
+# Runs CODE in a fresh interpreter, then prints which of HEAVY got imported, as
+# JSON on stderr's last line (CODE's own output stays on stdout).
 _PROBE = """
 import json, sys
-from tvixmount.cli.main import main
 heavy = sys.argv[1].split(",")
+exec(sys.argv[2])
+loaded = sorted({h for h in heavy for m in sys.modules if m == h or m.startswith(h + ".")})
+print(json.dumps(loaded), file=sys.stderr)
+"""
+
+# The CLI in-process (stdout piped, so not a terminal); it must exit 0.
+_CLI = """
+from tvixmount.cli.main import main
 try:
-    code = main(sys.argv[2:])
+    code = main(sys.argv[3:])
 except SystemExit as exc:  # --help
     code = exc.code
-loaded = sorted({h for h in heavy for m in sys.modules if m == h or m.startswith(h + ".")})
-print(json.dumps([code, loaded]), file=sys.stderr)
+assert code == 0, code
 """
 
 
-def heavy_imports(*args: str) -> set[str]:
-    """The HEAVY packages ``tvixmount ARGS`` imports (it must exit 0)."""
+def heavy_imports_of(code: str, *args: str) -> set[str]:
+    """The HEAVY packages that running ``code`` (with ``sys.argv[3:] == args``) imports."""
     result = subprocess.run(
-        [sys.executable, "-c", _PROBE, ",".join(HEAVY), *args],
+        [sys.executable, "-c", _PROBE, ",".join(HEAVY), code, *args],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    code, loaded = json.loads(result.stderr.strip().splitlines()[-1])
-    assert code == 0, result.stderr
-    return set(loaded)
+    return set(json.loads(result.stderr.strip().splitlines()[-1]))
+
+
+def heavy_imports(*args: str) -> set[str]:
+    """The HEAVY packages ``tvixmount ARGS`` imports (it must exit 0)."""
+    return heavy_imports_of(_CLI, *args)
 
 
 @pytest.fixture(scope="module")
@@ -61,15 +70,8 @@ def test_help_imports_no_heavy_package() -> None:
 
 
 def test_building_the_parser_imports_no_heavy_package() -> None:
-    probe = (
-        "import sys; from tvixmount.cli.main import build_parser; build_parser(); "
-        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}"
-        " or m.startswith('google.protobuf')))"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert result.stdout.strip() == "[]"
+    probe = "from tvixmount.cli.main import build_parser; build_parser()"
+    assert heavy_imports_of(probe) == set()
 
 
 def test_ls_json_on_the_embedded_store_loads_neither_fuse_nor_network_nor_rich(
@@ -94,11 +96,7 @@ def test_fixture_command_offers_the_builders_compressions() -> None:
 
 
 def test_fs_package_does_not_load_pyfuse3_for_root_nodes() -> None:
-    probe = "import sys, tvixmount.fs.root_nodes; print('pyfuse3' in sys.modules)"
-    result = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert result.stdout.strip() == "False"
+    assert "pyfuse3" not in heavy_imports_of("import tvixmount.fs.root_nodes")
 
 
 def test_fs_package_still_exports_its_names_lazily() -> None:
