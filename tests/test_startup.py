@@ -18,6 +18,8 @@ import pytest
 from tests.fixtures import castore as fx
 from tests.mounting import make_fixture_store
 from tvixmount.cli import fixture as cli_fixture
+from tvixmount.cli import mount as cli_mount
+from tvixmount.fs import operations
 from tvixmount.testing import build
 
 HEAVY = ("trio", "pyfuse3", "grpc", "httpx", "rich", "google.protobuf", "cryptography")
@@ -93,6 +95,10 @@ def test_path_info_on_the_embedded_store_loads_neither_fuse_nor_network(store_ur
 
 def test_fixture_command_offers_the_builders_compressions() -> None:
     assert cli_fixture.COMPRESSIONS == build.COMPRESSIONS
+
+
+def test_mount_command_defaults_to_the_fs_layers_timeout() -> None:
+    assert cli_mount.DEFAULT_TIMEOUT == operations.DEFAULT_TIMEOUT
 
 
 def test_fs_package_does_not_load_pyfuse3_for_root_nodes() -> None:
