@@ -62,6 +62,17 @@ def heavy_imports(*args: str) -> set[str]:
     return heavy_imports_of(_CLI, *args)
 
 
+def tvixmount(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``tvixmount ARGS`` as its own process (so it exits the way a real one does)."""
+    return subprocess.run(
+        [sys.executable, "-m", "tvixmount", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env},
+    )
+
+
 @pytest.fixture(scope="module")
 def store_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     return make_fixture_store(tmp_path_factory.mktemp("startup") / "store")
@@ -114,25 +125,14 @@ def test_fs_package_still_exports_its_names_lazily() -> None:
 
 def test_ls_on_a_terminal_is_still_decided_by_rich(store_url: str) -> None:
     # FORCE_COLOR makes rich treat even a pipe as a terminal: the table, not plain lines.
-    result = subprocess.run(
-        [sys.executable, "-m", "tvixmount", "ls", "--store", store_url],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "FORCE_COLOR": "1"},
-    )
+    result = tvixmount("ls", "--store", store_url, FORCE_COLOR="1")
     assert result.returncode == 0, result.stderr
     assert "store path" in result.stdout  # the table's header; plain lines have none
 
 
 def test_a_quick_exit_still_delivers_all_piped_output_and_the_exit_code(store_url: str) -> None:
     # ls ends without the interpreter's teardown: everything buffered must be out first.
-    result = subprocess.run(
-        [sys.executable, "-m", "tvixmount", "ls", "--store", store_url, "-l"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = tvixmount("ls", "--store", store_url, "-l")
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.splitlines()) == len(fx.ROOT_NODES)
     assert result.stdout.endswith("\n")
@@ -140,11 +140,6 @@ def test_a_quick_exit_still_delivers_all_piped_output_and_the_exit_code(store_ur
 
 def test_a_quick_exit_keeps_the_error_exit_code_and_message(store_url: str) -> None:
     missing = "00000000000000000000000000000000-absent"
-    result = subprocess.run(
-        [sys.executable, "-m", "tvixmount", "path-info", "--store", store_url, missing],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = tvixmount("path-info", "--store", store_url, missing)
     assert result.returncode == 1
     assert result.stderr.startswith("tvixmount: error: ")
