@@ -104,9 +104,9 @@ def parse_public_keys(texts: Iterable[str]) -> tuple[PublicKey, ...]:
 
 
 def _signers(
-    fingerprint: bytes, signatures: Sequence[Signature], keys: Sequence[PublicKey]
+    signed: bytes, signatures: Sequence[Signature], keys: Sequence[PublicKey]
 ) -> list[str]:
-    return [key.name for key in keys if any(key.verifies(fingerprint, sig) for sig in signatures)]
+    return [key.name for key in keys if any(key.verifies(signed, sig) for sig in signatures)]
 
 
 def valid_signers(narinfo: Narinfo, keys: Sequence[PublicKey]) -> list[str]:
@@ -116,9 +116,9 @@ def valid_signers(narinfo: Narinfo, keys: Sequence[PublicKey]) -> list[str]:
 
 def pathinfo_signers(info: PathInfo, keys: Sequence[PublicKey]) -> list[str]:
     """Names of the trusted keys with a valid signature among those a PathInfo kept."""
-    n = info.narinfo
-    fp = fingerprint(info.store_path, n.nar_sha256, n.nar_size, info.reference_paths)
-    return _signers(fp, n.signatures, keys)
+    kept = info.narinfo
+    signed = fingerprint(info.store_path, kept.nar_sha256, kept.nar_size, info.reference_paths)
+    return _signers(signed, kept.signatures, keys)
 
 
 def sign_narinfo(narinfo: Narinfo, key: SecretKey) -> Narinfo:
