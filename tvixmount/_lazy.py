@@ -1,8 +1,10 @@
 """Names a module hands out from its submodules, imported on first use (PEP 562).
 
-A package or command module that must stay cheap to import (``tvixmount
---help`` must not load pyfuse3 or rich) lists which submodule defines each
-name; the module's ``__getattr__`` then calls the function made here.
+A package that must stay cheap to import (``tvixmount.fs``: ``tvixmount ls``
+imports ``fs.root_nodes``, which must not load pyfuse3 through the package)
+lists which submodule defines each name; its ``__getattr__`` then calls the
+function made here. Command modules need none of this: they import what they
+use inside ``run()``.
 """
 
 from __future__ import annotations
