@@ -12,7 +12,10 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..errors import NotFoundError
+
 if TYPE_CHECKING:
+    from ..pathinfo.model import PathInfo
     from ..storepath import StorePath
     from ..stores import Store, StoreOptions
 
@@ -62,3 +65,12 @@ def parse_store_paths(texts: list[str]) -> list[StorePath]:
     from ..storepath import StorePath
 
     return [StorePath.parse(text) for text in texts]
+
+
+async def get_path_info(store: Store, store_path: StorePath) -> PathInfo:
+    """The PathInfo of ``store_path``; :class:`NotFoundError` when the store lacks it."""
+    info = await store.pathinfos.get(store_path.digest)
+    # Same digest but another name is another (absent) store path.
+    if info is None or info.store_path != store_path:
+        raise NotFoundError(f"path '{store_path.absolute}' is not in the store")
+    return info

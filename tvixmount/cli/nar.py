@@ -10,8 +10,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from ..errors import NotFoundError
-from .common import add_store_argument, open_store_from_args, parse_store_paths
+from .common import add_store_argument, get_path_info, open_store_from_args, parse_store_paths
 
 if TYPE_CHECKING:
     from ..storepath import StorePath
@@ -33,10 +32,7 @@ async def _dump(args: argparse.Namespace, store_path: StorePath) -> int:
 
     store = open_store_from_args(args)
     try:
-        info = await store.pathinfos.get(store_path.digest)
-        # Same digest but another name is another (absent) store path.
-        if info is None or info.store_path != store_path:
-            raise NotFoundError(f"path '{store_path.absolute}' is not in the store")
+        info = await get_path_info(store, store_path)
         out = sys.stdout.buffer
         async for chunk in write_nar(info.node, store.blobs, store.directories):
             out.write(chunk)

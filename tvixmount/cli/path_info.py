@@ -14,8 +14,7 @@ import base64
 import json
 from typing import TYPE_CHECKING
 
-from ..errors import NotFoundError
-from .common import add_store_argument, open_store_from_args, parse_store_paths
+from .common import add_store_argument, get_path_info, open_store_from_args, parse_store_paths
 
 if TYPE_CHECKING:
     from ..pathinfo.model import PathInfo
@@ -59,14 +58,7 @@ def to_json(info: PathInfo) -> dict[str, JsonValue]:
 async def _query(args: argparse.Namespace, paths: list[StorePath]) -> list[PathInfo]:
     store = open_store_from_args(args)
     try:
-        infos = []
-        for path in paths:
-            info = await store.pathinfos.get(path.digest)
-            # Same digest but another name is another (absent) store path.
-            if info is None or info.store_path != path:
-                raise NotFoundError(f"path '{path.absolute}' is not in the store")
-            infos.append(info)
-        return infos
+        return [await get_path_info(store, path) for path in paths]
     finally:
         await store.aclose()
 
