@@ -31,13 +31,14 @@ error: they are content-addressed and referenced by nothing).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import math
 import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -476,12 +477,10 @@ class _Storer:
             group.append((record, data))
             group_bytes += len(data)
             if len(group) >= _GROUP_FILES or group_bytes >= _GROUP_BYTES:
-                await self._slots.acquire()
-                nursery.start_soon(self._store_group, group)
+                await self._spawn(nursery, functools.partial(self._store_group, group))
                 group, group_bytes = [], 0
         if group:
-            await self._slots.acquire()
-            nursery.start_soon(self._store_group, group)
+            await self._spawn(nursery, functools.partial(self._store_group, group))
 
     async def _stream(self, record: _FileRecord, data: bytes, nursery: trio.Nursery) -> None:
         if self._writer is None:
@@ -493,23 +492,28 @@ class _Storer:
             self._progress(len(data))
         if self._written == record.size:
             writer, self._writer = self._writer, None
-            await self._slots.acquire()
-            nursery.start_soon(self._finish, writer, record)
+            await self._spawn(nursery, functools.partial(self._finish, writer, record))
 
-    async def _finish(self, writer: BlobWriter, record: _FileRecord) -> None:
+    async def _spawn(self, nursery: trio.Nursery, task: Callable[[], Awaitable[None]]) -> None:
+        """Start ``task`` once one of the ``MAX_PENDING_BLOBS`` slots is free."""
+        await self._slots.acquire()
+        nursery.start_soon(self._in_slot, task)
+
+    async def _in_slot(self, task: Callable[[], Awaitable[None]]) -> None:
         try:
-            record.digest = await writer.finish()
+            await task()
         finally:
             self._slots.release()
+
+    @staticmethod
+    async def _finish(writer: BlobWriter, record: _FileRecord) -> None:
+        record.digest = await writer.finish()
 
     async def _store_group(self, group: list[_Job]) -> None:
-        try:
-            for record, data in group:
-                record.digest = await put_stream(self._blobs, (data,) if data else ())
-                if self._progress is not None and data:
-                    self._progress(len(data))
-        finally:
-            self._slots.release()
+        for record, data in group:
+            record.digest = await put_stream(self._blobs, (data,) if data else ())
+            if self._progress is not None and data:
+                self._progress(len(data))
 
 
 def _sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
