@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.failing_blobs import FailingBlobs
+from tests.fixtures.ingest_roundtrip import ingest_and_write_back
 from tvixmount import nixbase32
 from tvixmount.castore import EMPTY_DIGEST, B3Digest, Directory, DirectoryNode, FileNode
 from tvixmount.castore.ingest import ingest_path
 from tvixmount.castore.memory import MemoryBlobService, MemoryDirectoryService
 from tvixmount.errors import IngestError, StoreError, StorePathError
 from tvixmount.importer import import_path
-from tvixmount.nar import write_nar
 from tvixmount.pathinfo import CAHash
 from tvixmount.stores import Store, open_store
 
@@ -38,12 +38,6 @@ def tree(tmp_path: Path) -> Path:
 @pytest.fixture
 def store() -> Store:
     return open_store("memory://")
-
-
-async def _ingest_and_write_back(path: Path, store: Store) -> bytes:
-    """The NAR of ``path`` as ingested into ``store`` and written back out of it."""
-    result = await ingest_path(path, store.blobs, store.directories)
-    return b"".join([c async for c in write_nar(result.node, store.blobs, store.directories)])
 
 
 @requires_nix
@@ -75,7 +69,7 @@ async def test_non_directory_root_matches_nix_store_add(
 
 @requires_nix
 async def test_ingested_tree_writes_back_as_nix_store_dump(tree: Path, store: Store) -> None:
-    assert await _ingest_and_write_back(tree, store) == nix_dump(tree)
+    assert await ingest_and_write_back(tree, store) == nix_dump(tree)
 
 
 async def test_root_node_is_named_after_the_path(tree: Path, store: Store) -> None:
@@ -216,4 +210,4 @@ async def test_wide_tree_of_many_small_files_matches_nix(tmp_path: Path, store: 
         sub = wide / f"d{i % 7}"
         sub.mkdir(parents=True, exist_ok=True)
         (sub / f"f{i:04d}").write_bytes(f"file {i}\n".encode() * (i % 50))
-    assert await _ingest_and_write_back(wide, store) == nix_dump(wide)
+    assert await ingest_and_write_back(wide, store) == nix_dump(wide)

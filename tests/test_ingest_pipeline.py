@@ -12,13 +12,13 @@ import pytest
 import trio
 
 from tests.fixtures.failing_blobs import FailingBlobs
+from tests.fixtures.ingest_roundtrip import ingest_and_write_back
 from tvixmount import nixbase32
 from tvixmount.castore import B3Digest, FileNode
 from tvixmount.castore import ingest as ingest_module
 from tvixmount.castore.ingest import READ_CHUNK, SMALL_FILE, ingest_path
 from tvixmount.castore.memory import MemoryBlobService, MemoryBlobWriter, MemoryDirectoryService
 from tvixmount.errors import IngestError, StoreError
-from tvixmount.nar import write_nar
 from tvixmount.stores import Store, open_store
 
 from .fixtures.local_tree import make_tree, nix_dump, nix_hash_base32, requires_nix
@@ -41,12 +41,6 @@ BOUNDARY_SIZES = [
 @pytest.fixture
 def store() -> Store:
     return open_store("memory://")
-
-
-async def _ingest_and_write_back(path: Path, store: Store) -> bytes:
-    """The NAR of ``path`` as ingested into ``store`` and written back out of it."""
-    result = await ingest_path(path, store.blobs, store.directories)
-    return b"".join([c async for c in write_nar(result.node, store.blobs, store.directories)])
 
 
 def _content(size: int, seed: int) -> bytes:
@@ -95,7 +89,7 @@ async def test_tree_of_boundary_sizes_writes_back_as_nix_store_dump(
     tmp_path: Path, store: Store
 ) -> None:
     tree = _boundary_tree(tmp_path / "tree")
-    assert await _ingest_and_write_back(tree, store) == nix_dump(tree)
+    assert await ingest_and_write_back(tree, store) == nix_dump(tree)
 
 
 @requires_nix
@@ -106,7 +100,7 @@ async def test_walker_held_back_by_the_in_flight_limit_still_matches_nix(
     monkeypatch.setattr(ingest_module, "_BATCH_JOBS", 1)
     monkeypatch.setattr(ingest_module, "_BATCHES_IN_FLIGHT", 1)
     tree = make_tree(tmp_path / "tree")
-    assert await _ingest_and_write_back(tree, store) == nix_dump(tree)
+    assert await ingest_and_write_back(tree, store) == nix_dump(tree)
 
 
 class _SlowFinishBlobs(MemoryBlobService):
@@ -193,7 +187,7 @@ async def test_tree_read_with_the_prefetcher_running_matches_nix(
     monkeypatch.setattr(ingest_module, "_PREFETCH_AHEAD", 1)
     tree = _boundary_tree(tmp_path / "tree")
     make_tree(tree / "sub")
-    assert await _ingest_and_write_back(tree, store) == nix_dump(tree)
+    assert await ingest_and_write_back(tree, store) == nix_dump(tree)
 
 
 async def test_prefetcher_is_stopped_when_the_ingest_returns(
