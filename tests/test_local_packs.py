@@ -180,6 +180,33 @@ async def test_warm_reopen_of_a_packed_blob_does_not_rehash(
     assert hashed == 1
 
 
+async def test_a_cycle_of_opens_bigger_than_the_verified_cache_still_mostly_hits(
+    blobs: LocalBlobService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A walk reopens every blob of a store in the same order. A plain LRU
+    # smaller than that cycle would evict each blob just before its reopen
+    # and hash all of them again; admitting only some newcomers keeps most.
+    monkeypatch.setattr(blobs, "_verified_max", 4)
+    digests = [await put_stream(blobs, [small(i)]) for i in range(12)]
+    hashed = 0
+    real = blake3.blake3
+
+    def counting(*args: object, **kwargs: object) -> blake3.blake3:
+        nonlocal hashed
+        hashed += 1
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(blake3, "blake3", counting)
+    for digest in digests:
+        await read(blobs, digest)
+    assert hashed == 12
+    hashed = 0
+    for i, digest in enumerate(digests):
+        assert await read(blobs, digest) == small(i)
+    assert len(blobs._verified) <= 4
+    assert hashed <= 12 - 3, "the blobs cached before the cycle were evicted by it"
+
+
 async def test_putting_an_existing_blob_writes_nothing_new(
     root: Path, blobs: LocalBlobService
 ) -> None:

@@ -53,7 +53,13 @@ PACK_MAX = 128 << 10
 PACK_ROLLOVER = 1 << 30
 # Blobs up to this size are hashed inline on the trio loop; bigger ones in a thread.
 _INLINE_VERIFY_MAX = 1 << 20
-_VERIFIED_CACHE_SIZE = 65536
+# Verified blobs remembered, about 300 bytes each. A walk of a store cycles
+# through every blob in it, and a plain LRU smaller than that cycle never
+# hits: each open would hash its blob again. So once full, only every
+# _VERIFIED_ADMIT-th newly verified blob displaces the least recently opened
+# one; the rest stay cached and a cycle too big to hold still mostly hits.
+_VERIFIED_CACHE_SIZE = 1 << 17
+_VERIFIED_ADMIT = 8
 # A pack holds the blobs of an import in the order they were read, which is
 # the order a walk of the same trees reads them back. Readers share one fd per
 # pack and jump between files, so the kernel sees no sequential stream and
@@ -225,6 +231,15 @@ class _Pack:
     id: int
     path: Path
     fd: int
+    # The identity last seen, shared by every blob verified at it (memory).
+    identity: tuple[int, int, int] | None = None
+
+    def current_identity(self, st: os.stat_result) -> tuple[int, int, int]:
+        identity = _identity(st)
+        if self.identity is not None and identity == self.identity:
+            return self.identity
+        self.identity = identity
+        return identity
 
 
 @dataclass(slots=True)
@@ -266,6 +281,8 @@ class LocalBlobService:
         self._temp_prefix = f"blob-{os.getpid()}-{id(self):x}-"
         self._temp_counter = itertools.count()
         self._verified: OrderedDict[B3Digest, _Known] = OrderedDict()
+        self._verified_max = _VERIFIED_CACHE_SIZE
+        self._declined = 0
         # Every pack this service has read or written, by id; fds live until aclose.
         self._packs: dict[int, _Pack] = {}
         self._appending: _Pack | None = None
@@ -370,7 +387,7 @@ class LocalBlobService:
         except OSError as exc:
             raise StoreError(f"cannot read blob {digest} from {pack.path}: {exc}") from exc
         self._check(digest, B3Digest(blake3.blake3(data).digest()))
-        self._remember(digest, _Known(pack, offset, size, _identity(st)))
+        self._remember(digest, _Known(pack, offset, size, pack.current_identity(st)))
         return LocalBlobReader.in_pack(pack, offset, size, data)
 
     async def _open_file(self, digest: B3Digest) -> LocalBlobReader | None:
@@ -410,10 +427,13 @@ class LocalBlobService:
             raise IntegrityError(f"blob {digest} is corrupt: its bytes hash to {actual}")
 
     def _remember(self, digest: B3Digest, known: _Known) -> None:
+        if digest not in self._verified and len(self._verified) >= self._verified_max:
+            self._declined += 1
+            if self._declined % _VERIFIED_ADMIT:
+                return
+            self._verified.popitem(last=False)
         self._verified[digest] = known
         self._verified.move_to_end(digest)
-        if len(self._verified) > _VERIFIED_CACHE_SIZE:
-            self._verified.popitem(last=False)
 
     # --- writing -----------------------------------------------------------
 
