@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 
 from tests.fixtures import castore as fx
@@ -137,3 +138,13 @@ def test_maps_are_compacted_once_most_inodes_are_forgotten() -> None:
     # What is still held stays valid after the compaction.
     assert tracker.remember(nodes[-1])[0] == inodes[-1]
     assert tracker.lookup_count(inodes[-1]) == 2
+
+
+def test_compaction_runs_a_full_collection_to_empty_the_free_lists() -> None:
+    tracker = InodeTracker()
+    inodes = [
+        tracker.remember(FileNode(b"f", B3Digest.of(str(i).encode()), 1))[0] for i in range(20_000)
+    ]
+    full_collections = gc.get_stats()[2]["collections"]
+    tracker.forget_many((inode, 1) for inode in inodes)
+    assert gc.get_stats()[2]["collections"] > full_collections

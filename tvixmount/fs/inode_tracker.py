@@ -12,6 +12,7 @@ content.
 from __future__ import annotations
 
 import ctypes
+import gc
 from collections.abc import Iterable
 
 import pyfuse3
@@ -119,6 +120,10 @@ class InodeTracker:
         self._lookups = dict(self._lookups)
         self._by_content = dict(self._by_content)
         self._peak = live
+        # A full collection also empties the interpreter's free lists (tuples,
+        # dicts, ...), which the mass forget just filled with blocks scattered
+        # over the allocator's arenas; each would pin a whole arena.
+        gc.collect()
         _malloc_trim()
 
 
