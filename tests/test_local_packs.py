@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import itertools
 import os
 import platform
@@ -19,6 +18,7 @@ import blake3
 import pytest
 import trio
 
+from tests.fixtures.cachestat import cached_pages
 from tvixmount.castore import B3Digest, Directory, DirectoryNode, FileNode
 from tvixmount.castore import local as local_module
 from tvixmount.castore.blobservice import put_stream, read_all
@@ -431,37 +431,6 @@ def test_upgraded_store_reopens_as_current_format(
     assert (root / MARKER).read_text() == FORMAT
 
 
-class _CachestatRange(ctypes.Structure):
-    _fields_ = [("off", ctypes.c_uint64), ("len", ctypes.c_uint64)]
-
-
-class _Cachestat(ctypes.Structure):
-    _fields_ = [
-        (name, ctypes.c_uint64)
-        for name in ("cache", "dirty", "writeback", "evicted", "recently_evicted")
-    ]
-
-
-_SYS_CACHESTAT = 451  # x86_64 and the generic syscall table
-
-
-def _cached_pages(path: Path, offset: int, size: int) -> int | None:
-    """Pages of the range in the page cache, by cachestat(2), which reads nothing.
-
-    (A probe read, even RWF_NOWAIT, would itself start the readahead it looks for.)
-    """
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        stat = _Cachestat()
-        span = _CachestatRange(offset, size)
-        if libc.syscall(_SYS_CACHESTAT, fd, ctypes.byref(span), ctypes.byref(stat), 0) != 0:
-            return None
-        return int(stat.cache)
-    finally:
-        os.close(fd)
-
-
 async def test_a_packed_blob_read_from_disk_starts_reading_the_blobs_after_it(
     blobs: LocalBlobService,
 ) -> None:
@@ -479,13 +448,13 @@ async def test_a_packed_blob_read_from_disk_starts_reading_the_blobs_after_it(
     target, later = locations[100], locations[400]
     assert target is not None and later is not None
     pages = (later.size + 4095) // 4096
-    before = _cached_pages(pack, later.offset, later.size)
+    before = cached_pages(pack, later.offset, later.size)
     if before is None or platform.machine() != "x86_64":
         pytest.skip("needs cachestat(2) (Linux 6.5+, x86_64 syscall number)")
     if before:
         pytest.skip(f"{pack.parent} keeps its pages cached (tmpfs?): nothing to read ahead")
     assert await read(blobs, digests[100]) == (100).to_bytes(2, "big") * (size // 2)
     deadline = time.monotonic() + 5
-    while _cached_pages(pack, later.offset, later.size) != pages and time.monotonic() < deadline:
+    while cached_pages(pack, later.offset, later.size) != pages and time.monotonic() < deadline:
         await trio.sleep(0.01)
-    assert _cached_pages(pack, later.offset, later.size) == pages
+    assert cached_pages(pack, later.offset, later.size) == pages

@@ -60,6 +60,9 @@ XATTR_BLOB_DIGEST = b"user.tvix.castore.blob.digest"
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
+# Files up to this size have their bytes pushed to the page cache on open.
+PUSH_MAX = 128 << 10
+
 DEFAULT_TIMEOUT = 30.0  # seconds a store call may take before its request fails with EIO
 
 
@@ -158,6 +161,8 @@ class TvixmountFS(pyfuse3.Operations):
         self._timeout = math.inf if timeout is None else timeout
         self._files: HandleTable[FileHandle] = HandleTable()
         self._dirs: HandleTable[DirectoryHandle] = HandleTable()
+        # File inodes whose bytes are in the kernel's page cache (see _push).
+        self._pushed: set[int] = set()
 
     # -- helpers ---------------------------------------------------------
 
@@ -233,6 +238,10 @@ class TvixmountFS(pyfuse3.Operations):
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         self.inodes.forget_many(inode_list)
+        if self._pushed:
+            self._pushed.difference_update(
+                [inode for inode, _ in inode_list if self.inodes.get(inode) is None]
+            )
 
     @_fuse_errors
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
@@ -294,8 +303,32 @@ class TvixmountFS(pyfuse3.Operations):
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_CREAT):
             _read_only()
         reader = await self._fetch("blob", data.digest, self._blobs.open_read(data.digest))
-        fh = self._files.add(FileHandle(data.digest, reader))
+        handle = FileHandle(data.digest, reader)
+        fh = self._files.add(handle)
+        if 0 < data.size <= PUSH_MAX and inode not in self._pushed:
+            await self._push(inode, handle)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    async def _push(self, inode: int, handle: FileHandle) -> None:
+        """Put a small file's bytes into the kernel's page cache before the open returns.
+
+        Files are read whole right after they are opened (a build, a walk),
+        and a small one would then cost a READ round trip of its own. Pushed
+        with the open, its reads are page-cache hits. Once per inode: the
+        kernel keeps the pages with the inode (keep_cache), and a forgotten
+        inode's content comes back under a new number, pushed again. Only an
+        optimisation: if it fails, reads fetch the bytes as always.
+        """
+        try:
+            content = await self._store(
+                handle.read(0, handle.reader.size), "reading blob %s", handle.digest
+            )
+            # Any buffer will do (the stub says bytes); a memoryview spares a copy.
+            pyfuse3.notify_store(inode, 0, content)  # type: ignore[arg-type]
+        except (OSError, TvixmountError, pyfuse3.FUSEError) as exc:
+            log.debug("not pushing blob %s to the page cache: %s", handle.digest, exc)
+            return
+        self._pushed.add(inode)
 
     # pyfuse3 replies from any buffer; a memoryview slice avoids a copy.
     @_fuse_errors

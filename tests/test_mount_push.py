@@ -1,0 +1,99 @@
+"""Small files reach the kernel's page cache with their open: no READ round trip."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import pytest
+import trio
+
+from tests.fixtures.cachestat import cached_pages
+from tests.mounting import mounted, requires_fuse
+from tvixmount.fs.operations import PUSH_MAX
+from tvixmount.importer import import_path
+from tvixmount.stores import StoreOptions, open_store
+
+pytestmark = [
+    requires_fuse,
+    pytest.mark.skipif(platform.machine() != "x86_64", reason="cachestat(2) number is x86_64's"),
+]
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _pages(size: int) -> int:
+    return -(-size // PAGE)
+
+
+async def _import(store_dir: Path, tree: Path) -> str:
+    store = open_store(str(store_dir), StoreOptions(create=True))
+    try:
+        return str((await import_path(store, tree)).store_path)
+    finally:
+        await store.aclose()
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
+    base = tmp_path_factory.mktemp("push")
+    tree = base / "tree"
+    tree.mkdir()
+    (tree / "small").write_bytes(os.urandom(3 * PAGE + 100))
+    (tree / "limit").write_bytes(os.urandom(PUSH_MAX))
+    (tree / "big").write_bytes(os.urandom(PUSH_MAX + PAGE))
+    (tree / "empty").write_bytes(b"")
+    name = trio.run(_import, base / "store", tree)
+    return tree, str(base / "store"), name
+
+
+def _drop_caches() -> None:
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="drop_caches needs root")
+@pytest.mark.parametrize("name", ["small", "limit"])
+def test_opening_a_small_file_puts_all_its_pages_in_the_page_cache(
+    imported: tuple[Path, str, str], tmp_path: Path, name: str
+) -> None:
+    tree, store, path = imported
+    with mounted(store, tmp_path / "mnt") as mount:
+        target = mount / path / name
+        size = target.stat().st_size
+        before = cached_pages(target, 0, size)  # this open pushes
+        if before is None:
+            pytest.skip("needs cachestat(2) (Linux 6.5+)")
+        assert before == _pages(size)
+        # A fresh inode after the kernel forgot everything is pushed again.
+        _drop_caches()
+        assert cached_pages(target, 0, size) == _pages(size)
+        assert target.read_bytes() == (tree / name).read_bytes()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="drop_caches needs root")
+def test_a_file_bigger_than_the_push_limit_is_left_to_readahead(
+    imported: tuple[Path, str, str], tmp_path: Path
+) -> None:
+    tree, store, path = imported
+    with mounted(store, tmp_path / "mnt") as mount:
+        target = mount / path / "big"
+        _drop_caches()
+        cached = cached_pages(target, 0, PUSH_MAX + PAGE)
+        if cached is None:
+            pytest.skip("needs cachestat(2) (Linux 6.5+)")
+        assert cached == 0
+        assert target.read_bytes() == (tree / "big").read_bytes()
+
+
+def test_pushed_bytes_are_the_files_bytes_for_every_reader(
+    imported: tuple[Path, str, str], tmp_path: Path
+) -> None:
+    tree, store, path = imported
+    with mounted(store, tmp_path / "mnt") as mount:
+        for name in ("small", "limit", "big", "empty"):
+            # cmp reads through its own open: the pushed pages are what it sees.
+            subprocess.run(["cmp", mount / path / name, tree / name], check=True)
+            assert (mount / path / name).read_bytes() == (tree / name).read_bytes()
