@@ -161,23 +161,33 @@ async def test_corrupt_packed_blob_leaves_its_pack_neighbours_readable(
     assert await read(blobs, second) == b"second neighbour"
 
 
+@dataclass
+class HashCount:
+    calls: int = 0
+
+
+def count_hashes(monkeypatch: pytest.MonkeyPatch) -> HashCount:
+    """Counts the BLAKE3 hashers made from now on (one per blob verified)."""
+    count = HashCount()
+    real = blake3.blake3
+
+    def counting(*args: object, **kwargs: object) -> blake3.blake3:
+        count.calls += 1
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(blake3, "blake3", counting)
+    return count
+
+
 async def test_warm_reopen_of_a_packed_blob_does_not_rehash(
     blobs: LocalBlobService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     digest = await put_stream(blobs, [b"hash me once"])
-    hashed = 0
-    real = blake3.blake3
-
-    def counting(*args: object, **kwargs: object) -> blake3.blake3:
-        nonlocal hashed
-        hashed += 1
-        return real(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(blake3, "blake3", counting)
+    count = count_hashes(monkeypatch)
     assert await read(blobs, digest) == b"hash me once"
-    assert hashed == 1
+    assert count.calls == 1
     assert await read(blobs, digest) == b"hash me once"
-    assert hashed == 1
+    assert count.calls == 1
 
 
 async def test_a_cycle_of_opens_bigger_than_the_verified_cache_still_mostly_hits(
@@ -188,23 +198,15 @@ async def test_a_cycle_of_opens_bigger_than_the_verified_cache_still_mostly_hits
     # and hash all of them again; admitting only some newcomers keeps most.
     monkeypatch.setattr(blobs, "_verified_max", 4)
     digests = [await put_stream(blobs, [small(i)]) for i in range(12)]
-    hashed = 0
-    real = blake3.blake3
-
-    def counting(*args: object, **kwargs: object) -> blake3.blake3:
-        nonlocal hashed
-        hashed += 1
-        return real(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(blake3, "blake3", counting)
+    count = count_hashes(monkeypatch)
     for digest in digests:
         await read(blobs, digest)
-    assert hashed == 12
-    hashed = 0
+    assert count.calls == 12
+    count.calls = 0
     for i, digest in enumerate(digests):
         assert await read(blobs, digest) == small(i)
     assert len(blobs._verified) <= 4
-    assert hashed <= 12 - 3, "the blobs cached before the cycle were evicted by it"
+    assert count.calls <= 12 - 3, "the blobs cached before the cycle were evicted by it"
 
 
 async def test_putting_an_existing_blob_writes_nothing_new(
