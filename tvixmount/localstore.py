@@ -65,6 +65,8 @@ def default_store_dir() -> Path:
 # What a store directory holds before its marker exists: another process may be
 # creating the same store right now, and that must not look like a foreign dir.
 _DIRS = ("blobs", "packs", "tmp")
+# A database up to this size is read into the page cache when a mount starts.
+WARM_MAX = 256 << 20
 _OWN_NAMES = {MARKER, *_DIRS, "store.sqlite", "store.sqlite-wal", "store.sqlite-shm"}
 
 
@@ -137,3 +139,27 @@ def open_local(
         db.close()
         raise StoreError(f"{root}: cannot open store database: {exc}") from exc
     return LocalBlobService(root, db), LocalDirectoryService(db), LocalPathInfoService(db), db
+
+
+def warm_index(root: Path) -> None:
+    """Start reading the store's database into the page cache; returns at once.
+
+    Every lookup of a store path and every first listing of a directory is
+    a few random page reads in it. On a cold cache (just booted, or after
+    the kernel dropped it) each of those is a disk read, and the first
+    lookups after a mount pay milliseconds each. One readahead of the whole
+    file, if it is small enough to be worth holding, turns that into
+    sequential I/O in the background. Best effort: errors are ignored.
+    """
+    for name in ("store.sqlite", "store.sqlite-wal"):
+        try:
+            fd = os.open(root / name, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            if os.fstat(fd).st_size <= WARM_MAX:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)

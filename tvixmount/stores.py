@@ -43,6 +43,12 @@ class Store:
     # True when every service answers inline on the calling thread (local disk or
     # memory): nothing can cancel such a call, so callers skip per-call deadlines.
     inline: bool = False
+    _warmers: list[Callable[[], None]] = field(default_factory=list, repr=False)
+
+    def warm(self) -> None:
+        """Start reading the store's indexes into memory (best effort; returns at once)."""
+        for warm in self._warmers:
+            warm()
 
     async def aclose(self) -> None:
         for service in (self.pathinfos, self.directories, self.blobs):
@@ -61,10 +67,19 @@ def _open_memory(url: str, options: StoreOptions) -> Store:
 
 
 def _open_local_path(url: str, options: StoreOptions) -> Store:
-    from .localstore import open_local
+    from .localstore import open_local, warm_index
 
-    blobs, directories, pathinfos, db = open_local(Path(url).expanduser(), options.create)
-    return Store(url, blobs, directories, pathinfos, [db.close], inline=True)
+    root = Path(url).expanduser()
+    blobs, directories, pathinfos, db = open_local(root, options.create)
+    return Store(
+        url,
+        blobs,
+        directories,
+        pathinfos,
+        [db.close],
+        inline=True,
+        _warmers=[lambda: warm_index(root)],
+    )
 
 
 def _open_grpc(url: str, options: StoreOptions) -> Store:

@@ -315,6 +315,7 @@ def _mount(store: Store, mountpoint: str, options: MountOptions) -> None:
     except RuntimeError as exc:
         raise MountError(f"cannot mount at {mountpoint}: {exc}") from None
     fuse_loop.install()
+    store.warm()
 
 
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
