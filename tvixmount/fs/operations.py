@@ -303,7 +303,7 @@ class TvixmountFS(pyfuse3.Operations):
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_CREAT):
             _read_only()
         reader = await self._fetch("blob", data.digest, self._blobs.open_read(data.digest))
-        handle = FileHandle(data.digest, reader)
+        handle = FileHandle(data.digest, reader, inode)
         fh = self._files.add(handle)
         if 0 < data.size <= PUSH_MAX and inode not in self._pushed:
             await self._push(inode, handle)
@@ -315,9 +315,10 @@ class TvixmountFS(pyfuse3.Operations):
         Files are read whole right after they are opened (a build, a walk),
         and a small one would then cost a READ round trip of its own. Pushed
         with the open, its reads are page-cache hits. Once per inode: the
-        kernel keeps the pages with the inode (keep_cache), and a forgotten
-        inode's content comes back under a new number, pushed again. Only an
-        optimisation: if it fails, reads fetch the bytes as always.
+        kernel keeps the pages with the inode (keep_cache). If it drops them
+        and keeps the inode (memory pressure, drop_caches), a READ comes for
+        it, and the next open pushes again. Only an optimisation: if it
+        fails, reads fetch the bytes as always.
         """
         try:
             content = await self._store(
@@ -336,6 +337,9 @@ class TvixmountFS(pyfuse3.Operations):
         handle = self._files.get(fh)
         if handle is None:
             raise pyfuse3.FUSEError(errno.EBADF)
+        if self._pushed:
+            # A READ for a pushed file: its pages are gone from the page cache.
+            self._pushed.discard(handle.inode)
         try:
             return await self._store(
                 handle.read(off, size), "reading blob %s at %d", handle.digest, off
