@@ -10,6 +10,7 @@ from typing import Any, cast
 import pyfuse3
 import pytest
 import trio
+import trio.testing
 
 from tests.fixtures import castore as fx
 from tvixmount.castore.blobservice import put_stream
@@ -188,3 +189,61 @@ async def test_racing_lookups_of_one_store_path_share_one_inode() -> None:
     assert len(set(inodes)) == 1
     assert fs.inodes.lookup_count(inodes[0]) == 8
     assert len(fs.inodes) == 2
+
+
+class _HeldBlobs:
+    """Blob reads wait until ``release`` is set (a slow store)."""
+
+    def __init__(self, inner: MemoryBlobService) -> None:
+        self._inner = inner
+        self.release = trio.Event()
+
+    async def open_read(self, digest: Any) -> Any:
+        reader = await self._inner.open_read(digest)
+        assert reader is not None
+        held = self.release
+
+        class Held:
+            size = reader.size
+
+            async def pread(self, offset: int, length: int) -> bytes | memoryview:
+                await held.wait()
+                return await reader.pread(offset, length)
+
+            async def aclose(self) -> None:
+                await reader.aclose()
+
+        return Held()
+
+
+async def test_opens_during_a_push_wait_for_it_and_only_the_first_pushes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An open that returned while its inode's push is pending could READ and
+    # lock the very pages the push then waits for, deadlocking the loop.
+    events: list[tuple[str, object]] = []
+    monkeypatch.setattr(
+        pyfuse3, "notify_store", lambda inode, off, data: events.append(("pushed", bytes(data)))
+    )
+    fs = await _fs()
+    held = _HeldBlobs(fs._blobs)  # type: ignore[arg-type]
+    fs._blobs = held  # type: ignore[assignment]
+    inode = (await fs.lookup(ROOT_INODE, fx.ROOT_BLOB_A, CTX)).st_ino
+
+    async def opener(tag: int) -> None:
+        info = await fs.open(inode, os.O_RDONLY, CTX)
+        events.append(("opened", tag))
+        await fs.release(info.fh)
+
+    async with trio.open_nursery() as nursery:
+        for tag in (1, 2, 3):
+            nursery.start_soon(opener, tag)
+        await trio.testing.wait_all_tasks_blocked()
+        assert events == [], "an open returned before the push was in"
+        held.release.set()
+    assert events[0] == ("pushed", fx.BLOB_A)
+    assert sorted(events[1:]) == [("opened", 1), ("opened", 2), ("opened", 3)]
+    # Pushed once: a later open pushes nothing.
+    info = await fs.open(inode, os.O_RDONLY, CTX)
+    await fs.release(info.fh)
+    assert [e for e in events if e[0] == "pushed"] == [("pushed", fx.BLOB_A)]

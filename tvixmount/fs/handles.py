@@ -19,7 +19,6 @@ from ..castore.nodes import Node
 class FileHandle:
     digest: B3Digest
     reader: BlobReader
-    inode: int = 0
 
     async def read(self, offset: int, size: int) -> bytes | memoryview:
         if offset >= self.reader.size:

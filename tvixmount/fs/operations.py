@@ -161,8 +161,10 @@ class TvixmountFS(pyfuse3.Operations):
         self._timeout = math.inf if timeout is None else timeout
         self._files: HandleTable[FileHandle] = HandleTable()
         self._dirs: HandleTable[DirectoryHandle] = HandleTable()
-        # File inodes whose bytes are in the kernel's page cache (see _push).
+        # File inodes whose bytes were pushed to the kernel's page cache, and
+        # those being pushed now (see _push_once).
         self._pushed: set[int] = set()
+        self._pushing: dict[int, trio.Event] = {}
 
     # -- helpers ---------------------------------------------------------
 
@@ -303,11 +305,32 @@ class TvixmountFS(pyfuse3.Operations):
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_CREAT):
             _read_only()
         reader = await self._fetch("blob", data.digest, self._blobs.open_read(data.digest))
-        handle = FileHandle(data.digest, reader, inode)
+        handle = FileHandle(data.digest, reader)
         fh = self._files.add(handle)
         if 0 < data.size <= PUSH_MAX and inode not in self._pushed:
-            await self._push(inode, handle)
+            await self._push_once(inode, handle)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    async def _push_once(self, inode: int, handle: FileHandle) -> None:
+        """The first open of an inode pushes; opens meanwhile wait for that push.
+
+        No open of the inode may return before its push is in: a READ from
+        that open would lock the pages the push writes, and the push (a write
+        to /dev/fuse that waits for the page lock) would hold up the very
+        loop that has to answer the READ. So an inode is only ever pushed
+        while nothing can read it.
+        """
+        pushing = self._pushing.get(inode)
+        if pushing is not None:
+            await pushing.wait()
+            return
+        pushing = self._pushing[inode] = trio.Event()
+        try:
+            await self._push(inode, handle)
+        finally:
+            del self._pushing[inode]
+            self._pushed.add(inode)
+            pushing.set()
 
     async def _push(self, inode: int, handle: FileHandle) -> None:
         """Put a small file's bytes into the kernel's page cache before the open returns.
@@ -315,10 +338,10 @@ class TvixmountFS(pyfuse3.Operations):
         Files are read whole right after they are opened (a build, a walk),
         and a small one would then cost a READ round trip of its own. Pushed
         with the open, its reads are page-cache hits. Once per inode: the
-        kernel keeps the pages with the inode (keep_cache). If it drops them
-        and keeps the inode (memory pressure, drop_caches), a READ comes for
-        it, and the next open pushes again. Only an optimisation: if it
-        fails, reads fetch the bytes as always.
+        kernel keeps the pages with the inode (keep_cache); if it drops them
+        and keeps the inode (memory pressure), reads fetch them as before.
+        A forgotten inode's content comes back under a new number, pushed
+        again. Only an optimisation: if it fails, reads fetch the bytes.
         """
         try:
             content = await self._store(
@@ -337,9 +360,6 @@ class TvixmountFS(pyfuse3.Operations):
         handle = self._files.get(fh)
         if handle is None:
             raise pyfuse3.FUSEError(errno.EBADF)
-        if self._pushed:
-            # A READ for a pushed file: its pages are gone from the page cache.
-            self._pushed.discard(handle.inode)
         try:
             return await self._store(
                 handle.read(off, size), "reading blob %s at %d", handle.digest, off
