@@ -199,8 +199,9 @@ class _HeldBlobs:
         self.release = trio.Event()
 
     async def open_read(self, digest: Any) -> Any:
-        reader = await self._inner.open_read(digest)
-        assert reader is not None
+        found = await self._inner.open_read(digest)
+        assert found is not None
+        reader = found  # typed without None, for the methods below
         held = self.release
 
         class Held:
