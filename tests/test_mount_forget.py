@@ -14,16 +14,9 @@ import pytest
 
 from tests.fixtures import castore as fx
 from tests.mounting import Mount, make_fixture_store, mounted, requires_fuse
+from tests.reliability import drop_caches
 
 pytestmark = requires_fuse
-
-
-def _drop_caches() -> None:
-    os.sync()
-    try:
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
-    except OSError as exc:
-        pytest.skip(f"cannot drop kernel caches: {exc}")
 
 
 def _live_inodes(mnt: Mount) -> int:
@@ -40,7 +33,7 @@ def _walk(root: Path) -> int:
 def _settles_at(mnt: Mount, expected: int, timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        _drop_caches()
+        drop_caches()
         if _live_inodes(mnt) == expected:
             return True
         time.sleep(0.2)

@@ -12,6 +12,7 @@ import trio
 
 from tests.fixtures.cachestat import cached_pages
 from tests.mounting import mounted, requires_fuse
+from tests.reliability import drop_caches
 from tvixmount.fs.operations import PUSH_MAX
 from tvixmount.importer import import_path
 from tvixmount.stores import StoreOptions, open_store
@@ -49,11 +50,6 @@ def imported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
     return tree, str(base / "store"), name
 
 
-def _drop_caches() -> None:
-    os.sync()
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
-
-
 @pytest.mark.skipif(os.geteuid() != 0, reason="drop_caches needs root")
 @pytest.mark.parametrize("name", ["small", "limit"])
 def test_opening_a_small_file_puts_all_its_pages_in_the_page_cache(
@@ -68,7 +64,7 @@ def test_opening_a_small_file_puts_all_its_pages_in_the_page_cache(
             pytest.skip("needs cachestat(2) (Linux 6.5+)")
         assert before == _pages(size)
         # Pages the kernel dropped (with or without the inode) are read again.
-        _drop_caches()
+        drop_caches()
         assert target.read_bytes() == (tree / name).read_bytes()
 
 
@@ -79,7 +75,7 @@ def test_a_file_bigger_than_the_push_limit_is_left_to_readahead(
     tree, store, path = imported
     with mounted(store, tmp_path / "mnt") as mount:
         target = mount / path / "big"
-        _drop_caches()
+        drop_caches()
         cached = cached_pages(target, 0, PUSH_MAX + PAGE)
         if cached is None:
             pytest.skip("needs cachestat(2) (Linux 6.5+)")

@@ -11,6 +11,7 @@ import pytest
 
 from tests.fixtures.cachestat import cached_pages
 from tests.mounting import make_fixture_store, mounted, requires_fuse
+from tests.reliability import drop_caches
 from tvixmount import localstore
 from tvixmount.localstore import warm_index
 
@@ -24,8 +25,7 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 
 def _cold(db: Path) -> int:
     """Drop the page cache; the database's page count (skips where it stays cached)."""
-    os.sync()
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    drop_caches()
     cached = cached_pages(db, 0, db.stat().st_size)
     if cached is None:
         pytest.skip("needs cachestat(2) (Linux 6.5+)")
