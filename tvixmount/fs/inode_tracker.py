@@ -84,25 +84,30 @@ class InodeTracker:
         self._lookups[inode] = self._lookups.get(inode, 0) + 1
         return inode, self._data[inode]
 
-    def forget(self, inode: int, count: int) -> None:
-        """Drop ``count`` kernel references; free the inode when none remain."""
+    def forget(self, inode: int, count: int) -> bool:
+        """Drop ``count`` kernel references; free the inode when none remain.
+
+        Returns whether the inode was freed (just now).
+        """
         if inode == ROOT_INODE:
-            return
+            return False
         remaining = self._lookups.get(inode, 0) - count
         if remaining > 0:
             self._lookups[inode] = remaining
-            return
+            return False
         self._lookups.pop(inode, None)
         data = self._data.pop(inode, None)
         if isinstance(data, DirectoryInode | FileInode | SymlinkInode):
             key = _key(data)
             if self._by_content.get(key) == inode:
                 del self._by_content[key]
+        return data is not None
 
-    def forget_many(self, counts: Iterable[tuple[int, int]]) -> None:
-        for inode, count in counts:
-            self.forget(inode, count)
+    def forget_many(self, counts: Iterable[tuple[int, int]]) -> list[int]:
+        """:meth:`forget` each; returns the inodes freed."""
+        freed = [inode for inode, count in counts if self.forget(inode, count)]
         self._shrink_if_mostly_forgotten()
+        return freed
 
     def _shrink_if_mostly_forgotten(self) -> None:
         """Give memory back once the kernel has forgotten most of what it held.

@@ -239,11 +239,9 @@ class TvixmountFS(pyfuse3.Operations):
         return entry_attributes(inode, data)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
-        self.inodes.forget_many(inode_list)
+        freed = self.inodes.forget_many(inode_list)
         if self._pushed:
-            self._pushed.difference_update(
-                [inode for inode, _ in inode_list if self.inodes.get(inode) is None]
-            )
+            self._pushed.difference_update(freed)
 
     @_fuse_errors
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
@@ -351,8 +349,6 @@ class TvixmountFS(pyfuse3.Operations):
             pyfuse3.notify_store(inode, 0, content)  # type: ignore[arg-type]
         except (OSError, TvixmountError, pyfuse3.FUSEError) as exc:
             log.debug("not pushing blob %s to the page cache: %s", handle.digest, exc)
-            return
-        self._pushed.add(inode)
 
     # pyfuse3 replies from any buffer; a memoryview slice avoids a copy.
     @_fuse_errors
