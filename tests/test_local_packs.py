@@ -196,7 +196,7 @@ async def test_a_cycle_of_opens_bigger_than_the_verified_cache_still_mostly_hits
     # A walk reopens every blob of a store in the same order. A plain LRU
     # smaller than that cycle would evict each blob just before its reopen
     # and hash all of them again; admitting only some newcomers keeps most.
-    monkeypatch.setattr(blobs, "_verified_max", 4)
+    monkeypatch.setattr(local_module, "_VERIFIED_CACHE_SIZE", 4)
     digests = [await put_stream(blobs, [small(i)]) for i in range(12)]
     count = count_hashes(monkeypatch)
     for digest in digests:

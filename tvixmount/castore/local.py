@@ -231,15 +231,15 @@ class _Pack:
     id: int
     path: Path
     fd: int
-    # The identity last seen, shared by every blob verified at it (memory).
-    identity: tuple[int, int, int] | None = None
+    # The identity last seen, shared by every blob verified at it (memory);
+    # no file has inode 0, so the initial value matches none.
+    identity: tuple[int, int, int] = (0, 0, 0)
 
     def current_identity(self, st: os.stat_result) -> tuple[int, int, int]:
         identity = _identity(st)
-        if self.identity is not None and identity == self.identity:
-            return self.identity
-        self.identity = identity
-        return identity
+        if identity != self.identity:
+            self.identity = identity
+        return self.identity
 
 
 @dataclass(slots=True)
@@ -281,7 +281,6 @@ class LocalBlobService:
         self._temp_prefix = f"blob-{os.getpid()}-{id(self):x}-"
         self._temp_counter = itertools.count()
         self._verified: OrderedDict[B3Digest, _Known] = OrderedDict()
-        self._verified_max = _VERIFIED_CACHE_SIZE
         self._declined = 0
         # Every pack this service has read or written, by id; fds live until aclose.
         self._packs: dict[int, _Pack] = {}
@@ -427,7 +426,7 @@ class LocalBlobService:
             raise IntegrityError(f"blob {digest} is corrupt: its bytes hash to {actual}")
 
     def _remember(self, digest: B3Digest, known: _Known) -> None:
-        if digest not in self._verified and len(self._verified) >= self._verified_max:
+        if digest not in self._verified and len(self._verified) >= _VERIFIED_CACHE_SIZE:
             self._declined += 1
             if self._declined % _VERIFIED_ADMIT:
                 return
