@@ -7,7 +7,7 @@ import sys
 
 from tests.fixtures import castore as fx
 from tvixmount.castore.digest import B3Digest
-from tvixmount.castore.nodes import DirectoryNode, FileNode, SymlinkNode
+from tvixmount.castore.nodes import DirectoryNode, FileNode, Node, SymlinkNode
 from tvixmount.fs.inode_tracker import ROOT_INODE, InodeTracker
 from tvixmount.fs.inodes import DirectoryInode, FileInode, Listing, RootInode
 
@@ -50,6 +50,22 @@ def test_same_directory_digest_shares_an_inode() -> None:
     assert a == b
     assert isinstance(data, DirectoryInode)
     assert data.listing is None
+
+
+def test_the_same_bytes_as_content_of_different_kinds_are_different_inodes() -> None:
+    tracker = InodeTracker()
+    digest = fx.BLOB_A_DIGEST
+    nodes: list[Node] = [
+        FileNode(b"f", digest, 1),
+        FileNode(b"x", digest, 1, executable=True),
+        DirectoryNode(b"d", digest, 1),
+        SymlinkNode(b"s", bytes(digest)),
+    ]
+    inodes = [tracker.remember(node)[0] for node in nodes]
+    assert len(set(inodes)) == 4
+    for inode in inodes:
+        tracker.forget(inode, 1)
+    assert len(tracker) == 1
 
 
 def test_each_remember_adds_one_lookup() -> None:

@@ -17,7 +17,6 @@ from collections.abc import Iterable
 
 import pyfuse3
 
-from ..castore.digest import B3Digest
 from ..castore.nodes import DirectoryNode, FileNode, Node, SymlinkNode
 from .inodes import DirectoryInode, FileInode, InodeData, RootInode, SymlinkInode
 
@@ -26,17 +25,6 @@ ROOT_INODE: int = pyfuse3.ROOT_INODE
 # Compact the maps only after this many inodes were freed (and 3/4 of the peak).
 _SHRINK_MIN = 10_000
 _libc = ctypes.CDLL(None)
-
-_DedupKey = tuple[B3Digest, bool] | bytes | B3Digest
-
-
-def _key(content: Node | DirectoryInode | FileInode | SymlinkInode) -> tuple[str, _DedupKey]:
-    """The dedup key; a node and the inode data made from it have the same key."""
-    if isinstance(content, FileNode | FileInode):
-        return "file", (content.digest, content.executable)
-    if isinstance(content, SymlinkNode | SymlinkInode):
-        return "symlink", content.target
-    return "directory", content.digest
 
 
 def _data_of(node: Node) -> DirectoryInode | FileInode | SymlinkInode:
@@ -51,7 +39,14 @@ class InodeTracker:
     def __init__(self) -> None:
         self._data: dict[int, InodeData] = {ROOT_INODE: RootInode()}
         self._lookups: dict[int, int] = {}
-        self._by_content: dict[tuple[str, _DedupKey], int] = {}
+        # Content -> inode, one map per kind so that the content itself (the
+        # digest or target the inode data holds anyway) is the key: a
+        # (kind, content) tuple key cost two more objects per inode (a million
+        # file inodes: 609 MiB RSS with tuple keys, 488 without).
+        self._files: dict[bytes, int] = {}
+        self._executables: dict[bytes, int] = {}
+        self._directories: dict[bytes, int] = {}
+        self._symlinks: dict[bytes, int] = {}
         self._next = ROOT_INODE + 1
         self._peak = 1
 
@@ -73,13 +68,13 @@ class InodeTracker:
         """
         # Looking up the key first: an already known inode (the common case on
         # readdirplus and repeated lookups) costs no new inode data.
-        key = _key(node)
-        inode = self._by_content.get(key)
+        by_content, key = self._by_content(node)
+        inode = by_content.get(key)
         if inode is None:
             inode = self._next
             self._next += 1
             self._data[inode] = _data_of(node)
-            self._by_content[key] = inode
+            by_content[key] = inode
             self._peak = max(self._peak, len(self._data))
         self._lookups[inode] = self._lookups.get(inode, 0) + 1
         return inode, self._data[inode]
@@ -98,10 +93,23 @@ class InodeTracker:
         self._lookups.pop(inode, None)
         data = self._data.pop(inode, None)
         if isinstance(data, DirectoryInode | FileInode | SymlinkInode):
-            key = _key(data)
-            if self._by_content.get(key) == inode:
-                del self._by_content[key]
+            by_content, key = self._by_content(data)
+            if by_content.get(key) == inode:
+                del by_content[key]
         return data is not None
+
+    def _by_content(
+        self, content: Node | DirectoryInode | FileInode | SymlinkInode
+    ) -> tuple[dict[bytes, int], bytes]:
+        """The content map for ``content``'s kind, and its key there.
+
+        A node and the inode data made from it have the same key.
+        """
+        if isinstance(content, FileNode | FileInode):
+            return (self._executables if content.executable else self._files), content.digest
+        if isinstance(content, SymlinkNode | SymlinkInode):
+            return self._symlinks, content.target
+        return self._directories, content.digest
 
     def forget_many(self, counts: Iterable[tuple[int, int]]) -> list[int]:
         """:meth:`forget` each; returns the inodes freed."""
@@ -113,7 +121,7 @@ class InodeTracker:
         """Give memory back once the kernel has forgotten most of what it held.
 
         Python dicts never shrink when entries are deleted, so after the kernel
-        drops a million inodes the three maps would keep their peak-sized
+        drops a million inodes the maps would keep their peak-sized
         tables for ever. Copying them compacts the tables, and ``malloc_trim``
         returns the freed heap to the system, so RSS follows what the kernel
         holds rather than the peak.
@@ -123,7 +131,10 @@ class InodeTracker:
             return
         self._data = dict(self._data)
         self._lookups = dict(self._lookups)
-        self._by_content = dict(self._by_content)
+        self._files = dict(self._files)
+        self._executables = dict(self._executables)
+        self._directories = dict(self._directories)
+        self._symlinks = dict(self._symlinks)
         self._peak = live
         # A full collection also empties the interpreter's free lists (tuples,
         # dicts, ...), which the mass forget just filled with blocks scattered
