@@ -78,10 +78,8 @@ class _FastWait:
         self._fd = fd
         self._poll = select.poll()
         self._poll.register(fd, select.POLLIN)
-        # The worker whose turn it is to read, and whether it is handling the
-        # request it took (it has not come back for the next one yet).
+        # The worker whose turn it is to read.
         self._reader: trio.lowlevel.Task | None = None
-        self._busy = False
         self._spares: collections.deque[trio.lowlevel.Task] = collections.deque()
         self._standby: trio.lowlevel.Task | None = None
         # Workers that took a request and have not come back for the next one.
@@ -94,13 +92,14 @@ class _FastWait:
         self._handling.discard(me)
         while not self.closed:
             reader = self._reader
-            if reader is None or reader is me or self._busy:
+            # A reader still handling its request is waiting on something:
+            # this worker takes the turn over.
+            if reader is None or reader is me or reader in self._handling:
                 break
             await self._park(me)
         if self.closed:
             return False
         self._reader = me
-        self._busy = False
         try:
             if self._queued():
                 self._immediate += 1
@@ -113,7 +112,6 @@ class _FastWait:
         except BaseException:
             self._give_up_turn()
             raise
-        self._busy = True
         self._handling.add(me)
         self._wake_one()
         return True
