@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import platform
 import sqlite3
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import blake3
 import pytest
 import trio
 
-from tests.fixtures.cachestat import cached_pages
+from tests.fixtures.cachestat import cached_pages, page_count, require_uncached
 from tvixmount.castore import B3Digest, Directory, DirectoryNode, FileNode
 from tvixmount.castore import local as local_module
 from tvixmount.castore.blobservice import put_stream, read_all
@@ -449,12 +448,8 @@ async def test_a_packed_blob_read_from_disk_starts_reading_the_blobs_after_it(
         os.close(fd)
     target, later = locations[100], locations[400]
     assert target is not None and later is not None
-    pages = (later.size + 4095) // 4096
-    before = cached_pages(pack, later.offset, later.size)
-    if before is None or platform.machine() != "x86_64":
-        pytest.skip("needs cachestat(2) (Linux 6.5+, x86_64 syscall number)")
-    if before:
-        pytest.skip(f"{pack.parent} keeps its pages cached (tmpfs?): nothing to read ahead")
+    pages = page_count(later.size)
+    require_uncached(pack, later.offset, later.size)
     assert await read(blobs, digests[100]) == (100).to_bytes(2, "big") * (size // 2)
     deadline = time.monotonic() + 5
     while cached_pages(pack, later.offset, later.size) != pages and time.monotonic() < deadline:

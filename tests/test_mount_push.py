@@ -3,30 +3,20 @@
 from __future__ import annotations
 
 import os
-import platform
 import subprocess
 from pathlib import Path
 
 import pytest
 import trio
 
-from tests.fixtures.cachestat import cached_pages
+from tests.fixtures.cachestat import PAGE, cached_pages, page_count
 from tests.mounting import mounted, requires_fuse
 from tests.reliability import drop_caches
 from tvixmount.fs.operations import PUSH_MAX
 from tvixmount.importer import import_path
 from tvixmount.stores import StoreOptions, open_store
 
-pytestmark = [
-    requires_fuse,
-    pytest.mark.skipif(platform.machine() != "x86_64", reason="cachestat(2) number is x86_64's"),
-]
-
-PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def _pages(size: int) -> int:
-    return -(-size // PAGE)
+pytestmark = requires_fuse
 
 
 async def _import(store_dir: Path, tree: Path) -> str:
@@ -60,9 +50,7 @@ def test_opening_a_small_file_puts_all_its_pages_in_the_page_cache(
         target = mount / path / name
         size = target.stat().st_size
         before = cached_pages(target, 0, size)  # this open pushes
-        if before is None:
-            pytest.skip("needs cachestat(2) (Linux 6.5+)")
-        assert before == _pages(size)
+        assert before == page_count(size)
         # Pages the kernel dropped (with or without the inode) are read again.
         drop_caches()
         assert target.read_bytes() == (tree / name).read_bytes()
@@ -77,8 +65,6 @@ def test_a_file_bigger_than_the_push_limit_is_left_to_readahead(
         target = mount / path / "big"
         drop_caches()
         cached = cached_pages(target, 0, PUSH_MAX + PAGE)
-        if cached is None:
-            pytest.skip("needs cachestat(2) (Linux 6.5+)")
         assert cached == 0
         assert target.read_bytes() == (tree / "big").read_bytes()
 

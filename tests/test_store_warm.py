@@ -3,35 +3,25 @@
 from __future__ import annotations
 
 import os
-import platform
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.fixtures.cachestat import cached_pages
+from tests.fixtures.cachestat import PAGE, cached_pages, page_count, require_uncached
 from tests.mounting import make_fixture_store, mounted, requires_fuse
 from tests.reliability import drop_caches
 from tvixmount import localstore
 from tvixmount.localstore import warm_index
 
-pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="drop_caches needs root"),
-    pytest.mark.skipif(platform.machine() != "x86_64", reason="cachestat(2) number is x86_64's"),
-]
-
-PAGE = os.sysconf("SC_PAGE_SIZE")
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="drop_caches needs root")
 
 
 def _cold(db: Path) -> int:
     """Drop the page cache; the database's page count (skips where it stays cached)."""
     drop_caches()
-    cached = cached_pages(db, 0, db.stat().st_size)
-    if cached is None:
-        pytest.skip("needs cachestat(2) (Linux 6.5+)")
-    if cached:
-        pytest.skip(f"{db.parent} keeps its pages cached (tmpfs?): nothing to warm")
-    return -(-db.stat().st_size // PAGE)
+    require_uncached(db, 0, db.stat().st_size)
+    return page_count(db.stat().st_size)
 
 
 def _all_cached_soon(db: Path, pages: int) -> bool:
