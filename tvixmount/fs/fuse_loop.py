@@ -85,19 +85,19 @@ class _FastWait:
         # Workers that took a request and have not come back for the next one.
         self._handling: set[trio.lowlevel.Task] = set()
         self._immediate = 0
-        self.closed = False
+        self._closed = False
 
     async def __call__(self) -> bool:
         me = trio.lowlevel.current_task()
         self._handling.discard(me)
-        while not self.closed:
+        while not self._closed:
             reader = self._reader
             # A reader still handling its request is waiting on something:
             # this worker takes the turn over.
             if reader is None or reader is me or reader in self._handling:
                 break
             await self._park(me)
-        if self.closed:
+        if self._closed:
             return False
         self._reader = me
         try:
@@ -154,7 +154,7 @@ class _FastWait:
 
     def close(self) -> None:
         """Stop: every parked worker wakes and returns False."""
-        self.closed = True
+        self._closed = True
         while self._spares:
             trio.lowlevel.reschedule(self._spares.popleft())
 
