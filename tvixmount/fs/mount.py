@@ -27,6 +27,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from ..command_line import mount_arguments
 from ..errors import MountError, TvixmountError
 from ..stores import Store
 from . import fuse_loop
@@ -218,24 +219,9 @@ def check_mountpoint(path: str | Path) -> str:
 # -- serving processes ----------------------------------------------------
 
 
-def _mount_arguments(argv: list[str]) -> list[str] | None:
-    """The arguments after ``mount`` if ``argv`` runs ``tvixmount [global options] mount``."""
-    if os.path.basename(argv[0]) == "tvixmount":
-        rest = argv[1:]
-    elif len(argv) > 1 and os.path.basename(argv[1]) == "tvixmount":  # script via its #!
-        rest = argv[2:]
-    elif argv[1:3] == ["-m", "tvixmount"]:
-        rest = argv[3:]
-    else:
-        return None
-    while rest and rest[0].startswith("-"):
-        rest = rest[2:] if rest[0] == "--log-file" else rest[1:]
-    return rest[1:] if rest[:1] == ["mount"] else None
-
-
 def is_serving_command(argv: list[str], cwd: str, mountpoint: str | None = None) -> bool:
     """Whether a command line (run in ``cwd``) serves ``mountpoint`` (or any mount point)."""
-    arguments = _mount_arguments(argv)
+    arguments = mount_arguments(argv)
     if arguments is None:
         return False
     return mountpoint is None or any(
