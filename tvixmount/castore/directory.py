@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import bisect
-import heapq
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -22,8 +21,9 @@ class Directory:
     directories: tuple[DirectoryNode, ...] = ()
     files: tuple[FileNode, ...] = ()
     symlinks: tuple[SymlinkNode, ...] = ()
-    # Memoised digest; a list because the dataclass is frozen.
+    # Memoised digest and serialized form; lists because the dataclass is frozen.
     _digest: list[B3Digest] = field(default_factory=list, init=False, compare=False, repr=False)
+    _serialized: list[bytes] = field(default_factory=list, init=False, compare=False, repr=False)
 
     @classmethod
     def from_nodes(cls, nodes: Iterable[Node]) -> Directory:
@@ -87,7 +87,9 @@ class Directory:
         )
 
     def serialize(self) -> bytes:
-        return self.to_proto().SerializeToString(deterministic=True)
+        if not self._serialized:
+            self._serialized.append(self.to_proto().SerializeToString(deterministic=True))
+        return self._serialized[0]
 
     def digest(self) -> B3Digest:
         if not self._digest:
@@ -107,6 +109,27 @@ class Directory:
             tuple(DirectoryNode.from_proto(d) for d in msg.directories),
             tuple(FileNode.from_proto(f) for f in msg.files),
             tuple(SymlinkNode.from_proto(s) for s in msg.symlinks),
+        )
+
+    @classmethod
+    def _convert_stored(cls, msg: pb.Directory) -> Directory:
+        """:meth:`_convert` for a message that was validated before it was stored.
+
+        Every digest in it is known to be 32 bytes, so it is wrapped without
+        the length check (which costs a Python-level ``__new__`` per entry):
+        this is the hot part of the first lookup below every directory.
+        """
+        return cls(
+            tuple(
+                [DirectoryNode(d.name, _wrap(B3Digest, d.digest), d.size) for d in msg.directories]
+            ),
+            tuple(
+                [
+                    FileNode(f.name, _wrap(B3Digest, f.digest), f.size, f.executable)
+                    for f in msg.files
+                ]
+            ),
+            tuple([SymlinkNode(s.name, s.target) for s in msg.symlinks]),
         )
 
     @staticmethod
@@ -133,13 +156,21 @@ class Directory:
         """
         if B3Digest.of(data) != digest:
             raise IntegrityError(f"directory {digest} is corrupt: its bytes do not match")
-        directory = cls._convert(cls._decode(data))
+        directory = cls._convert_stored(cls._decode(data))
         directory._digest.append(digest)
+        # The digest proves these are the bytes serialize() wrote.
+        directory._serialized.append(data)
         return directory
 
     def entries(self) -> Iterator[Node]:
-        """All children merged and sorted by raw name bytes."""
-        return heapq.merge(self.directories, self.files, self.symlinks, key=_name)
+        """All children merged and sorted by raw name bytes.
+
+        Sorting the three sorted lists together is a merge of three runs to
+        the sort, done in C: a third of the cost of ``heapq.merge``.
+        """
+        nodes: list[Node] = [*self.directories, *self.files, *self.symlinks]
+        nodes.sort(key=_name)
+        return iter(nodes)
 
     def lookup(self, name: bytes) -> Node | None:
         """The child called ``name``; the lists are sorted, so this bisects each."""
@@ -156,3 +187,6 @@ class Directory:
 
 def _name(node: Node) -> bytes:
     return node.name
+
+
+_wrap = bytes.__new__

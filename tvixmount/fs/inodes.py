@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import stat
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import pyfuse3
 
@@ -47,15 +48,16 @@ class DirectoryInode:
     listing: Listing | None = field(default=None, compare=False)
 
 
-@dataclass(frozen=True, slots=True)
-class FileInode:
+# Immutable inode data are named tuples, built in one step: a frozen
+# dataclass sets each field through object.__setattr__, and one is made for
+# every inode a lookup hands out (castore/nodes.py has the figures).
+class FileInode(NamedTuple):
     digest: B3Digest
     size: int
     executable: bool
 
 
-@dataclass(frozen=True, slots=True)
-class SymlinkInode:
+class SymlinkInode(NamedTuple):
     target: bytes
 
 
