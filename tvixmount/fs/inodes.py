@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import stat
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 import pyfuse3
 
@@ -48,16 +47,15 @@ class DirectoryInode:
     listing: Listing | None = field(default=None, compare=False)
 
 
-# Immutable inode data are named tuples, built in one step: a frozen
-# dataclass sets each field through object.__setattr__, and one is made for
-# every inode a lookup hands out (castore/nodes.py has the figures).
-class FileInode(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class FileInode:
     digest: B3Digest
     size: int
     executable: bool
 
 
-class SymlinkInode(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class SymlinkInode:
     target: bytes
 
 
