@@ -10,7 +10,7 @@ from google.protobuf.message import DecodeError as _PbDecodeError
 
 from .._proto import castore_pb2 as pb
 from ..errors import DecodeError, IntegrityError, ValidationError
-from .digest import B3Digest
+from .digest import B3Digest, trusted_digest
 from .nodes import DirectoryNode, FileNode, Node, SymlinkNode
 
 
@@ -21,9 +21,8 @@ class Directory:
     directories: tuple[DirectoryNode, ...] = ()
     files: tuple[FileNode, ...] = ()
     symlinks: tuple[SymlinkNode, ...] = ()
-    # Memoised digest and serialized form; lists because the dataclass is frozen.
+    # Memoised digest; a list because the dataclass is frozen.
     _digest: list[B3Digest] = field(default_factory=list, init=False, compare=False, repr=False)
-    _serialized: list[bytes] = field(default_factory=list, init=False, compare=False, repr=False)
 
     @classmethod
     def from_nodes(cls, nodes: Iterable[Node]) -> Directory:
@@ -87,9 +86,7 @@ class Directory:
         )
 
     def serialize(self) -> bytes:
-        if not self._serialized:
-            self._serialized.append(self.to_proto().SerializeToString(deterministic=True))
-        return self._serialized[0]
+        return self.to_proto().SerializeToString(deterministic=True)
 
     def digest(self) -> B3Digest:
         if not self._digest:
@@ -121,11 +118,11 @@ class Directory:
         """
         return cls(
             tuple(
-                [DirectoryNode(d.name, _wrap(B3Digest, d.digest), d.size) for d in msg.directories]
+                [DirectoryNode(d.name, trusted_digest(d.digest), d.size) for d in msg.directories]
             ),
             tuple(
                 [
-                    FileNode(f.name, _wrap(B3Digest, f.digest), f.size, f.executable)
+                    FileNode(f.name, trusted_digest(f.digest), f.size, f.executable)
                     for f in msg.files
                 ]
             ),
@@ -158,8 +155,6 @@ class Directory:
             raise IntegrityError(f"directory {digest} is corrupt: its bytes do not match")
         directory = cls._convert_stored(cls._decode(data))
         directory._digest.append(digest)
-        # The digest proves these are the bytes serialize() wrote.
-        directory._serialized.append(data)
         return directory
 
     def entries(self) -> Iterator[Node]:
@@ -187,6 +182,3 @@ class Directory:
 
 def _name(node: Node) -> bytes:
     return node.name
-
-
-_wrap = bytes.__new__

@@ -1,51 +1,88 @@
-"""A bounded cache of Directory bytes, keyed by Directory digest.
+"""A bounded cache of directory listings, keyed by Directory digest, packed.
 
 A decoded listing belongs to its directory inode and goes when the kernel
 forgets that inode. After the kernel drops its caches (memory pressure, or
-``drop_caches``), the next walk would fetch every Directory again: a
-database query, or a network round trip to a remote store. This cache keeps
-the most recently used Directories across that, as the bytes they serialize
-to, bounded by their total size.
+``drop_caches``), the next walk would fetch and decode every Directory
+again: a database query or a network round trip, and a protobuf decode.
+This cache keeps the most recently used listings across that, bounded by
+their total packed size.
 
-Why bytes and not the decoded listings: a decoded entry is several small
-objects (about 200 bytes, scattered over the heap among the inodes of the
-same walk, which is what keeps a process's pages resident after those inodes
-are freed); its serialized form is about 45 bytes in one block per
-Directory. The same memory holds four times the entries, and decoding them
-again costs a few microseconds per entry, far less than the fetch it saves.
+Why packed: a decoded entry is several small objects (about 200 bytes)
+scattered over the heap among the inodes of the same walk, and those
+scattered survivors are what kept a process's pages resident after the
+inodes were freed. Packed, a listing is one ``marshal`` block (about 52
+bytes an entry), and unpacking rebuilds the entries in C: 2.9 µs an entry,
+against 6.0 µs for decoding the protobuf again (the bench store's 99,000
+entries).
 """
 
 from __future__ import annotations
 
+import marshal
 from collections import OrderedDict
 
-from ..castore.digest import B3Digest
+from ..castore.digest import B3Digest, trusted_digest
+from ..castore.nodes import DirectoryNode, FileNode, Node, SymlinkNode
+from .inodes import Listing
 
-# 4 MiB: about 90,000 entries of a typical closure (the bench's: 45 bytes each).
+# 4 MiB: about 80,000 entries of a typical closure.
 DEFAULT_MAX_BYTES = 4 << 20
+
+# The tuple lengths tell the kinds apart: (name, target) for a symlink,
+# (name, digest, size) for a directory, (name, digest, size, executable) for a file.
+_Packed = tuple[bytes, bytes] | tuple[bytes, bytes, int] | tuple[bytes, bytes, int, bool]
+
+
+def _pack_node(node: Node) -> _Packed:
+    if isinstance(node, FileNode):
+        return (node.name, bytes(node.digest), node.size, node.executable)
+    if isinstance(node, DirectoryNode):
+        return (node.name, bytes(node.digest), node.size)
+    return (node.name, node.target)
+
+
+def _unpack_node(packed: _Packed) -> Node:
+    if len(packed) == 4:
+        return FileNode(packed[0], trusted_digest(packed[1]), packed[2], packed[3])
+    if len(packed) == 3:
+        return DirectoryNode(packed[0], trusted_digest(packed[1]), packed[2])
+    return SymlinkNode(packed[0], packed[1])
+
+
+def pack(listing: Listing) -> bytes:
+    return marshal.dumps(tuple([_pack_node(node) for node in listing.entries]))
+
+
+def unpack(data: bytes) -> Listing:
+    entries = tuple([_unpack_node(packed) for packed in marshal.loads(data)])
+    return Listing(entries, {node.name: node for node in entries})
 
 
 class ListingCache:
     def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self._max_bytes = max_bytes
         self._bytes = 0
-        self._directories: OrderedDict[B3Digest, bytes] = OrderedDict()
+        self._packed: OrderedDict[B3Digest, bytes] = OrderedDict()
 
-    def get(self, digest: B3Digest) -> bytes | None:
-        """The bytes of Directory ``digest``, as cached: the caller verifies and decodes them."""
-        data = self._directories.get(digest)
-        if data is not None:
-            self._directories.move_to_end(digest)
-        return data
+    def get(self, digest: B3Digest) -> Listing | None:
+        """A fresh copy of the listing cached for ``digest``."""
+        data = self._packed.get(digest)
+        if data is None:
+            return None
+        self._packed.move_to_end(digest)
+        return unpack(data)
 
-    def put(self, digest: B3Digest, data: bytes) -> None:
-        if digest in self._directories or len(data) > self._max_bytes:
+    def put(self, digest: B3Digest, listing: Listing) -> None:
+        if digest in self._packed:
             return
-        self._directories[digest] = data
+        data = pack(listing)
+        if len(data) > self._max_bytes:
+            return
+        self._packed[digest] = data
         self._bytes += len(data)
         while self._bytes > self._max_bytes:
-            _, evicted = self._directories.popitem(last=False)
+            _, evicted = self._packed.popitem(last=False)
             self._bytes -= len(evicted)
 
     def __len__(self) -> int:
-        return len(self._directories)
+        return len(self._packed)

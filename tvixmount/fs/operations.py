@@ -34,7 +34,6 @@ import trio
 
 from ..castore.blobservice import BlobService
 from ..castore.digest import B3Digest
-from ..castore.directory import Directory
 from ..castore.directoryservice import DirectoryService
 from ..castore.nodes import Node
 from ..errors import NotFoundError, TvixmountError
@@ -192,16 +191,13 @@ class TvixmountFS(pyfuse3.Operations):
 
     async def _listing(self, data: DirectoryInode) -> Listing:
         if data.listing is None:
-            cached = self._listings.get(data.digest)
-            if cached is not None:
-                # Checked again, as from any store: it costs little next to decoding.
-                directory = Directory.parse_stored(cached, data.digest)
-            else:
-                directory = await self._fetch(
-                    "directory", data.digest, self._directories.get(data.digest)
-                )
-                self._listings.put(data.digest, directory.serialize())
+            data.listing = self._listings.get(data.digest)
+        if data.listing is None:
+            directory = await self._fetch(
+                "directory", data.digest, self._directories.get(data.digest)
+            )
             data.listing = Listing.of(directory)
+            self._listings.put(data.digest, data.listing)
         return data.listing
 
     async def _root_list(self) -> tuple[Node, ...]:
