@@ -34,8 +34,8 @@ PATHS = 100
 FILES_PER_PATH = 1000
 ROUNDS = 20
 # RSS after a round moves by a few MiB with allocator timing (measured:
-# 39.6-47.4 MiB over 20 rounds after 29.4 MiB fresh; 89-101 MiB before the
-# C allocator and the bytes-only listing cache), so the test compares the
+# 38.7-46.3 MiB over 20 rounds after 29.5 MiB fresh; 89-101 MiB before the
+# C allocator and the packed listing cache), so the test compares the
 # medians of rounds 2-6 and 16-20: a leak of 1 MiB per round (about ten bytes
 # per entry walked) would add 14 MiB between them.
 RSS_SLACK = 12 << 20

@@ -7,8 +7,8 @@ Nodes are named tuples rather than frozen dataclasses because decoding a
 Directory makes one per entry: a frozen dataclass sets each field through
 ``object.__setattr__`` (1.5 µs for a FileNode), a tuple is built in one step
 (0.35 µs), and decoding is what every first lookup below a directory pays.
-Equality is a tuple's; the kinds never compare equal as they differ in
-length or field types.
+Equality is a tuple's; the three kinds never compare equal, as their
+lengths differ.
 """
 
 from __future__ import annotations
