@@ -10,8 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
 
-from tvixmount.castore import B3Digest
+from tvixmount.castore import B3Digest, local
 from tvixmount.castore.blobservice import put_stream, read_all
 from tvixmount.castore.local import PACK_MAX, LocalBlobService
 from tvixmount.errors import StoreError
@@ -272,3 +273,45 @@ async def test_putting_a_blob_again_heals_a_corrupted_copy(
         assert await read_all(reader) == data
     finally:
         await reader.aclose()
+
+
+async def test_reads_of_one_reader_reach_the_disk_one_at_a_time_in_order(
+    blobs: LocalBlobService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Concurrent reads of one open blob must not race on its fd (readahead sees order)."""
+    writer = await blobs.open_write()
+    await writer.write(bytes(range(256)) * PACK_MAX)
+    digest = await writer.finish()
+    reader = await blobs.open_read(digest)
+    assert reader is not None
+    events: list[tuple[str, int]] = []
+    real = local._pread_nowait
+
+    async def slow_pread(fd: int, length: int, offset: int, ahead: int = 0) -> memoryview:
+        events.append(("start", offset))
+        await trio.sleep(0.01 if offset == 0 else 0)  # the first read waits on the "disk"
+        data = await real(fd, length, offset, ahead)
+        events.append(("end", offset))
+        return data
+
+    monkeypatch.setattr(local, "_pread_nowait", slow_pread)
+    results: dict[int, bytes] = {}
+
+    async def read(offset: int) -> None:
+        results[offset] = bytes(await reader.pread(offset, 4096))
+
+    async with trio.open_nursery() as nursery:
+        for offset in (0, 4096, 8192):
+            nursery.start_soon(read, offset)
+            await trio.sleep(0)  # arrive in this order
+    assert events == [
+        ("start", 0),
+        ("end", 0),
+        ("start", 4096),
+        ("end", 4096),
+        ("start", 8192),
+        ("end", 8192),
+    ]
+    assert sorted(results) == [0, 4096, 8192]
+    assert all(data == bytes(range(256)) * 16 for data in results.values())
+    await reader.aclose()
