@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -285,16 +286,20 @@ async def test_reads_of_one_reader_reach_the_disk_one_at_a_time_in_order(
     reader = await blobs.open_read(digest)
     assert reader is not None
     events: list[tuple[str, int]] = []
-    real = local._pread_nowait
+    real = local._read_ahead_and_pread
 
-    async def slow_pread(fd: int, length: int, offset: int, ahead: int = 0) -> memoryview:
+    def slow_disk_read(fd: int, length: int, offset: int, ahead: int) -> bytes:
         events.append(("start", offset))
-        await trio.sleep(0.01 if offset == 0 else 0)  # the first read waits on the "disk"
-        data = await real(fd, length, offset, ahead)
+        time.sleep(0.01 if offset == 0 else 0)  # the first read waits on the "disk"
+        data = real(fd, length, offset, ahead)
         events.append(("end", offset))
         return data
 
-    monkeypatch.setattr(local, "_pread_nowait", slow_pread)
+    def not_cached(*_: object) -> int:
+        raise BlockingIOError  # what RWF_NOWAIT says when the disk would be read
+
+    monkeypatch.setattr(local, "_read_ahead_and_pread", slow_disk_read)
+    monkeypatch.setattr(os, "preadv", not_cached)
     results: dict[int, bytes] = {}
 
     async def read(offset: int) -> None:

@@ -97,13 +97,14 @@ class LocalBlobReader:
         self._owns_fd = owns_fd
         self._ahead = ahead
         self._data = data
-        # One read of this reader at a time, in the order they came (trio's
-        # locks are fair). The kernel sends a sequential reader's READs two
-        # at a time; two preads racing on one fd made the kernel's readahead
-        # of the blob file see an out-of-order pattern, and then every 1 MiB
-        # was a synchronous disk read: a cold 256 MiB read ran at 650-800
-        # MB/s in a third of the runs, else 1,750-1,950 (READ p50 1.55 ms
-        # against 0.55). In order, 8 of 8 traced runs were fast.
+        # This reader's disk reads go one at a time, in the order they came
+        # (trio's locks are fair). The kernel sends a sequential reader's READs
+        # two at a time; two preads racing on one fd made the kernel's
+        # readahead of the blob file see an out-of-order pattern, and then
+        # every 1 MiB was a synchronous disk read: a cold 256 MiB read ran at
+        # 650-800 MB/s in a third of the runs, else 1,750-1,950 (READ p50
+        # 1.55 ms against 0.55). In order, 8 of 8 traced runs were fast.
+        # Reads the page cache answers take no turn (acquiring one yields).
         self._disk = trio.Lock()
 
     @classmethod
@@ -128,8 +129,7 @@ class LocalBlobReader:
         length = max(0, min(length, self._size - offset))
         if self._data is not None:
             return self._data[offset : offset + length]
-        async with self._disk:
-            return await _pread_nowait(self._fd, length, self._base + offset, self._ahead)
+        return await _pread_nowait(self._fd, length, self._base + offset, self._ahead, self._disk)
 
     async def aclose(self) -> None:
         if self._owns_fd and self._fd >= 0:
@@ -144,22 +144,29 @@ def _read_ahead_and_pread(fd: int, length: int, offset: int, ahead: int) -> byte
     return os.pread(fd, length, offset)
 
 
-async def _pread_nowait(fd: int, length: int, offset: int, ahead: int = 0) -> memoryview:
-    """``length`` bytes at ``offset``; ``ahead``: on a disk read, also start
-    reading that many bytes from ``offset`` into the page cache."""
+async def _pread_nowait(
+    fd: int, length: int, offset: int, ahead: int = 0, disk: trio.Lock | None = None
+) -> memoryview:
+    """``length`` bytes at ``offset``: inline from the page cache, else in a thread.
+
+    ``ahead``: on a disk read, also start reading that many bytes from
+    ``offset`` into the page cache. ``disk``: held while reading from the disk.
+    """
     buf = bytearray(length)
     try:
         got = os.preadv(fd, [buf], offset, os.RWF_NOWAIT)
     except BlockingIOError:
         got = 0
-    while got < length:
-        rest = await trio.to_thread.run_sync(
-            _read_ahead_and_pread, fd, length - got, offset + got, ahead
-        )
-        if not rest:
-            break
-        buf[got : got + len(rest)] = rest
-        got += len(rest)
+    if got < length:
+        async with disk or contextlib.nullcontext():
+            while got < length:
+                rest = await trio.to_thread.run_sync(
+                    _read_ahead_and_pread, fd, length - got, offset + got, ahead
+                )
+                if not rest:
+                    break
+                buf[got : got + len(rest)] = rest
+                got += len(rest)
     return memoryview(buf)[:got]
 
 
