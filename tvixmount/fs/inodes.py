@@ -35,7 +35,11 @@ class Listing:
 
     @classmethod
     def of(cls, directory: Directory) -> Listing:
-        entries = tuple(directory.entries())
+        return cls.of_entries(tuple(directory.entries()))
+
+    @classmethod
+    def of_entries(cls, entries: tuple[Node, ...]) -> Listing:
+        """A listing of ``entries``, already sorted by name."""
         return cls(entries, {node.name: node for node in entries})
 
 

@@ -54,8 +54,7 @@ def pack(listing: Listing) -> bytes:
 
 
 def unpack(data: bytes) -> Listing:
-    entries = tuple([_unpack_node(packed) for packed in marshal.loads(data)])
-    return Listing(entries, {node.name: node for node in entries})
+    return Listing.of_entries(tuple([_unpack_node(packed) for packed in marshal.loads(data)]))
 
 
 class ListingCache:
