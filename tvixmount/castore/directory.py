@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError as _PbDecodeError
@@ -11,7 +11,7 @@ from google.protobuf.message import DecodeError as _PbDecodeError
 from .._proto import castore_pb2 as pb
 from ..errors import DecodeError, IntegrityError, ValidationError
 from .digest import B3Digest, trusted_digest
-from .nodes import DirectoryNode, FileNode, Node, SymlinkNode
+from .nodes import DirectoryNode, FileNode, Node, SymlinkNode, entry_digest
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,28 +101,17 @@ class Directory:
         return directory
 
     @classmethod
-    def _convert(cls, msg: pb.Directory) -> Directory:
-        return cls(
-            tuple(DirectoryNode.from_proto(d) for d in msg.directories),
-            tuple(FileNode.from_proto(f) for f in msg.files),
-            tuple(SymlinkNode.from_proto(s) for s in msg.symlinks),
-        )
-
-    @classmethod
-    def _convert_stored(cls, msg: pb.Directory) -> Directory:
-        """:meth:`_convert` for a message that was validated before it was stored.
-
-        Every digest in it is known to be 32 bytes, so it is wrapped without
-        the length check (which costs a Python-level ``__new__`` per entry):
-        this is the hot part of the first lookup below every directory.
-        """
+    def _convert(
+        cls, msg: pb.Directory, digest: Callable[[bytes, bytes], B3Digest] = entry_digest
+    ) -> Directory:
+        """The nodes of ``msg``; ``digest(name, raw)`` makes each entry's digest."""
         return cls(
             tuple(
-                [DirectoryNode(d.name, trusted_digest(d.digest), d.size) for d in msg.directories]
+                [DirectoryNode(d.name, digest(d.name, d.digest), d.size) for d in msg.directories]
             ),
             tuple(
                 [
-                    FileNode(f.name, trusted_digest(f.digest), f.size, f.executable)
+                    FileNode(f.name, digest(f.name, f.digest), f.size, f.executable)
                     for f in msg.files
                 ]
             ),
@@ -153,7 +142,8 @@ class Directory:
         """
         if B3Digest.of(data) != digest:
             raise IntegrityError(f"directory {digest} is corrupt: its bytes do not match")
-        directory = cls._convert_stored(cls._decode(data))
+        # Validated before it was stored: every digest is 32 bytes already.
+        directory = cls._convert(cls._decode(data), _stored_digest)
         directory._digest.append(digest)
         return directory
 
@@ -182,3 +172,7 @@ class Directory:
 
 def _name(node: Node) -> bytes:
     return node.name
+
+
+def _stored_digest(_name: bytes, raw: bytes) -> B3Digest:
+    return trusted_digest(raw)

@@ -58,7 +58,8 @@ def _validate_reference(name: bytes, digest: bytes, size: int) -> None:
         raise ValidationError(f"entry {name!r}: size {size} is not a uint64")
 
 
-def _digest(name: bytes, raw: bytes) -> B3Digest:
+def entry_digest(name: bytes, raw: bytes) -> B3Digest:
+    """The digest of entry ``name``; a wrong length is a validation error naming the entry."""
     try:
         return B3Digest(raw)
     except DigestError as exc:
@@ -79,7 +80,7 @@ class DirectoryNode(NamedTuple):
 
     @classmethod
     def from_proto(cls, msg: pb.DirectoryNode) -> DirectoryNode:
-        return cls(msg.name, _digest(msg.name, msg.digest), msg.size)
+        return cls(msg.name, entry_digest(msg.name, msg.digest), msg.size)
 
 
 class FileNode(NamedTuple):
@@ -99,7 +100,7 @@ class FileNode(NamedTuple):
 
     @classmethod
     def from_proto(cls, msg: pb.FileNode) -> FileNode:
-        return cls(msg.name, _digest(msg.name, msg.digest), msg.size, msg.executable)
+        return cls(msg.name, entry_digest(msg.name, msg.digest), msg.size, msg.executable)
 
 
 class SymlinkNode(NamedTuple):
