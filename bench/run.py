@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tvixmount.localstore import FORMAT
+from tvixmount.stores.local.store import FORMAT
 
 from . import measure, peers
 from .dataset import generate

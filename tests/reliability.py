@@ -12,11 +12,11 @@ import trio
 from tvixmount.castore.blobservice import put_stream
 from tvixmount.castore.digest import B3Digest
 from tvixmount.castore.nodes import FileNode, rename
-from tvixmount.localstore import open_local
 from tvixmount.nar.writer import calculate_nar
 from tvixmount.pathinfo.model import NarInfo, PathInfo
 from tvixmount.storepath import from_nar_hash
 from tvixmount.stores import Store, StoreOptions, open_store
+from tvixmount.stores.local.store import open_local
 
 
 async def put_file_path(store: Store, name: str, data: bytes) -> str:

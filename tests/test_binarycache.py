@@ -26,8 +26,12 @@ from tests.nixcache import (
 )
 from tvixmount import nixbase32
 from tvixmount.errors import IntegrityError, StoreError, StoreURLError
-from tvixmount.pathinfo.binarycache import BinaryCachePathInfoService, CacheURL, default_cache_dir
 from tvixmount.stores import StoreOptions, open_store
+from tvixmount.stores.binarycache.service import (
+    BinaryCachePathInfoService,
+    CacheURL,
+    default_cache_dir,
+)
 
 pytestmark = requires_nix
 

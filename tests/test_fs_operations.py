@@ -14,14 +14,14 @@ import trio.testing
 
 from tests.fixtures import castore as fx
 from tvixmount.castore.blobservice import put_stream
-from tvixmount.castore.memory import MemoryBlobService, MemoryDirectoryService
 from tvixmount.errors import StoreError
 from tvixmount.fs.inode_tracker import ROOT_INODE
 from tvixmount.fs.inodes import CACHE_TIMEOUT
 from tvixmount.fs.operations import TvixmountFS
 from tvixmount.fs.root_nodes import PathInfoRootNodes
-from tvixmount.pathinfo.memory import MemoryPathInfoService
 from tvixmount.pathinfo.model import NarInfo, PathInfo
+from tvixmount.stores.memory.castore import MemoryBlobService, MemoryDirectoryService
+from tvixmount.stores.memory.pathinfo import MemoryPathInfoService
 
 CTX = cast(pyfuse3.RequestContext, None)
 

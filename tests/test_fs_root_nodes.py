@@ -5,8 +5,8 @@ from __future__ import annotations
 from tests.fixtures import castore as fx
 from tvixmount.castore.nodes import FileNode
 from tvixmount.fs.root_nodes import DirectoryRootNodes, PathInfoRootNodes
-from tvixmount.pathinfo.memory import MemoryPathInfoService
 from tvixmount.pathinfo.model import NarInfo, PathInfo
+from tvixmount.stores.memory.pathinfo import MemoryPathInfoService
 
 ROOT_A = fx.ROOT_NODES[0]
 

@@ -16,9 +16,9 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tvixmount.castore.memory import MemoryBlobService, MemoryDirectoryService
 from tvixmount.errors import NarError, TvixmountError
 from tvixmount.nar import ingest_nar, read_nar, wire
+from tvixmount.stores.memory.castore import MemoryBlobService, MemoryDirectoryService
 
 # A tree as the reader reports it: ("file", executable, contents) |
 # ("symlink", target) | ("dir", ((name, tree), ...)) with names sorted.

@@ -12,9 +12,9 @@ import trio
 from tests.grpc_serving import Served, serving
 from tvixmount.castore import B3Digest
 from tvixmount.castore.blobservice import put_stream
-from tvixmount.castore.grpc_blobs import GrpcBlobService
-from tvixmount.server import SYNTHETIC_CHUNK_BYTES
 from tvixmount.stores import Store, StoreOptions, open_store
+from tvixmount.stores.grpc.blobs import GrpcBlobService
+from tvixmount.stores.grpc.server import SYNTHETIC_CHUNK_BYTES
 
 BLOB_SIZE = 100 * 1000 * 1000
 READS = 64

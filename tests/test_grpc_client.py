@@ -14,13 +14,13 @@ from tests.grpc_serving import Served, serving
 from tests.mounting import run_tvixmount
 from tvixmount.castore import B3Digest, Directory, DirectoryNode, FileNode, SymlinkNode
 from tvixmount.castore.blobservice import put_stream, read_all
-from tvixmount.castore.memory import MemoryBlobService, MemoryDirectoryService
 from tvixmount.errors import NotFoundError, StoreError, ValidationError
 from tvixmount.nar.writer import calculate_nar
-from tvixmount.pathinfo.grpc import GrpcPathInfoService
 from tvixmount.pathinfo.model import NarInfo, PathInfo
-from tvixmount.server import SYNTHETIC_CHUNK_BYTES
 from tvixmount.stores import Store, open_store
+from tvixmount.stores.grpc.pathinfo import GrpcPathInfoService
+from tvixmount.stores.grpc.server import SYNTHETIC_CHUNK_BYTES
+from tvixmount.stores.memory.castore import MemoryBlobService, MemoryDirectoryService
 
 
 @pytest.fixture(scope="module", params=["memory", "local"])

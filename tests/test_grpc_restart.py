@@ -15,9 +15,9 @@ from tests.mounting import make_fixture_store, run_tvixmount, tvixmount_command
 from tvixmount.castore import B3Digest
 from tvixmount.castore.blobservice import put_stream
 from tvixmount.errors import StoreError
-from tvixmount.server import SYNTHETIC_CHUNK_BYTES
 from tvixmount.storepath import StorePath
 from tvixmount.stores import StoreOptions, open_store
+from tvixmount.stores.grpc.server import SYNTHETIC_CHUNK_BYTES
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import pytest
 
 from tests.grpc_serving import FakeBackend, fake_server
 from tvixmount.errors import StoreError, StoreURLError
-from tvixmount.grpc_transport import CallPolicy, parse_grpc_url
 from tvixmount.stores import check_store_url, open_store
+from tvixmount.stores.grpc.transport import CallPolicy, parse_grpc_url
 
 
 def test_http_url_names_host_and_port_with_default_policy() -> None:

@@ -14,11 +14,11 @@ from tests.fixtures.ingest_roundtrip import ingest_and_write_back
 from tvixmount import nixbase32
 from tvixmount.castore import EMPTY_DIGEST, B3Digest, Directory, DirectoryNode, FileNode
 from tvixmount.castore.ingest import ingest_path
-from tvixmount.castore.memory import MemoryBlobService, MemoryDirectoryService
 from tvixmount.errors import IngestError, StoreError, StorePathError
 from tvixmount.importer import import_path
 from tvixmount.pathinfo import CAHash
 from tvixmount.stores import Store, open_store
+from tvixmount.stores.memory.castore import MemoryBlobService, MemoryDirectoryService
 
 from .fixtures.local_tree import (
     BIG_FILE_SIZE,

@@ -17,9 +17,13 @@ from tvixmount import nixbase32
 from tvixmount.castore import B3Digest, FileNode
 from tvixmount.castore import ingest as ingest_module
 from tvixmount.castore.ingest import READ_CHUNK, SMALL_FILE, ingest_path
-from tvixmount.castore.memory import MemoryBlobService, MemoryBlobWriter, MemoryDirectoryService
 from tvixmount.errors import IngestError, StoreError
 from tvixmount.stores import Store, open_store
+from tvixmount.stores.memory.castore import (
+    MemoryBlobService,
+    MemoryBlobWriter,
+    MemoryDirectoryService,
+)
 
 from .fixtures.local_tree import make_tree, nix_dump, nix_hash_base32, requires_nix
 

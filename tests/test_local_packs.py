@@ -19,11 +19,11 @@ import trio
 
 from tests.fixtures.cachestat import cached_pages, page_count, require_uncached
 from tvixmount.castore import B3Digest, Directory, DirectoryNode, FileNode
-from tvixmount.castore import local as local_module
 from tvixmount.castore.blobservice import put_stream, read_all
-from tvixmount.castore.local import PACK_MAX, LocalBlobService, LocalDirectoryService
 from tvixmount.errors import IntegrityError
-from tvixmount.localstore import FORMAT, MARKER, open_local
+from tvixmount.stores.local import castore as local_module
+from tvixmount.stores.local.castore import PACK_MAX, LocalBlobService, LocalDirectoryService
+from tvixmount.stores.local.store import FORMAT, MARKER, open_local
 
 
 @dataclass

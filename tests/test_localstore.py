@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 import trio
 
-from tvixmount.castore import B3Digest, local
+from tvixmount.castore import B3Digest
 from tvixmount.castore.blobservice import put_stream, read_all
-from tvixmount.castore.local import PACK_MAX, LocalBlobService
 from tvixmount.errors import StoreError
-from tvixmount.localstore import FORMAT, MARKER, default_store_dir, open_local
+from tvixmount.stores.local import castore as local
+from tvixmount.stores.local.castore import PACK_MAX, LocalBlobService
+from tvixmount.stores.local.store import FORMAT, MARKER, default_store_dir, open_local
 
 
 def _open(root: Path, create: bool) -> None:
@@ -154,7 +155,7 @@ import os
 import sys
 import trio
 from tvixmount.castore import DirectoryNode, Directory
-from tvixmount.localstore import open_local
+from tvixmount.stores.local.store import open_local
 from tvixmount.pathinfo import NarInfo, PathInfo
 from tvixmount.storepath import StorePath
 from pathlib import Path

@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 from tests.fixtures import castore as fx
 from tvixmount.castore import B3Digest, Directory, DirectoryNode, FileNode, SymlinkNode
 from tvixmount.castore.blobservice import put_stream
-from tvixmount.castore.memory import MemoryDirectoryService
 from tvixmount.castore.nodes import Node
 from tvixmount.errors import NotFoundError, StoreError, StorePathError
 from tvixmount.listing import (
@@ -27,9 +26,10 @@ from tvixmount.listing import (
 )
 from tvixmount.nar.writer import calculate_nar, write_nar
 from tvixmount.pathinfo import NarInfo, PathInfo
-from tvixmount.pathinfo.memory import MemoryPathInfoService
 from tvixmount.storepath import StorePath
 from tvixmount.stores import Store, open_store
+from tvixmount.stores.memory.castore import MemoryDirectoryService
+from tvixmount.stores.memory.pathinfo import MemoryPathInfoService
 
 COMPLICATED = fx.ROOT_DIRECTORY_COMPLICATED.decode()
 WITH_KEEP = fx.ROOT_DIRECTORY_WITH_KEEP.decode()

@@ -9,10 +9,10 @@ import pytest
 
 from tvixmount.castore import DirectoryNode, FileNode, SymlinkNode
 from tvixmount.castore.blobservice import read_all
-from tvixmount.castore.memory import MemoryBlobService, MemoryDirectoryService
 from tvixmount.errors import NarError
 from tvixmount.nar import ingest_nar, read_nar, wire, write_nar
 from tvixmount.nar.reader import CONTENTS_CHUNK
+from tvixmount.stores.memory.castore import MemoryBlobService, MemoryDirectoryService
 
 from .fixtures.local_tree import make_tree, nix_dump, requires_nix
 

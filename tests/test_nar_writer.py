@@ -11,9 +11,9 @@ import pytest
 from tvixmount.castore import B3Digest, Directory, DirectoryNode, FileNode, SymlinkNode
 from tvixmount.castore.blobservice import put_stream
 from tvixmount.castore.ingest import ingest_path
-from tvixmount.castore.memory import MemoryBlobService, MemoryDirectoryService
 from tvixmount.errors import IntegrityError, NotFoundError
 from tvixmount.nar import calculate_nar, write_nar
+from tvixmount.stores.memory.castore import MemoryBlobService, MemoryDirectoryService
 
 from .fixtures.castore import (
     BLOB_B,

@@ -30,20 +30,20 @@ from tests.nixcache import build_cache, requires_nix
 from tvixmount.castore.blobservice import put_stream
 from tvixmount.castore.digest import B3Digest
 from tvixmount.castore.directory import Directory
-from tvixmount.castore.memory import (
-    MemoryBlobReader,
-    MemoryBlobService,
-    MemoryDirectoryService,
-)
 from tvixmount.cli import mount as cli_mount
 from tvixmount.fs import operations
 from tvixmount.fs.inode_tracker import ROOT_INODE
 from tvixmount.fs.mount import is_mounted, serving_pids
 from tvixmount.fs.operations import TvixmountFS
 from tvixmount.fs.root_nodes import PathInfoRootNodes
-from tvixmount.pathinfo.memory import MemoryPathInfoService
 from tvixmount.pathinfo.model import NarInfo, PathInfo
 from tvixmount.storepath import StorePath
+from tvixmount.stores.memory.castore import (
+    MemoryBlobReader,
+    MemoryBlobService,
+    MemoryDirectoryService,
+)
+from tvixmount.stores.memory.pathinfo import MemoryPathInfoService
 
 CTX = cast(pyfuse3.RequestContext, None)
 TIMEOUT = 0.3  # the fs-level tests' deadline

@@ -24,12 +24,12 @@ from tests.fixtures.castore import (
 )
 from tvixmount.castore import B3Digest, Directory, DirectoryNode, FileNode
 from tvixmount.castore.blobservice import put_stream, read_all
-from tvixmount.castore.local import LocalBlobService
-from tvixmount.castore.memory import MemoryBlobService
 from tvixmount.errors import IntegrityError, NotFoundError, ValidationError
 from tvixmount.pathinfo import NarInfo, PathInfo
 from tvixmount.storepath import StorePath
 from tvixmount.stores import Store, StoreOptions, open_store
+from tvixmount.stores.local.castore import LocalBlobService
+from tvixmount.stores.memory.castore import MemoryBlobService
 
 
 @pytest.fixture(params=["memory", "local"])

@@ -11,8 +11,8 @@ import pytest
 from tests.fixtures.cachestat import PAGE, cached_pages, page_count, require_uncached
 from tests.mounting import make_fixture_store, mounted, requires_fuse
 from tests.reliability import drop_caches
-from tvixmount import localstore
-from tvixmount.localstore import warm_index
+from tvixmount.stores.local import store as localstore
+from tvixmount.stores.local.store import warm_index
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="drop_caches needs root")
 

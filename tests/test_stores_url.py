@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from tvixmount.castore.local import LocalBlobService
-from tvixmount.castore.memory import MemoryBlobService, MemoryDirectoryService
 from tvixmount.errors import StoreError, StoreURLError
-from tvixmount.localstore import MARKER
-from tvixmount.pathinfo.local import LocalPathInfoService
-from tvixmount.pathinfo.memory import MemoryPathInfoService
 from tvixmount.stores import OPENERS, StoreOptions, check_store_url, open_store, scheme_of
+from tvixmount.stores.local.castore import LocalBlobService
+from tvixmount.stores.local.pathinfo import LocalPathInfoService
+from tvixmount.stores.local.store import MARKER
+from tvixmount.stores.memory.castore import MemoryBlobService, MemoryDirectoryService
+from tvixmount.stores.memory.pathinfo import MemoryPathInfoService
 
 
 def test_unknown_scheme_is_a_store_url_error() -> None:

@@ -47,7 +47,7 @@ async def _serve(store: Store, listen: str) -> int:
     # loaded before `mount` forks.
     import trio
 
-    from ..server import GrpcServer
+    from ..stores.grpc.server import GrpcServer
 
     try:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

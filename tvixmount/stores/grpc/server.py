@@ -33,17 +33,17 @@ import blake3
 import grpc
 import trio
 
-from ._proto import rpc_blobstore_pb2 as blob_pb
-from ._proto import rpc_blobstore_pb2_grpc as blob_grpc
-from ._proto import rpc_directory_pb2 as dir_pb
-from ._proto import rpc_directory_pb2_grpc as dir_grpc
-from ._proto import rpc_pathinfo_pb2 as pi_pb
-from ._proto import rpc_pathinfo_pb2_grpc as pi_grpc
-from .castore.blobservice import BlobReader, BlobService
-from .castore.digest import B3Digest
-from .castore.directory import Directory
-from .castore.nodes import node_from_proto
-from .errors import (
+from ..._proto import rpc_blobstore_pb2 as blob_pb
+from ..._proto import rpc_blobstore_pb2_grpc as blob_grpc
+from ..._proto import rpc_directory_pb2 as dir_pb
+from ..._proto import rpc_directory_pb2_grpc as dir_grpc
+from ..._proto import rpc_pathinfo_pb2 as pi_pb
+from ..._proto import rpc_pathinfo_pb2_grpc as pi_grpc
+from ...castore.blobservice import BlobReader, BlobService
+from ...castore.digest import B3Digest
+from ...castore.directory import Directory
+from ...castore.nodes import node_from_proto
+from ...errors import (
     DecodeError,
     DigestError,
     IntegrityError,
@@ -53,10 +53,10 @@ from .errors import (
     TvixmountError,
     ValidationError,
 )
-from .grpc_transport import MAX_MESSAGE_BYTES
-from .pathinfo.model import PathInfo
-from .storepath import DIGEST_LEN
-from .stores import Store
+from ...pathinfo.model import PathInfo
+from ...storepath import DIGEST_LEN
+from .. import Store
+from .transport import MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -342,7 +342,7 @@ class PathInfoServicer(pi_grpc.PathInfoServiceServicer):  # type: ignore[misc]
     def CalculateNAR(self, request: Any, context: Any) -> Any:
         node = node_from_proto(request)
         try:
-            from .nar.writer import calculate_nar
+            from ...nar.writer import calculate_nar
         except ImportError:
             raise _Unimplemented("this server cannot write NARs") from None
         size, sha256 = self._loop.run(

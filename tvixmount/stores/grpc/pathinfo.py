@@ -9,14 +9,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from .. import nixbase32
-from .._proto import rpc_pathinfo_pb2 as pb
-from .._proto import rpc_pathinfo_pb2_grpc as pb_grpc
-from ..castore.nodes import Node, node_to_proto
-from ..errors import IntegrityError, NotFoundError, ValidationError
-from ..grpc_transport import GrpcTransport
-from ..storepath import DIGEST_LEN
-from .model import PathInfo
+from ... import nixbase32
+from ..._proto import rpc_pathinfo_pb2 as pb
+from ..._proto import rpc_pathinfo_pb2_grpc as pb_grpc
+from ...castore.nodes import Node, node_to_proto
+from ...errors import IntegrityError, NotFoundError, ValidationError
+from ...pathinfo.model import PathInfo
+from ...storepath import DIGEST_LEN
+from .transport import GrpcTransport
 
 
 def _received(msg: Any, what: str) -> PathInfo:

@@ -13,15 +13,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from .errors import StoreURLError
+from ..errors import StoreURLError
 
 # Each opener imports its backend itself: a command pays only for the store kind
 # it opens (the embedded store alone pulls in trio and protobuf; grpc and httpx
 # cost more), and checking a URL or building the CLI parser imports none.
 if TYPE_CHECKING:
-    from .castore.blobservice import BlobService
-    from .castore.directoryservice import DirectoryService
-    from .pathinfo.service import PathInfoService
+    from ..castore.blobservice import BlobService
+    from ..castore.directoryservice import DirectoryService
+    from ..pathinfo.service import PathInfoService
 
 
 @dataclass
@@ -58,8 +58,8 @@ class Store:
 
 
 def _open_memory(url: str, options: StoreOptions) -> Store:
-    from .castore.memory import MemoryBlobService, MemoryDirectoryService
-    from .pathinfo.memory import MemoryPathInfoService
+    from .memory.castore import MemoryBlobService, MemoryDirectoryService
+    from .memory.pathinfo import MemoryPathInfoService
 
     return Store(
         url, MemoryBlobService(), MemoryDirectoryService(), MemoryPathInfoService(), inline=True
@@ -67,7 +67,7 @@ def _open_memory(url: str, options: StoreOptions) -> Store:
 
 
 def _open_local_path(url: str, options: StoreOptions) -> Store:
-    from .localstore import open_local, warm_index
+    from .local.store import open_local, warm_index
 
     root = Path(url).expanduser()
     blobs, directories, pathinfos, db = open_local(root, options.create)
@@ -84,10 +84,10 @@ def _open_local_path(url: str, options: StoreOptions) -> Store:
 
 def _open_grpc(url: str, options: StoreOptions) -> Store:
     # Imported here: grpc is heavy, and mount must fork before any channel exists.
-    from .castore.grpc_blobs import GrpcBlobService
-    from .castore.grpc_directories import GrpcDirectoryService
-    from .grpc_transport import GrpcTransport
-    from .pathinfo.grpc import GrpcPathInfoService
+    from .grpc.blobs import GrpcBlobService
+    from .grpc.directories import GrpcDirectoryService
+    from .grpc.pathinfo import GrpcPathInfoService
+    from .grpc.transport import GrpcTransport
 
     transport = GrpcTransport(url)
     transport.connect()
@@ -101,7 +101,7 @@ def _open_grpc(url: str, options: StoreOptions) -> Store:
 
 
 def _open_binary_cache(url: str, options: StoreOptions) -> Store:
-    from .pathinfo.binarycache import open_binary_cache  # httpx: only load when used
+    from .binarycache.service import open_binary_cache  # httpx: only load when used
 
     blobs, directories, pathinfos, db = open_binary_cache(
         url, options.cache_dir, options.trusted_public_keys
@@ -135,7 +135,7 @@ def check_store_url(url: str) -> None:
 
 
 def default_store_url() -> str:
-    from .localstore import default_store_dir
+    from .local.store import default_store_dir
 
     return str(default_store_dir())
 

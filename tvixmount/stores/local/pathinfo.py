@@ -5,9 +5,9 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import AsyncIterator
 
-from .. import nixbase32
-from ..errors import DecodeError, IntegrityError, StoreError, ValidationError
-from .model import PathInfo
+from ... import nixbase32
+from ...errors import DecodeError, IntegrityError, StoreError, ValidationError
+from ...pathinfo.model import PathInfo
 
 
 class LocalPathInfoService:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from .model import PathInfo
+from ...pathinfo.model import PathInfo
 
 
 class MemoryPathInfoService:

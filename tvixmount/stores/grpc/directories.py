@@ -12,13 +12,13 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from .._proto import castore_pb2
-from .._proto import rpc_directory_pb2 as pb
-from .._proto import rpc_directory_pb2_grpc as pb_grpc
-from ..errors import IntegrityError, NotFoundError, StoreError, ValidationError
-from ..grpc_transport import GrpcTransport
-from .digest import B3Digest
-from .directory import Directory
+from ..._proto import castore_pb2
+from ..._proto import rpc_directory_pb2 as pb
+from ..._proto import rpc_directory_pb2_grpc as pb_grpc
+from ...castore.digest import B3Digest
+from ...castore.directory import Directory
+from ...errors import IntegrityError, NotFoundError, StoreError, ValidationError
+from .transport import GrpcTransport
 
 log = logging.getLogger(__name__)
 

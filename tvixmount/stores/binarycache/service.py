@@ -43,12 +43,11 @@ import httpx
 import trio
 import zstandard
 
-from .. import nixbase32
-from ..castore.blobservice import BlobService
-from ..castore.directoryservice import DirectoryService
-from ..castore.local import LocalBlobService, LocalDirectoryService
-from ..castore.nodes import Node
-from ..errors import (
+from ... import nixbase32
+from ...castore.blobservice import BlobService
+from ...castore.directoryservice import DirectoryService
+from ...castore.nodes import Node
+from ...errors import (
     IntegrityError,
     NarinfoError,
     StoreError,
@@ -56,13 +55,14 @@ from ..errors import (
     TvixmountError,
     ValidationError,
 )
-from ..localstore import open_local
-from ..nar.ingest import ingest_nar
-from ..nar.narinfo import Narinfo, NixHash
-from ..nar.signing import PublicKey, parse_public_keys, pathinfo_signers, valid_signers
-from ..storepath import STORE_DIR
-from .model import NarInfo, PathInfo
-from .service import PathInfoService
+from ...nar.ingest import ingest_nar
+from ...nar.narinfo import Narinfo, NixHash
+from ...nar.signing import PublicKey, parse_public_keys, pathinfo_signers, valid_signers
+from ...pathinfo.model import NarInfo, PathInfo
+from ...pathinfo.service import PathInfoService
+from ...storepath import STORE_DIR
+from ..local.castore import LocalBlobService, LocalDirectoryService
+from ..local.store import open_local
 
 log = logging.getLogger(__name__)
 

@@ -40,10 +40,10 @@ from typing import Any
 import blake3
 import trio
 
-from ..errors import IntegrityError, StoreError
-from .digest import B3Digest
-from .directory import Directory
-from .directoryservice import check_closure, walk_breadth_first
+from ...castore.digest import B3Digest
+from ...castore.directory import Directory
+from ...castore.directoryservice import check_closure, walk_breadth_first
+from ...errors import IntegrityError, StoreError
 
 _libc = ctypes.CDLL(None, use_errno=True)
 

@@ -27,9 +27,9 @@ import os
 import sqlite3
 from pathlib import Path
 
-from .castore.local import LocalBlobService, LocalDirectoryService
-from .errors import StoreError
-from .pathinfo.local import LocalPathInfoService
+from ...errors import StoreError
+from .castore import LocalBlobService, LocalDirectoryService
+from .pathinfo import LocalPathInfoService
 
 MARKER = "tvixmount-store"
 FORMAT = "tvixmount-store 2\n"

@@ -25,12 +25,12 @@ from typing import Any
 import blake3
 import trio
 
-from .._proto import rpc_blobstore_pb2 as pb
-from .._proto import rpc_blobstore_pb2_grpc as pb_grpc
-from ..errors import DigestError, IntegrityError, NotFoundError, StoreError, ValidationError
-from ..grpc_transport import GrpcTransport
-from .digest import B3Digest
-from .memory import MemoryBlobReader
+from ..._proto import rpc_blobstore_pb2 as pb
+from ..._proto import rpc_blobstore_pb2_grpc as pb_grpc
+from ...castore.digest import B3Digest
+from ...errors import DigestError, IntegrityError, NotFoundError, StoreError, ValidationError
+from ..memory.castore import MemoryBlobReader
+from .transport import GrpcTransport
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 import grpc
 import trio
 
-from .errors import IntegrityError, NotFoundError, StoreError, StoreURLError, ValidationError
+from ...errors import IntegrityError, NotFoundError, StoreError, StoreURLError, ValidationError
 
 log = logging.getLogger(__name__)
 

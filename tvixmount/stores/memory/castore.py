@@ -6,10 +6,10 @@ from collections.abc import AsyncIterator, Sequence
 
 import blake3
 
-from ..errors import IntegrityError
-from .digest import B3Digest
-from .directory import Directory
-from .directoryservice import check_closure, walk_breadth_first
+from ...castore.digest import B3Digest
+from ...castore.directory import Directory
+from ...castore.directoryservice import check_closure, walk_breadth_first
+from ...errors import IntegrityError
 
 
 class MemoryBlobReader:
