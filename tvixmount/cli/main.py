@@ -28,6 +28,12 @@ COMMANDS: tuple[str, ...] = (
     "serve",
     "ls",
     "fixture",
+    "run",
+    "copy",
+    "gc",
+    "delete",
+    "verify",
+    "info",
 )
 
 EXIT_OK = 0
