@@ -381,7 +381,8 @@ class GrpcServer:
         self.blob_servicer = blobs
 
     @classmethod
-    def start(cls, store: Store, listen: str) -> GrpcServer:
+    def start(cls, store: Store, listen: str, *, writable: bool = False) -> GrpcServer:
+        """Serve ``store`` on ``listen``; Puts are refused unless ``writable``."""
         loop = _Loop(trio.lowlevel.current_trio_token())
         server = grpc.server(
             ThreadPoolExecutor(max_workers=_HANDLER_THREADS, thread_name_prefix="grpc-handler"),
