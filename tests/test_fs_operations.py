@@ -18,8 +18,8 @@ from tvixmount.errors import StoreError
 from tvixmount.fs.inode_tracker import ROOT_INODE
 from tvixmount.fs.inodes import CACHE_TIMEOUT
 from tvixmount.fs.operations import TvixmountFS
-from tvixmount.fs.root_nodes import PathInfoRootNodes
 from tvixmount.pathinfo.model import NarInfo, PathInfo
+from tvixmount.pathinfo.root_nodes import PathInfoRootNodes
 from tvixmount.stores.memory.castore import MemoryBlobService, MemoryDirectoryService
 from tvixmount.stores.memory.pathinfo import MemoryPathInfoService
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from tests.fixtures import castore as fx
 from tvixmount.castore.nodes import FileNode
-from tvixmount.fs.root_nodes import DirectoryRootNodes, PathInfoRootNodes
+from tvixmount.fs.root_nodes import DirectoryRootNodes
 from tvixmount.pathinfo.model import NarInfo, PathInfo
+from tvixmount.pathinfo.root_nodes import PathInfoRootNodes
 from tvixmount.stores.memory.pathinfo import MemoryPathInfoService
 
 ROOT_A = fx.ROOT_NODES[0]

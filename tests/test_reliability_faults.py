@@ -35,8 +35,8 @@ from tvixmount.fs import operations
 from tvixmount.fs.inode_tracker import ROOT_INODE
 from tvixmount.fs.mount import is_mounted, serving_pids
 from tvixmount.fs.operations import TvixmountFS
-from tvixmount.fs.root_nodes import PathInfoRootNodes
 from tvixmount.pathinfo.model import NarInfo, PathInfo
+from tvixmount.pathinfo.root_nodes import PathInfoRootNodes
 from tvixmount.storepath import StorePath
 from tvixmount.stores.memory.castore import (
     MemoryBlobReader,

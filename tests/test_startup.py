@@ -116,13 +116,6 @@ def test_fs_package_does_not_load_pyfuse3_for_root_nodes() -> None:
     assert "pyfuse3" not in heavy_imports_of("import tvixmount.fs.root_nodes")
 
 
-def test_fs_package_still_exports_its_names_lazily() -> None:
-    import tvixmount.fs as fs
-    from tvixmount.fs.mount import MountOptions
-
-    assert fs.MountOptions is MountOptions
-
-
 def test_ls_on_a_terminal_is_still_decided_by_rich(store_url: str) -> None:
     # FORCE_COLOR makes rich treat even a pipe as a terminal: the table, not plain lines.
     result = tvixmount("ls", "--store", store_url, FORCE_COLOR="1")

@@ -24,9 +24,9 @@ from .castore.digest import B3Digest
 from .castore.directory import Directory
 from .castore.nodes import DirectoryNode, FileNode, Node, SymlinkNode
 from .errors import NotFoundError, StoreError
-from .fs.root_nodes import PathInfoRootNodes
 from .nar import wire
 from .pathinfo.model import PathInfo
+from .pathinfo.root_nodes import PathInfoRootNodes
 from .storepath import STORE_DIR, StorePath
 from .stores import Store
 

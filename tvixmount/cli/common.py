@@ -69,8 +69,9 @@ def parse_store_paths(texts: list[str]) -> list[StorePath]:
 
 async def get_path_info(store: Store, store_path: StorePath) -> PathInfo:
     """The PathInfo of ``store_path``; :class:`NotFoundError` when the store lacks it."""
-    info = await store.pathinfos.get(store_path.digest)
-    # Same digest but another name is another (absent) store path.
-    if info is None or info.store_path != store_path:
+    from ..pathinfo.lookup import find_path_info
+
+    info = await find_path_info(store.pathinfos, store_path)
+    if info is None:
         raise NotFoundError(f"path '{store_path.absolute}' is not in the store")
     return info

@@ -29,10 +29,10 @@ import trio
 
 from ..command_line import mount_arguments
 from ..errors import MountError, TvixmountError
+from ..pathinfo.root_nodes import PathInfoRootNodes
 from ..stores import Store
 from . import fuse_loop
 from .operations import DEFAULT_TIMEOUT, TvixmountFS
-from .root_nodes import PathInfoRootNodes
 
 log = logging.getLogger(__name__)
 

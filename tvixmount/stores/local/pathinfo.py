@@ -5,7 +5,6 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import AsyncIterator
 
-from ... import nixbase32
 from ...errors import DecodeError, IntegrityError, StoreError, ValidationError
 from ...pathinfo.model import PathInfo
 
@@ -23,13 +22,7 @@ class LocalPathInfoService:
             raise StoreError(f"local store: {exc}") from exc
         if row is None:
             return None
-        info = _parse_row(row[0])
-        if info.store_path.digest != digest:
-            raise IntegrityError(
-                f"local store: path info stored under {nixbase32.encode(digest)} "
-                f"is for {info.store_path}"
-            )
-        return info
+        return _parse_row(row[0])
 
     async def put(self, info: PathInfo) -> PathInfo:
         store_path = info.validate()
