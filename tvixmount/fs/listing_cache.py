@@ -19,10 +19,10 @@ protobuf again (measured over the bench store's 99,000 entries).
 from __future__ import annotations
 
 import marshal
-from collections import OrderedDict
 
 from ..castore.digest import B3Digest, trusted_digest
 from ..castore.nodes import DirectoryNode, FileNode, Node, SymlinkNode
+from ..lru import ByteLRU
 from .inodes import Listing
 
 # 4 MiB: about 80,000 entries of a typical closure.
@@ -59,29 +59,16 @@ def unpack(data: bytes) -> Listing:
 
 class ListingCache:
     def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
-        self._max_bytes = max_bytes
-        self._bytes = 0
-        self._packed: OrderedDict[B3Digest, bytes] = OrderedDict()
+        self._packed: ByteLRU[B3Digest] = ByteLRU(max_bytes)
 
     def get(self, digest: B3Digest) -> Listing | None:
         """A fresh copy of the listing cached for ``digest``."""
         data = self._packed.get(digest)
-        if data is None:
-            return None
-        self._packed.move_to_end(digest)
-        return unpack(data)
+        return None if data is None else unpack(data)
 
     def put(self, digest: B3Digest, listing: Listing) -> None:
-        if digest in self._packed:
-            return
-        data = pack(listing)
-        if len(data) > self._max_bytes:
-            return
-        self._packed[digest] = data
-        self._bytes += len(data)
-        while self._bytes > self._max_bytes:
-            _, evicted = self._packed.popitem(last=False)
-            self._bytes -= len(evicted)
+        if digest not in self._packed:
+            self._packed.put(digest, pack(listing))
 
     def __len__(self) -> int:
         return len(self._packed)
