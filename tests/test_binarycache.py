@@ -27,11 +27,8 @@ from tests.nixcache import (
 from tvixmount import nixbase32
 from tvixmount.errors import IntegrityError, StoreError, StoreURLError
 from tvixmount.stores import StoreOptions, open_store
-from tvixmount.stores.binarycache.service import (
-    BinaryCachePathInfoService,
-    CacheURL,
-    default_cache_dir,
-)
+from tvixmount.stores.binarycache.service import BinaryCachePathInfoService
+from tvixmount.stores.binarycache.url import CacheURL, default_cache_dir
 
 pytestmark = requires_nix
 

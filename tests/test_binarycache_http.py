@@ -23,7 +23,7 @@ from tests.nixcache import (
     serve_directory,
 )
 from tvixmount.errors import IntegrityError, StoreError
-from tvixmount.stores.binarycache.service import BEARER_TOKEN_ENV
+from tvixmount.stores.binarycache.url import BEARER_TOKEN_ENV
 
 pytestmark = requires_nix
 

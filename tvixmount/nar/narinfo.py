@@ -9,22 +9,18 @@ nixbase32, hex, base64 or SRI, ``Compression`` defaults to ``bzip2``).
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from .. import nixbase32
 from ..castore.nodes import Node, rename
 from ..errors import NarinfoError, StorePathError, ValidationError
 from ..pathinfo.model import (
-    _HASH_LEN,
     ContentAddress,
     NarInfo,
+    NixHash,
     PathInfo,
     Signature,
-    _decode_hash,
+    decode_base64,
 )
 from ..storepath import StorePath
 
@@ -46,60 +42,10 @@ _SIGNATURE_LEN = 64  # ed25519
 _UNKNOWN_DERIVER = "unknown-deriver"  # what some tools write instead of leaving the field out
 
 
-@dataclass(frozen=True, slots=True)
-class NixHash:
-    """A hash with its algorithm; ``str()`` is Nix's ``sha256:<nixbase32>``."""
-
-    algorithm: str
-    digest: bytes
-
-    def __str__(self) -> str:
-        return f"{self.algorithm}:{nixbase32.encode(self.digest)}"
-
-    @classmethod
-    def parse(cls, text: str) -> NixHash:
-        """Parse ``<algo>:<nixbase32|hex|base64>`` or SRI ``<algo>-<base64>``.
-
-        Raises :class:`ValueError` with the reason.
-        """
-        algorithm, sep, encoded = text.partition(":")
-        sri = not sep
-        if sri:
-            algorithm, sep, encoded = text.partition("-")
-            if not sep:
-                raise ValueError(
-                    f"hash {text!r} has no '<algorithm>:' or SRI '<algorithm>-' prefix"
-                )
-        size = _HASH_LEN.get(algorithm)
-        if size is None:
-            raise ValueError(f"hash {text!r}: unknown algorithm {algorithm!r}")
-        # SRI hashes are base64 only; Nix tells the other encodings apart by length.
-        decode: Callable[[str, int], bytes] = decode_base64 if sri else _decode_hash
-        try:
-            return cls(algorithm, decode(encoded, size))
-        except ValueError as exc:
-            raise ValueError(f"hash {text!r}: {exc}") from None
-
-    def hasher(self) -> hashlib._Hash:
-        """A fresh hashlib object of this hash's algorithm."""
-        return hashlib.new(self.algorithm)
-
-
 def _parse_size(text: str) -> int:
     if not text.isascii() or not text.isdigit():
         raise ValueError(f"{text!r} is not a non-negative decimal integer")
     return int(text)
-
-
-def decode_base64(encoded: str, length: int) -> bytes:
-    """Exactly ``length`` bytes of standard base64; :class:`ValueError` says what is wrong."""
-    try:
-        data = base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError("bad base64") from None
-    if len(data) != length:
-        raise ValueError(f"{len(data)} bytes, expected {length}")
-    return data
 
 
 def split_named_base64(text: str, length: int) -> tuple[str, bytes]:

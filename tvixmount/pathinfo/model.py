@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import hashlib
 from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError as _PbDecodeError
@@ -41,6 +42,17 @@ class CAHash(enum.IntEnum):
         return {"nar": f"fixed:r:{algo}", "flat": f"fixed:{algo}", "text": f"text:{algo}"}[method]
 
 
+def decode_base64(encoded: str, length: int) -> bytes:
+    """Exactly ``length`` bytes of standard base64; :class:`ValueError` says what is wrong."""
+    try:
+        data = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("bad base64") from None
+    if len(data) != length:
+        raise ValueError(f"{len(data)} bytes, expected {length}")
+    return data
+
+
 def _decode_hash(encoded: str, size: int) -> bytes:
     """A hash in any encoding Nix prints: nixbase32, hex or base64 (told apart by length)."""
     if len(encoded) == nixbase32.encoded_len(size):
@@ -50,11 +62,59 @@ def _decode_hash(encoded: str, size: int) -> bytes:
             raise ValueError("bad hex digit")
         return bytes.fromhex(encoded)
     if len(encoded) == 4 * ((size + 2) // 3):
-        try:
-            return base64.b64decode(encoded, validate=True)
-        except (binascii.Error, ValueError):
-            raise ValueError("bad base64") from None
+        return decode_base64(encoded, size)
     raise ValueError(f"hash text of length {len(encoded)} fits no encoding")
+
+
+@dataclass(frozen=True, slots=True)
+class NixHash:
+    """A hash with its algorithm; ``str()`` is Nix's ``sha256:<nixbase32>``."""
+
+    algorithm: str
+    digest: bytes
+
+    def __str__(self) -> str:
+        return f"{self.algorithm}:{nixbase32.encode(self.digest)}"
+
+    @classmethod
+    def decode(cls, algorithm: str, encoded: str) -> NixHash:
+        """``encoded`` (nixbase32, hex or base64) as a hash of ``algorithm``.
+
+        Raises :class:`ValueError` with the reason.
+        """
+        size = _HASH_LEN.get(algorithm)
+        if size is None:
+            raise ValueError(f"unknown hash algorithm {algorithm!r}")
+        return cls(algorithm, _decode_hash(encoded, size))
+
+    @classmethod
+    def parse(cls, text: str) -> NixHash:
+        """Parse ``<algo>:<nixbase32|hex|base64>`` or SRI ``<algo>-<base64>``.
+
+        Raises :class:`ValueError` with the reason.
+        """
+        algorithm, sep, encoded = text.partition(":")
+        sri = not sep
+        if sri:
+            algorithm, sep, encoded = text.partition("-")
+            if not sep:
+                raise ValueError(
+                    f"hash {text!r} has no '<algorithm>:' or SRI '<algorithm>-' prefix"
+                )
+        size = _HASH_LEN.get(algorithm)
+        if size is None:
+            raise ValueError(f"hash {text!r}: unknown algorithm {algorithm!r}")
+        try:
+            # SRI hashes are base64 only; Nix tells the other encodings apart by length.
+            if sri:
+                return cls(algorithm, decode_base64(encoded, size))
+            return cls(algorithm, _decode_hash(encoded, size))
+        except ValueError as exc:
+            raise ValueError(f"hash {text!r}: {exc}") from None
+
+    def hasher(self) -> hashlib._Hash:
+        """A fresh hashlib object of this hash's algorithm."""
+        return hashlib.new(self.algorithm)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +133,10 @@ class ContentAddress:
     def __str__(self) -> str:
         return f"{self.hash_type.prefix}:{nixbase32.encode(self.digest)}"
 
+    @property
+    def hash(self) -> NixHash:
+        return NixHash(self.hash_type.algorithm, self.digest)
+
     @classmethod
     def parse(cls, text: str) -> ContentAddress:
         """Parse Nix's CA text (``fixed:r:sha256:<hash>``, ``text:sha256:<hash>``).
@@ -83,10 +147,10 @@ class ContentAddress:
         for hash_type in CAHash:
             if hash_type.prefix == prefix:
                 try:
-                    digest = _decode_hash(encoded, _HASH_LEN[hash_type.algorithm])
+                    nix_hash = NixHash.decode(hash_type.algorithm, encoded)
                 except ValueError as exc:
                     raise ValidationError(f"invalid CA {text!r}: {exc}") from None
-                return cls(hash_type, digest)
+                return cls(hash_type, nix_hash.digest)
         raise ValidationError(f"invalid or unsupported CA {text!r}")
 
 

@@ -1,0 +1,27 @@
+"""The worker threads of remote fetches: a limiter of their own.
+
+Blocking work for a binary cache (reading a cache directory that may sit
+on a hung NFS server, decompressing) must never take the tokens of trio's
+default thread limiter: local reads need those, and 40 stuck fetches
+holding them made reads of files already cached and verified fail too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+import trio
+
+_R = TypeVar("_R")
+
+# Enough for the fetches a mount runs at once; more wait their turn.
+REMOTE_THREADS = trio.CapacityLimiter(16)
+
+
+async def run_remote(fn: Callable[[], _R]) -> _R:
+    """``fn()`` in a worker thread on :data:`REMOTE_THREADS`; cancelling abandons it."""
+    return await trio.to_thread.run_sync(fn, limiter=REMOTE_THREADS, abandon_on_cancel=True)
+
+
+__all__ = ["REMOTE_THREADS", "run_remote"]
