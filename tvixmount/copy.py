@@ -1,0 +1,264 @@
+"""Copying store paths between stores, as ``nix copy`` does.
+
+A path and, unless told otherwise, its closure (references, recursively)
+goes from any store to any store, references before the paths that refer
+to them, so a destination never holds a path whose references it lacks.
+Paths the destination has are skipped. Into a castore-backed store the
+blobs and Directories go first and the PathInfo last; into a binary cache
+the NAR, streamed from the source's castore, goes first and the narinfo
+last (:mod:`tvixmount.stores.binarycache.writer`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from .castore.blobservice import BlobService
+from .castore.digest import B3Digest
+from .castore.directory import Directory
+from .castore.nodes import DirectoryNode, FileNode
+from .errors import IntegrityError, NotFoundError
+from .nar.narinfo import Narinfo, fingerprint
+from .nar.signing import SecretKey
+from .nar.writer import write_nar
+from .pathinfo.lookup import find_path_info
+from .pathinfo.model import PathInfo
+from .storepath import StorePath
+from .stores import Store
+from .stores.binarycache.writer import BinaryCacheWriter
+
+_BLOB_CHUNK = 1 << 20
+
+Progress = Callable[[int], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Copied:
+    """One path of the closure: copied, or found present at the destination."""
+
+    info: PathInfo
+    copied: bool
+    narinfo: Narinfo | None = None  # what a binary cache destination got
+
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            "path": self.info.store_path.absolute,
+            "copied": self.copied,
+            "narSize": self.info.narinfo.nar_size,
+        }
+        if self.narinfo is not None:
+            out.update(
+                url=self.narinfo.url,
+                compression=self.narinfo.compression,
+                fileHash=str(self.narinfo.file_hash),
+                fileSize=self.narinfo.file_size,
+                signatures=[str(sig) for sig in self.narinfo.signatures],
+            )
+        return out
+
+
+class Destination(Protocol):
+    def describe(self) -> str: ...
+
+    async def prepare(self) -> None: ...
+
+    async def has(self, info: PathInfo) -> bool: ...
+
+    async def add(self, info: PathInfo, source: Store, progress: Progress) -> Narinfo | None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class CacheDestination:
+    """A binary cache (``file://``, ``s3://``)."""
+
+    def __init__(self, url: str, writer: BinaryCacheWriter) -> None:
+        self._url = url
+        self._writer = writer
+
+    def describe(self) -> str:
+        return self._url
+
+    async def prepare(self) -> None:
+        await self._writer.prepare()
+
+    async def has(self, info: PathInfo) -> bool:
+        return await self._writer.has(info.store_path)
+
+    async def add(self, info: PathInfo, source: Store, progress: Progress) -> Narinfo | None:
+        nar = write_nar(info.node, source.blobs, source.directories)
+        return await self._writer.add(info, nar, progress)
+
+    async def aclose(self) -> None:
+        await self._writer.aclose()
+
+
+class StoreDestination:
+    """A castore-backed store (embedded, ``memory://``, gRPC); ``keys`` sign what it gets."""
+
+    def __init__(self, store: Store, keys: Sequence[SecretKey]) -> None:
+        self._store = store
+        self._keys = tuple(keys)
+
+    def describe(self) -> str:
+        return self._store.url
+
+    async def prepare(self) -> None:
+        pass
+
+    async def has(self, info: PathInfo) -> bool:
+        return await find_path_info(self._store.pathinfos, info.store_path) is not None
+
+    async def add(self, info: PathInfo, source: Store, progress: Progress) -> Narinfo | None:
+        node = info.node
+        if isinstance(node, DirectoryNode):
+            directories = await _directory_closure(source, node.digest)
+            for file in _files(directories):
+                await _copy_blob(file, source.blobs, self._store.blobs, progress)
+            await self._store.directories.put_many(directories)
+        elif isinstance(node, FileNode):
+            await _copy_blob(node, source.blobs, self._store.blobs, progress)
+        await self._store.pathinfos.put(_signed(info, self._keys))
+        return None
+
+    async def aclose(self) -> None:
+        await self._store.aclose()
+
+
+def _signed(info: PathInfo, keys: Sequence[SecretKey]) -> PathInfo:
+    """``info`` with a signature by each of ``keys`` it does not carry yet."""
+    kept = info.narinfo
+    signed = fingerprint(info.store_path, kept.nar_sha256, kept.nar_size, info.reference_paths)
+    signatures = list(kept.signatures)
+    for key in keys:
+        signature = key.sign(signed)
+        if signature not in signatures:
+            signatures.append(signature)
+    narinfo = dataclasses.replace(kept, signatures=tuple(signatures))
+    return dataclasses.replace(info, narinfo=narinfo)
+
+
+async def _directory_closure(source: Store, root: B3Digest) -> list[Directory]:
+    """Every Directory below ``root``, each after all those it refers to (as put_many wants)."""
+    found = {d.digest(): d async for d in source.directories.get_recursive(root)}
+    ordered: list[Directory] = []
+    placed: set[B3Digest] = set()
+    # Post-order with an explicit stack: a Directory shared by two parents at
+    # different depths must precede both, which the breadth-first order does not give.
+    stack: list[tuple[B3Digest, bool]] = [(root, False)]
+    while stack:
+        digest, children_done = stack.pop()
+        if digest in placed:
+            continue
+        directory = found.get(digest)
+        if directory is None:
+            raise NotFoundError(f"directory {digest} not found in the source store")
+        if children_done:
+            placed.add(digest)
+            ordered.append(directory)
+            continue
+        stack.append((digest, True))
+        stack.extend((child.digest, False) for child in directory.directories)
+    return ordered
+
+
+def _files(directories: Sequence[Directory]) -> list[FileNode]:
+    unique: dict[B3Digest, FileNode] = {}
+    for directory in directories:
+        for file in directory.files:
+            unique.setdefault(file.digest, file)
+    return list(unique.values())
+
+
+async def _copy_blob(
+    file: FileNode, source: BlobService, dest: BlobService, progress: Progress
+) -> None:
+    if await dest.has(file.digest):
+        progress(file.size)
+        return
+    reader = await source.open_read(file.digest)
+    if reader is None:
+        raise NotFoundError(f"blob {file.digest} of {file.name!r} not found in the source store")
+    try:
+        writer = await dest.open_write()
+        try:
+            offset = 0
+            while offset < reader.size:
+                data = await reader.pread(offset, min(_BLOB_CHUNK, reader.size - offset))
+                if not data:
+                    raise IntegrityError(f"blob {file.digest} ended early at byte {offset}")
+                await writer.write(data)
+                offset += len(data)
+                progress(len(data))
+        except BaseException:
+            await writer.abort()
+            raise
+        digest = await writer.finish()
+    finally:
+        await reader.aclose()
+    if digest != file.digest:
+        raise IntegrityError(f"blob {file.digest} of {file.name!r} arrived as {digest}")
+
+
+async def closure(
+    source: Store, paths: Sequence[StorePath], recursive: bool = True
+) -> list[PathInfo]:
+    """The PathInfos of ``paths`` (and their closure), every reference before its referrers."""
+    ordered: list[PathInfo] = []
+    infos: dict[StorePath, PathInfo] = {}
+    placed: set[StorePath] = set()
+
+    async def lookup(path: StorePath, wanted_by: StorePath | None) -> PathInfo:
+        info = infos.get(path)
+        if info is None:
+            info = await find_path_info(source.pathinfos, path)
+            if info is None:
+                why = f" (a reference of {wanted_by.absolute})" if wanted_by else ""
+                raise NotFoundError(f"path '{path.absolute}'{why} is not in {source.url}")
+            infos[path] = info
+        return info
+
+    for root in paths:
+        stack: list[tuple[StorePath, StorePath | None, bool]] = [(root, None, False)]
+        while stack:
+            path, wanted_by, references_done = stack.pop()
+            if path in placed:
+                continue
+            info = await lookup(path, wanted_by)
+            if references_done or not recursive:
+                placed.add(path)
+                ordered.append(info)
+                continue
+            stack.append((path, wanted_by, True))
+            for ref in sorted(info.reference_paths, reverse=True):
+                if ref != path and ref not in placed:
+                    stack.append((ref, path, False))
+    return ordered
+
+
+async def copy_paths(
+    source: Store,
+    destination: Destination,
+    paths: Sequence[StorePath],
+    recursive: bool = True,
+    progress: Callable[[Sequence[PathInfo]], Callable[[PathInfo], Progress]] | None = None,
+) -> list[Copied]:
+    """Copy ``paths`` (with their closure unless ``recursive`` is false); what each became."""
+    infos = await closure(source, paths, recursive)
+    await destination.prepare()
+    missing = [info for info in infos if not await destination.has(info)]
+    start = progress(missing) if progress is not None else None
+    done: dict[StorePath, Narinfo | None] = {}
+    for info in missing:
+        advance = start(info) if start is not None else _ignore
+        done[info.store_path] = await destination.add(info, source, advance)
+    return [Copied(info, info.store_path in done, done.get(info.store_path)) for info in infos]
+
+
+def _ignore(_: int) -> None:
+    pass
+
+
+__all__ = ["CacheDestination", "Copied", "Destination", "StoreDestination", "closure", "copy_paths"]
