@@ -12,20 +12,20 @@ import pytest
 import trio
 
 from tests.mounting import Mount, mounted, requires_fuse, requires_nix
+from tvixmount.demo import write_demo_tree
 from tvixmount.importer import import_path
 from tvixmount.pathinfo.model import PathInfo
 from tvixmount.stores import StoreOptions, open_store
 
 pytestmark = requires_fuse
 
-DEMO = Path(__file__).parent / "fixtures" / "demo"
 BUSYBOX = Path("/bin/busybox")
 
 
 def _build_tree(root: Path) -> Path:
     """A tree with a script, a static binary, nesting, symlinks and an empty dir."""
     tree = root / "tree"
-    shutil.copytree(DEMO / "hello", tree, symlinks=True)
+    shutil.copytree(write_demo_tree(root / "demo") / "hello", tree, symlinks=True)
     if BUSYBOX.exists():
         shutil.copy(BUSYBOX, tree / "bin" / "busybox")
     (tree / "empty").mkdir()

@@ -1,9 +1,14 @@
 """``make run`` / ``make stop``: the README's demo on the embedded default store.
 
-``python -m tvixmount.demo up MNT`` imports the store paths under
-``tests/fixtures/demo`` into the embedded store, mounts it at MNT (listing
-allowed) in the background with the real CLI, and shows what is there.
+``python -m tvixmount.demo up MNT`` writes the demo tree (:data:`DEMO_TREE`)
+to a temporary directory, imports each of its top-level entries into the
+embedded store as a store path, mounts the store at MNT (listing allowed) in
+the background with the real CLI, and shows what is there.
 ``python -m tvixmount.demo down MNT`` unmounts and waits for the server.
+
+The tree is described here rather than kept as files next to the code: a
+wheel keeps neither symlinks nor, reliably, executable bits, and the demo
+must work from an installed package as well as from a checkout.
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ import os
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import trio
@@ -25,14 +32,61 @@ from .importer import import_path
 from .pathinfo.model import PathInfo
 from .stores import StoreOptions, default_store_url, open_store
 
-DEMO_SOURCE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "demo"
+
+@dataclass(frozen=True, slots=True)
+class File:
+    text: str
+    executable: bool = False
 
 
-async def import_demo(source: Path) -> list[PathInfo]:
-    """Import every entry of ``source`` as its own store path (idempotent)."""
+@dataclass(frozen=True, slots=True)
+class Symlink:
+    target: str
+
+
+# Relative path -> what is there; directories follow from the paths. Each
+# top-level entry becomes one store path: a lone file and a small package.
+DEMO_TREE: Mapping[str, File | Symlink] = {
+    "greeting.txt": File("Just one file as a store path.\n"),
+    "hello/bin/hello": File(
+        "#!/bin/sh\n"
+        "# A store path's executable, run straight from the tvixmount mount.\n"
+        'echo "Hello from tvixmount, served out of ${0%/bin/*}"\n',
+        executable=True,
+    ),
+    "hello/bin/hi": Symlink("hello"),
+    "hello/share/doc/hello/README": File(
+        "hello: the tvixmount demo package.\n"
+        "\n"
+        "Everything under this store path is served read-only over FUSE from the\n"
+        "embedded tvixmount store: files by BLAKE3 blob digest, directories by\n"
+        "Directory digest, symlinks by target. Identical content shares one inode.\n"
+    ),
+    "hello/share/hello/nested/README": Symlink("../../doc/hello/README"),
+    "hello/share/hello/nested/deeper/note.txt": File("deep inside the store path\n"),
+}
+
+
+def write_demo_tree(root: Path) -> Path:
+    """Write :data:`DEMO_TREE` under ``root`` (created); returns ``root``."""
+    for relative, item in DEMO_TREE.items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(item, Symlink):
+            path.symlink_to(item.target)
+        else:
+            path.write_text(item.text)
+            path.chmod(0o755 if item.executable else 0o644)
+    return root
+
+
+async def import_demo() -> list[PathInfo]:
+    """Import every top-level entry of the demo tree as its own store path (idempotent)."""
     store = open_store(None, StoreOptions(create=True))
     try:
-        return [await import_path(store, entry) for entry in sorted(source.iterdir())]
+        with tempfile.TemporaryDirectory(prefix="tvixmount-demo-") as tmp:
+            source = write_demo_tree(Path(tmp))
+            return [await import_path(store, entry) for entry in sorted(source.iterdir())]
     finally:
         await store.aclose()
 
@@ -58,8 +112,8 @@ def tree(path: Path, prefix: str = "") -> Iterator[str]:
 
 
 def up(mountpoint: Path) -> int:
-    infos = trio.run(import_demo, DEMO_SOURCE)
-    print(f"imported {len(infos)} store paths from {DEMO_SOURCE} into {default_store_url()}")
+    infos = trio.run(import_demo)
+    print(f"imported {len(infos)} demo store paths into {default_store_url()}")
     mountpoint.mkdir(parents=True, exist_ok=True)
     absolute = mountpoint.resolve()
     if is_mounted(str(absolute)):
