@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import itertools
 import os
 import secrets
 import sqlite3
+import stat
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +46,7 @@ from ...castore.digest import B3Digest
 from ...castore.directory import Directory
 from ...castore.directoryservice import check_closure, walk_breadth_first
 from ...errors import IntegrityError, StoreError
+from .lease import Lease, write_transaction
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -157,6 +160,11 @@ async def _pread_nowait(
         got = os.preadv(fd, [buf], offset, os.RWF_NOWAIT)
     except BlockingIOError:
         got = 0
+    except OSError as exc:
+        # tmpfs (and NFS, FUSE) refuse RWF_NOWAIT: read the plain way, in a thread.
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+        got = 0
     if got < length:
         async with disk or contextlib.nullcontext():
             while got < length:
@@ -182,19 +190,23 @@ class LocalBlobWriter:
         self._tmp: Path | None = None
 
     async def write(self, data: bytes | memoryview) -> None:
-        if self._fd >= 0:
-            if len(data) >= _THREADED_WRITE_MIN:
-                # BLAKE3 and write(2) release the GIL: in a worker thread they
-                # overlap with the importer's reading and SHA-256 on the other core.
-                await trio.to_thread.run_sync(self._hash_and_write_out, data)
-            else:
-                self._hash_and_write_out(data)
-            return
-        self._hasher.update(data)
-        self._parts.append(bytes(data))
-        self._buffered += len(data)
-        if self._buffered > _WRITE_BUFFER:
-            self._spill()
+        try:
+            if self._fd >= 0:
+                if len(data) >= _THREADED_WRITE_MIN:
+                    # BLAKE3 and write(2) release the GIL: in a worker thread they
+                    # overlap with the importer's reading and SHA-256 on the other core.
+                    await trio.to_thread.run_sync(self._hash_and_write_out, data)
+                else:
+                    self._hash_and_write_out(data)
+                return
+            self._hasher.update(data)
+            self._parts.append(bytes(data))
+            self._buffered += len(data)
+            if self._buffered > _WRITE_BUFFER:
+                self._spill()
+        except OSError as exc:  # the disk is full, the store read-only, ...
+            await self.abort()
+            raise StoreError(f"cannot write a blob to {self._service.tmp_dir}: {exc}") from exc
 
     def _spill(self) -> None:
         """Move the buffered bytes to a temp file; later writes go straight there."""
@@ -288,11 +300,19 @@ class _Batch:
 
 
 class LocalBlobService:
-    def __init__(self, root: Path, db: sqlite3.Connection) -> None:
+    def __init__(
+        self,
+        root: Path,
+        db: sqlite3.Connection,
+        lease: Lease | None = None,
+        read_only: bool = False,
+    ) -> None:
         self.blob_dir = root / "blobs"
         self.tmp_dir = root / "tmp"
         self.pack_dir = root / "packs"
+        self.read_only = read_only
         self._db = db
+        self._lease = lease or Lease(db)
         self._blob_root = str(self.blob_dir)
         self._temp_prefix = f"blob-{os.getpid()}-{id(self):x}-"
         self._temp_counter = itertools.count()
@@ -340,6 +360,13 @@ class LocalBlobService:
         row: tuple[int, int, int] | None = self._query_one(
             "SELECT pack, offset, size FROM packed_blobs WHERE digest = ?", bytes(digest)
         )
+        if row is not None and not (
+            isinstance(row[1], int)
+            and isinstance(row[2], int)
+            and row[1] >= 0
+            and 0 <= row[2] <= PACK_MAX
+        ):
+            raise IntegrityError(f"local store: the pack index entry of blob {digest} is corrupt")
         return row
 
     def location_of(self, digest: B3Digest) -> BlobLocation | None:
@@ -364,9 +391,9 @@ class LocalBlobService:
             raise StoreError(f"local store: pack {pack_id} is referenced but not recorded")
         path = self.pack_dir / row[0]
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = open_regular(path)
         except OSError as exc:
-            raise StoreError(f"cannot open pack {path}: {exc}") from exc
+            raise StoreError(f"cannot open pack {path}: {exc.strerror}") from None
         pack = self._packs[pack_id] = _Pack(pack_id, path, fd)
         return pack
 
@@ -407,11 +434,11 @@ class LocalBlobService:
 
     async def _open_file(self, digest: B3Digest) -> LocalBlobReader | None:
         try:
-            fd = os.open(self._file_of(digest), os.O_RDONLY | os.O_CLOEXEC)
+            fd = open_regular(self._file_of(digest))
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise StoreError(f"cannot open blob {digest}: {exc}") from exc
+            raise StoreError(f"cannot open blob {digest}: {exc.strerror}") from None
         try:
             st = os.fstat(fd)
             await self._verify_file(digest, fd, st)
@@ -459,18 +486,43 @@ class LocalBlobService:
         """Append a small blob to this service's pack; returns once it is durable."""
         batch = self._in_flight.get(digest)
         if batch is None:
-            if await self._stored_intact(digest):
+            if await self._reuse(digest):
                 return
             batch = self._in_flight.get(digest)  # another put may have begun meanwhile
         if batch is None:
-            pack, offset = self._append(data)
+            try:
+                pack, offset = self._append(data)
+            except (OSError, sqlite3.Error) as exc:
+                raise StoreError(f"cannot store blob {digest}: {exc}") from exc
             batch = self._in_flight[digest] = self._batch
             batch.rows[digest] = (pack.id, offset, len(data))
             batch.packs.add(pack)
         await self._commit(batch)
 
-    async def _stored_intact(self, digest: B3Digest) -> bool:
-        """Whether the blob is stored with the right bytes (a corrupt copy gets replaced)."""
+    async def _reuse(self, digest: B3Digest) -> bool:
+        """Whether the blob is stored with the right bytes (a corrupt copy gets replaced).
+
+        A stored copy is first marked with this process's generation, so a
+        ``gc`` that runs before the PathInfo referring to it is written keeps
+        it; only then is it looked at, so a copy ``gc`` removed just before is
+        seen to be gone and written again.
+        """
+        gen = self._lease.gen
+        try:
+            row = self._db.execute(
+                "SELECT gen FROM packed_blobs WHERE digest = ?", (bytes(digest),)
+            ).fetchone()
+            if row is not None and row[0] < gen:
+                with self._db:
+                    self._db.execute(
+                        "UPDATE packed_blobs SET gen = max(gen, ?) WHERE digest = ?",
+                        (gen, bytes(digest)),
+                    )
+            elif row is None and os.path.exists(self._file_of(digest)):
+                with self._db:
+                    self._touch_files([digest], gen)
+        except sqlite3.Error as exc:
+            raise StoreError(f"local store: {exc}") from exc
         try:
             reader = await self.open_read(digest)
         except IntegrityError:
@@ -493,23 +545,7 @@ class LocalBlobService:
         return pack, offset
 
     def _new_pack(self) -> _Pack:
-        self.pack_dir.mkdir(exist_ok=True)
-        while True:
-            name = f"{os.getpid()}-{id(self):x}-{secrets.token_hex(8)}.pack"
-            path = self.pack_dir / name
-            try:
-                # Read-only for everyone but this fd: nothing else ever writes to it.
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
-            except FileExistsError:
-                continue
-            break
-        try:
-            with self._db:
-                pack_id = self._db.execute("INSERT INTO packs (name) VALUES (?)", (name,)).lastrowid
-        except BaseException:
-            os.close(fd)
-            raise
-        assert pack_id is not None
+        pack_id, path, fd = create_pack(self._db, self.pack_dir, f"{id(self):x}")
         pack = self._packs[pack_id] = _Pack(pack_id, path, fd)
         self._appending, self._append_at = pack, 0
         # The new name must be durable before any row points into the pack.
@@ -548,15 +584,29 @@ class LocalBlobService:
             self._leader_gone = None
             gone.set()
 
+    def _touch_files(self, digests: Sequence[bytes], gen: int) -> None:
+        """Record that blob files are (about to be) this generation's (in a transaction)."""
+        self._db.executemany(
+            "INSERT INTO blob_files (digest, gen) VALUES (?, ?)"
+            " ON CONFLICT (digest) DO UPDATE SET gen = max(gen, excluded.gen)",
+            [(bytes(d), gen) for d in digests],
+        )
+
     async def _commit_batch(self, batch: _Batch) -> None:
         try:
+            gen = self._lease.gen
+            if batch.moves:
+                # Before the renames: a gc deciding about a file sees its new
+                # generation, or removed the old copy before the rename.
+                with self._db:
+                    self._touch_files([bytes.fromhex(final.name) for _, final in batch.moves], gen)
             await trio.to_thread.run_sync(self._make_durable, batch)
             if batch.rows:
                 with self._db:
                     self._db.executemany(
-                        "INSERT OR REPLACE INTO packed_blobs (digest, pack, offset, size)"
-                        " VALUES (?, ?, ?, ?)",
-                        [(bytes(d), *row) for d, row in batch.rows.items()],
+                        "INSERT OR REPLACE INTO packed_blobs (digest, pack, offset, size, gen)"
+                        " VALUES (?, ?, ?, ?, ?)",
+                        [(bytes(d), *row, gen) for d, row in batch.rows.items()],
                     )
         except (OSError, sqlite3.Error) as exc:
             batch.error = exc
@@ -590,12 +640,13 @@ class LocalBlobService:
         return [] if await self.has(digest) else None
 
     def close(self) -> None:
-        """Close the pack fds; readers still open on a pack must not be used after this."""
+        """Close the pack fds and drop the lease; open readers must not be used after this."""
         for pack in self._packs.values():
             os.close(pack.fd)
         self._packs.clear()
         self._appending = None
         self._verified.clear()
+        self._lease.release()
 
     async def aclose(self) -> None:
         self.close()
@@ -623,6 +674,52 @@ def _syncfs(directory: Path, files: list[Path]) -> bool:
     return False
 
 
+def create_pack(db: sqlite3.Connection, pack_dir: Path, tag: str) -> tuple[int, Path, int]:
+    """A new, empty pack file and its ``packs`` row: (id, path, read-write fd).
+
+    The name starts with this process's pid: ``gc`` leaves alone the packs of
+    processes still running, which may be appending to them.
+    """
+    pack_dir.mkdir(exist_ok=True)
+    while True:
+        name = f"{os.getpid()}-{tag}-{secrets.token_hex(8)}.pack"
+        path = pack_dir / name
+        try:
+            # Read-only for everyone but this fd: nothing else ever writes to it.
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+        except FileExistsError:
+            continue
+        break
+    try:
+        with db:
+            pack_id = db.execute("INSERT INTO packs (name) VALUES (?)", (name,)).lastrowid
+    except BaseException:
+        os.close(fd)
+        os.unlink(path)
+        raise
+    assert pack_id is not None
+    return pack_id, path, fd
+
+
+def open_regular(path: str | Path) -> int:
+    """A read-only fd of the regular file at ``path``; anything else is an OSError.
+
+    Opened non-blocking, so a FIFO where a blob or pack should be fails here
+    instead of hanging the open; the fd is made blocking again afterwards.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+            raise OSError(errno.EINVAL, f"{path} is {kind}")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def _fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -644,8 +741,9 @@ def _hash_fd(fd: int, size: int) -> B3Digest:
 
 
 class LocalDirectoryService:
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, lease: Lease | None = None) -> None:
         self._db = db
+        self._lease = lease or Lease(db)
 
     def _get(self, digest: B3Digest) -> Directory | None:
         row = self._db.execute(
@@ -666,11 +764,27 @@ class LocalDirectoryService:
 
     async def put_many(self, directories: Sequence[Directory]) -> B3Digest:
         try:
-            batch = check_closure(directories, self._get)
-            with self._db:
+            gen = self._lease.gen
+            # The check and the writes in one write transaction: a gc cannot
+            # remove a stored child in between.
+            with write_transaction(self._db):
+                batch = check_closure(directories, self._get)
                 self._db.executemany(
-                    "INSERT OR IGNORE INTO directories (digest, data) VALUES (?, ?)",
-                    [(bytes(d), directory.serialize()) for d, directory in batch.items()],
+                    "INSERT INTO directories (digest, data, gen) VALUES (?, ?, ?)"
+                    " ON CONFLICT (digest) DO UPDATE SET gen = max(gen, excluded.gen)",
+                    [(bytes(d), directory.serialize(), gen) for d, directory in batch.items()],
+                )
+                # Stored children this batch reuses get this generation too: gc
+                # keeps them and, through them, what they refer to.
+                reused = {
+                    bytes(child.digest)
+                    for directory in batch.values()
+                    for child in directory.directories
+                    if child.digest not in batch
+                }
+                self._db.executemany(
+                    "UPDATE directories SET gen = max(gen, ?) WHERE digest = ?",
+                    [(gen, digest) for digest in reused],
                 )
         except sqlite3.Error as exc:
             raise StoreError(f"local store: {exc}") from exc

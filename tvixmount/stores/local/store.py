@@ -7,11 +7,17 @@ Layout (format 2)::
     DIR/packs/<name>.pack   small blobs (<= 128 KiB) appended back to back
     DIR/blobs/xx/<hex>      bigger blobs, one content-addressed file each
     DIR/tmp/                big blobs being written
+    DIR/gc.lock             held (flock) by a running ``gc``
 
 ``packed_blobs`` maps a blob digest to (pack id, offset, size); ``packs``
 maps a pack id to its file name. ``directories`` is a rowid table, so the
 Directories of one import lie together on disk in insertion order and a cold
 walk of one store path reads few pages.
+
+``leases`` and the ``gen`` columns (of ``directories``, ``packed_blobs`` and
+``blob_files``, which only records the lease of a blob file's last writer)
+let ``gc`` run while other processes import: see docs/gc.md and
+:mod:`.lease`.
 
 A format-1 store (every blob a file, ``directories`` keyed by digest without
 rowid) is upgraded in place when opened: the new tables are created and the
@@ -24,11 +30,15 @@ writes; a busy timeout makes concurrent writers wait instead of failing.
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
+import stat
+import urllib.parse
 from pathlib import Path
 
 from ...errors import StoreError
 from .castore import LocalBlobService, LocalDirectoryService
+from .lease import Lease, process_alive
 from .pathinfo import LocalPathInfoService
 
 MARKER = "tvixmount-store"
@@ -51,7 +61,13 @@ CREATE TABLE IF NOT EXISTS packed_blobs (
     digest BLOB PRIMARY KEY, pack INTEGER NOT NULL, offset INTEGER NOT NULL,
     size INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS blob_files (digest BLOB PRIMARY KEY, gen INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS leases (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, pid INTEGER NOT NULL, started INTEGER NOT NULL
+);
 """
+# Stores made before gc existed lack these columns; their objects count as generation 0.
+_GEN_TABLES = ("directories", "packed_blobs")
 
 
 def default_store_dir() -> Path:
@@ -67,14 +83,45 @@ def default_store_dir() -> Path:
 _DIRS = ("blobs", "packs", "tmp")
 # A database up to this size is read into the page cache when a mount starts.
 WARM_MAX = 256 << 20
-_OWN_NAMES = {MARKER, *_DIRS, "store.sqlite", "store.sqlite-wal", "store.sqlite-shm"}
+_OWN_NAMES = {
+    MARKER,
+    *_DIRS,
+    "gc.lock",
+    "store.sqlite",
+    "store.sqlite-wal",
+    "store.sqlite-shm",
+    "store.sqlite-journal",
+}
+
+
+def _read_small(path: Path) -> str | None:
+    """A small text file's contents, None if absent; anything but a regular file is an error.
+
+    Opened non-blocking: a FIFO planted where the file should be must not
+    hang the open (it has no writer).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StoreError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise StoreError(f"{path} is not a regular file")
+        return os.read(fd, 4096).decode(errors="replace")
+    except OSError as exc:
+        raise StoreError(f"cannot read {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
 
 
 def _store_format(root: Path) -> str | None:
     """The store's marker (FORMAT or an upgradable one), or None if ``root`` is no store."""
-    try:
-        marker = (root / MARKER).read_text()
-    except OSError:
+    if not root.is_dir():
+        return None
+    marker = _read_small(root / MARKER)
+    if marker is None:
         return None
     if marker != FORMAT and marker not in _UPGRADABLE:
         raise StoreError(
@@ -98,16 +145,116 @@ def _initialise(root: Path) -> None:
             raise StoreError(f"{root} is not empty and not a tvixmount store; refusing to use it")
         for name in _DIRS:
             (root / name).mkdir(exist_ok=True)
+        # The database exists before the marker: a marked store whose database
+        # is missing or empty has lost its metadata, and is never recreated.
+        _connect(root, read_only=False).close()
         # The marker appears atomically and last: its presence means "complete".
         _write_marker(root)
     except OSError as exc:
         raise StoreError(f"cannot create store at {root}: {exc}") from exc
 
 
+def _writable(root: Path) -> bool:
+    # access(2) also answers EROFS for a read-only mount, even to root.
+    return os.access(root, os.W_OK) and os.access(root / "store.sqlite", os.W_OK)
+
+
+def _connect(root: Path, read_only: bool) -> sqlite3.Connection:
+    """The store's database, its schema in place unless ``read_only``."""
+    path = root / "store.sqlite"
+    try:
+        if read_only:
+            # A WAL database is read through its -shm file, which a reader that
+            # may not write cannot create; ``immutable`` then reads the file as
+            # it is (nobody who cannot write it changes it through us).
+            quoted = urllib.parse.quote(str(path))
+            try:
+                db = sqlite3.connect(
+                    f"file:{quoted}?mode=ro", uri=True, check_same_thread=False, timeout=30
+                )
+                db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            except sqlite3.OperationalError:
+                db = sqlite3.connect(
+                    f"file:{quoted}?immutable=1", uri=True, check_same_thread=False
+                )
+        else:
+            db = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise StoreError(f"{root}: cannot open store database: {exc}") from exc
+    try:
+        db.isolation_level = "DEFERRED"
+        if not read_only:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+            for table in _GEN_TABLES:
+                columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+                if "gen" not in columns:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN gen INTEGER NOT NULL DEFAULT 0")
+        db.execute("SELECT count(*) FROM pathinfos").fetchone()
+    except sqlite3.Error as exc:
+        db.close()
+        raise StoreError(f"{root}: cannot open store database: {exc}") from exc
+    return db
+
+
+def _check_database(root: Path) -> None:
+    """Refuse a marked store whose database is gone: recreating it would lose every path."""
+    path = root / "store.sqlite"
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise StoreError(
+            f"{root}: the store database store.sqlite is missing; refusing to recreate it empty"
+        ) from None
+    except OSError as exc:
+        raise StoreError(f"{root}: cannot open store database: {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise StoreError(f"{root}: the store database store.sqlite is not a regular file")
+    if st.st_size == 0:
+        raise StoreError(
+            f"{root}: the store database store.sqlite is empty (0 bytes); "
+            "refusing to recreate it empty"
+        )
+
+
+def temp_owner(name: str) -> int | None:
+    """The pid in a temp file's or pack's name (``blob-<pid>-...``, ``<pid>-....pack``)."""
+    first = name.removeprefix("blob-").partition("-")[0]
+    return int(first) if first.isdigit() else None
+
+
+def remove_dead_temps(tmp_dir: Path) -> int:
+    """Delete temp files whose writing process is gone; returns the bytes freed."""
+    freed = 0
+    try:
+        entries = list(os.scandir(tmp_dir))
+    except OSError:
+        return 0
+    for entry in entries:
+        owner = temp_owner(entry.name)
+        if owner is not None and process_alive(owner):
+            continue
+        try:
+            size = entry.stat(follow_symlinks=False).st_blocks * 512
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+        except OSError:
+            continue
+        freed += size
+    return freed
+
+
 def open_local(
     root: Path, create: bool
 ) -> tuple[LocalBlobService, LocalDirectoryService, LocalPathInfoService, sqlite3.Connection]:
-    """Open (or with ``create``, create) the store at ``root``."""
+    """Open (or with ``create``, create) the store at ``root``.
+
+    A store this process may not write (a read-only mount, another owner's
+    directory) opens read-only: reads work, writes fail with a StoreError.
+    """
     marker = _store_format(root)
     if marker is None:
         if root.exists() and not root.is_dir():
@@ -119,26 +266,29 @@ def open_local(
                 )
             raise StoreError(f"{root} is not a tvixmount store (no {MARKER} marker)")
         _initialise(root)
+    _check_database(root)
+    read_only = not _writable(root)
+    if read_only and marker is not None and marker != FORMAT:
+        raise StoreError(f"{root}: an old-format store must be upgraded, which needs write access")
+    db = _connect(root, read_only)
     try:
-        db = sqlite3.connect(
-            root / "store.sqlite", timeout=30, check_same_thread=False, isolation_level=None
-        )
-    except sqlite3.Error as exc:
-        raise StoreError(f"{root}: cannot open store database: {exc}") from exc
-    try:
-        db.isolation_level = "DEFERRED"
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.executescript(_SCHEMA)
-        for name in _DIRS:
-            (root / name).mkdir(exist_ok=True)
-        if marker is not None and marker != FORMAT:
-            # Only now: the tables the new format needs exist.
-            _write_marker(root)
-    except (sqlite3.Error, OSError) as exc:
+        if not read_only:
+            for name in _DIRS:
+                (root / name).mkdir(exist_ok=True)
+            if marker is not None and marker != FORMAT:
+                # Only now: the tables the new format needs exist.
+                _write_marker(root)
+            remove_dead_temps(root / "tmp")
+    except OSError as exc:
         db.close()
-        raise StoreError(f"{root}: cannot open store database: {exc}") from exc
-    return LocalBlobService(root, db), LocalDirectoryService(db), LocalPathInfoService(db), db
+        raise StoreError(f"{root}: cannot open store: {exc}") from exc
+    lease = Lease(db)
+    return (
+        LocalBlobService(root, db, lease, read_only=read_only),
+        LocalDirectoryService(db, lease),
+        LocalPathInfoService(db),
+        db,
+    )
 
 
 def warm_index(root: Path) -> None:
@@ -153,7 +303,7 @@ def warm_index(root: Path) -> None:
     """
     for name in ("store.sqlite", "store.sqlite-wal"):
         try:
-            fd = os.open(root / name, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(root / name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError:
             continue
         try:
