@@ -1,15 +1,24 @@
-"""``tvixmount serve``: the tvix-compatible gRPC services in front of a store."""
+"""``tvixmount serve``: a store over gRPC (tvix-store compatible), as a Nix binary cache, or both.
+
+``--listen`` serves the tvix gRPC services, ``--http`` a binary cache stock
+Nix substitutes from; given together they share one store in one process.
+Without either, gRPC on the default address. One stdout line per listener
+once it is bound (scripts wait for them).
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import signal
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..errors import TvixmountError
 from .common import add_store_argument, open_store_from_args
 
 if TYPE_CHECKING:
+    from ..nar.signing import SecretKey
     from ..stores import Store
 
 log = logging.getLogger(__name__)
@@ -20,46 +29,110 @@ DEFAULT_LISTEN = "127.0.0.1:8000"
 def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "serve",
-        help="serve a store over gRPC (tvix-store compatible)",
+        help="serve a store over gRPC (tvix-store compatible) or as a Nix binary cache",
         description="Serve the BlobService, DirectoryService and PathInfoService of a store "
-        "over gRPC, so tvix-store or another tvixmount can use it. Stops on SIGINT/SIGTERM.",
+        "over gRPC, so tvix-store or another tvixmount can use it (--listen), and/or serve it "
+        "as a Nix binary cache over HTTP (--http). Stops on SIGINT/SIGTERM.",
     )
     parser.add_argument(
         "--listen",
         metavar="ADDR",
-        default=DEFAULT_LISTEN,
-        help=f"HOST:PORT or unix:///PATH (default {DEFAULT_LISTEN}; port 0 picks a free one)",
+        default=None,
+        help=f"gRPC on HOST:PORT or unix:///PATH (default {DEFAULT_LISTEN} when --http is not "
+        "given; port 0 picks a free one)",
+    )
+    parser.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        default=None,
+        help="serve a Nix binary cache on HOST:PORT (port 0 picks a free one)",
+    )
+    parser.add_argument(
+        "--secret-key",
+        metavar="FILE",
+        action="append",
+        default=[],
+        type=Path,
+        help="sign the narinfos served over --http with this Nix secret key (repeatable)",
+    )
+    parser.add_argument(
+        "--priority",
+        metavar="N",
+        type=int,
+        default=None,
+        help="the Priority the binary cache advertises (default 30; lower is preferred)",
+    )
+    parser.add_argument(
+        "--writable",
+        action="store_true",
+        help="accept Puts over gRPC (default: read-only)",
     )
     add_store_argument(parser)
     parser.set_defaults(func=run)
 
 
+def _secret_key(path: Path) -> SecretKey:
+    from ..nar.signing import SecretKey
+
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TvixmountError(f"cannot read secret key file {str(path)!r}: {exc}") from None
+    return SecretKey.parse(text)
+
+
 def run(args: argparse.Namespace) -> int:
     import trio  # here: the parser for every command imports this module
 
-    # A server receives Puts, so like `import` it creates the embedded store.
+    if args.http is None and (args.secret_key or args.priority is not None):
+        raise TvixmountError("--secret-key and --priority apply to --http only")
+    keys = [_secret_key(path) for path in args.secret_key]
+    # A server may receive Puts, so like `import` it creates the embedded store.
     store = open_store_from_args(args, create=True)
-    return trio.run(_serve, store, args.listen)
+    return trio.run(_serve, store, args, keys)
 
 
-async def _serve(store: Store, listen: str) -> int:
+async def _serve(store: Store, args: argparse.Namespace, keys: list[SecretKey]) -> int:
     # Imported here: every command imports this module, and grpc must not be
     # loaded before `mount` forks.
     import trio
 
-    from ..stores.grpc.server import GrpcServer
-
+    listen = args.listen or (None if args.http else DEFAULT_LISTEN)
     try:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            server = GrpcServer.start(store, listen)
+            http = None
+            if args.http is not None:
+                from ..stores.binarycache.server import DEFAULT_PRIORITY, HttpServer
+
+                priority = DEFAULT_PRIORITY if args.priority is None else args.priority
+                http = HttpServer(
+                    store,
+                    args.http,
+                    secret_keys=keys,
+                    priority=priority,
+                    log_requests=args.verbose,
+                )
+            grpc_server = None
+            if listen is not None:
+                from ..stores.grpc.server import GrpcServer
+
+                grpc_server = GrpcServer.start(store, listen, writable=args.writable)
             try:
-                # One stdout line, once the port is bound: scripts wait for it.
-                print(f"tvixmount: serving {store.url} at {server.url}", flush=True)
-                async for signum in signals:
-                    log.info("received %s, shutting down", signal.Signals(signum).name)
-                    break
+                async with trio.open_nursery() as nursery:
+                    for url in (grpc_server and grpc_server.url, http and http.url):
+                        if url:
+                            # One stdout line per listener, once bound: scripts wait for it.
+                            print(f"tvixmount: serving {store.url} at {url}", flush=True)
+                    if http is not None:
+                        nursery.start_soon(http.serve)
+                    async for signum in signals:
+                        log.info("received %s, shutting down", signal.Signals(signum).name)
+                        break
+                    if http is not None:
+                        http.stop()
             finally:
-                await server.stop()
+                if grpc_server is not None:
+                    await grpc_server.stop()
     finally:
         await store.aclose()
     return 0

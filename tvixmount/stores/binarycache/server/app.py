@@ -1,0 +1,231 @@
+"""The ASGI application: a Nix binary cache's URL space over any store.
+
+Routes (GET and HEAD), as Nix and its tools read a cache:
+
+- ``/nix-cache-info``
+- ``/<hash>.narinfo``: built from the PathInfo, signed (:mod:`.catalog`);
+- ``/nar/<narhash>.nar?hash=<hash>``: the NAR, byte ranges honoured, and
+  ``.nar.zst`` for the same NAR zstd-compressed (:mod:`.nar`);
+- ``/<hash>.ls``: the NAR listing ``nix copy ...?write-nar-listing=true`` writes.
+
+Paths are matched on the raw request target, before any percent-decoding,
+against these exact shapes; nothing maps to a file, so there is no path to
+traverse. Written without a framework: four routes do not need one, and the
+NAR stream wants direct control of when the response ends.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from .... import nixbase32
+from ....errors import NotFoundError, TvixmountError
+from ....listing import list_path, to_nix_json
+from ....storepath import STORE_DIR
+from ... import Store
+from .catalog import Catalog, Entry
+from .nar import ByteRange, Unsatisfiable, checked_nar, parse_range, zstd_compressed
+
+log = logging.getLogger(__name__)
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+_HASH = f"[{nixbase32.ALPHABET}]{{32}}"
+_NARHASH = f"[{nixbase32.ALPHABET}]{{52}}"
+_NARINFO = re.compile(rf"/({_HASH})\.narinfo")
+_LISTING = re.compile(rf"/({_HASH})\.ls")
+_NAR = re.compile(rf"/nar/({_NARHASH})\.nar(\.zst)?")
+_NAR_QUERY = re.compile(rf"hash=({_HASH})")
+# Content is addressed by its hash in the URL: it never changes.
+_IMMUTABLE = (b"cache-control", b"public, max-age=31536000, immutable")
+
+
+@dataclass
+class Response:
+    status: int
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    body: bytes = b""
+    stream: AsyncGenerator[bytes, None] | None = None  # sent instead of body
+
+    @classmethod
+    def text(cls, status: int, text: str, content_type: str = "text/plain") -> Response:
+        body = text.encode()
+        return cls(status, [(b"content-type", content_type.encode())], body)
+
+
+def _error(status: int, message: str) -> Response:
+    return Response.text(status, message + "\n")
+
+
+class CacheApp:
+    """ASGI app serving ``store`` as a binary cache; run it on trio (hypercorn)."""
+
+    def __init__(self, store: Store, catalog: Catalog, priority: int) -> None:
+        self._store = store
+        self._catalog = catalog
+        self._cache_info = f"StoreDir: {STORE_DIR}\nWantMassQuery: 1\nPriority: {priority}\n"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        response = await self._respond(scope)
+        await _send_response(response, scope["method"] == "HEAD", receive, send)
+
+    async def _respond(self, scope: Scope) -> Response:
+        if scope["method"] not in ("GET", "HEAD"):
+            response = _error(405, "only GET and HEAD")
+            response.headers.append((b"allow", b"GET, HEAD"))
+            return response
+        try:
+            target = bytes(scope["raw_path"]).decode("ascii")
+            query = bytes(scope["query_string"]).decode("ascii")
+        except UnicodeDecodeError:
+            return _error(400, "bad request path")
+        try:
+            return await self._route(target, query, scope["headers"])
+        except TvixmountError as exc:
+            log.error("%s: %s", target, exc)
+            return _error(500, str(exc))
+
+    async def _route(self, target: str, query: str, headers: list[tuple[bytes, bytes]]) -> Response:
+        if target == "/nix-cache-info":
+            return Response.text(200, self._cache_info, "text/x-nix-cache-info")
+        if match := _NARINFO.fullmatch(target):
+            entry = await self._entry(match[1])
+            if entry is None:
+                return _error(404, "no such path")
+            return Response(200, [(b"content-type", b"text/x-nix-narinfo")], entry.narinfo)
+        if match := _NAR.fullmatch(target):
+            hash_match = _NAR_QUERY.fullmatch(query)
+            entry = await self._entry(hash_match[1]) if hash_match else None
+            if entry is None or nixbase32.encode(entry.info.narinfo.nar_sha256) != match[1]:
+                return _error(404, "no such NAR")
+            return await self._nar(entry, compressed=bool(match[2]), headers=headers)
+        if match := _LISTING.fullmatch(target):
+            return await self._listing(match[1])
+        if ".." in target or "%" in target or "//" in target or "\\" in target:
+            return _error(400, "bad request path")
+        return _error(404, "not found")
+
+    async def _entry(self, encoded: str) -> Entry | None:
+        return await self._catalog.get(nixbase32.decode(encoded))
+
+    async def _listing(self, encoded: str) -> Response:
+        entry = await self._entry(encoded)
+        if entry is None:
+            return _error(404, "no such path")
+        try:
+            listing = await list_path(
+                self._store, str(entry.info.store_path), depth=None, nar_offsets=True
+            )
+        except NotFoundError:
+            return _error(404, "no such path")
+        body = json.dumps({"version": 1, "root": to_nix_json(listing)}, separators=(",", ":"))
+        return Response.text(200, body, "application/json")
+
+    async def _nar(
+        self, entry: Entry, compressed: bool, headers: list[tuple[bytes, bytes]]
+    ) -> Response:
+        size = entry.info.narinfo.nar_size
+        wanted: ByteRange | None = None
+        range_header = _header(headers, b"range")
+        if range_header is not None and not compressed:
+            try:
+                wanted = parse_range(range_header, size)
+            except Unsatisfiable:
+                response = _error(416, "range not satisfiable")
+                response.headers.append((b"content-range", f"bytes */{size}".encode()))
+                return response
+        stream = checked_nar(entry.info, self._store, wanted)
+        if compressed:
+            stream = zstd_compressed(stream)
+        response = Response(200, [(b"content-type", b"application/x-nix-nar"), _IMMUTABLE])
+        if compressed:
+            response.headers.append((b"accept-ranges", b"none"))
+        else:
+            start, stop = wanted or ByteRange(0, size)
+            response.headers += [
+                (b"accept-ranges", b"bytes"),
+                (b"content-length", str(stop - start).encode()),
+            ]
+            if wanted is not None:
+                response.status = 206
+                response.headers.append(
+                    (b"content-range", f"bytes {start}-{stop - 1}/{size}".encode())
+                )
+        response.stream = stream
+        return response
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+    for key, value in headers:
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def _send_response(response: Response, head: bool, receive: Receive, send: Send) -> None:
+    stream = response.stream
+    headers = response.headers
+    if stream is None:
+        headers = [*headers, (b"content-length", str(len(response.body)).encode())]
+    elif not head:
+        # Errors before the first byte still get a status: start the stream first.
+        try:
+            first = await anext(stream, b"")
+        except TvixmountError as exc:
+            await stream.aclose()
+            log.error("%s", exc)
+            response, stream = _error(500, str(exc)), None
+            headers = [*response.headers, (b"content-length", str(len(response.body)).encode())]
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    if head or stream is None:
+        if stream is not None:
+            await stream.aclose()
+        await send({"type": "http.response.body", "body": b"" if head else response.body})
+        return
+    async with trio.open_nursery() as nursery:
+        # A client that hangs up stops the NAR being built for nobody.
+        nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
+        try:
+            await send({"type": "http.response.body", "body": first, "more_body": True})
+            async for chunk in stream:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except TvixmountError as exc:
+            # Returning without the final body message makes the server drop
+            # the connection: the client sees a broken transfer, not an end.
+            log.error("aborted a NAR transfer: %s", exc)
+            nursery.cancel_scope.cancel()
+            return
+        finally:
+            await stream.aclose()
+        await send({"type": "http.response.body", "body": b""})
+        nursery.cancel_scope.cancel()
+
+
+async def _cancel_on_disconnect(receive: Receive, scope: trio.CancelScope) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    scope.cancel()

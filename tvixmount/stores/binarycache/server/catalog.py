@@ -1,0 +1,95 @@
+"""What the HTTP cache says about a store path: its PathInfo and signed narinfo, remembered.
+
+Nix asks for a path's narinfo, then for its NAR, and a busy cache answers
+the same narinfos over and over; a bounded LRU keeps the PathInfo and the
+narinfo text (formatted and signed once) for both. Only paths found are
+remembered: a path imported into the store later is served at once.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .... import nixbase32
+from ....nar.narinfo import Narinfo
+from ....nar.signing import SecretKey, sign_narinfo
+from ....pathinfo.model import PathInfo
+from ....storepath import StorePath
+from ... import Store
+
+NARINFO_CACHE_ENTRIES = 10_000  # about 1 KiB each with the PathInfo
+
+
+def nar_url(info: PathInfo) -> str:
+    """Where the NAR is served, relative to the cache root (harmonia's scheme).
+
+    The NAR hash names the content, so the URL stays valid as long as the
+    path exists; ``hash=`` names the path that holds it, so the server needs
+    no NAR-hash index.
+    """
+    narhash = nixbase32.encode(info.narinfo.nar_sha256)
+    return f"nar/{narhash}.nar?hash={info.store_path.encoded_digest}"
+
+
+def narinfo_of(info: PathInfo, keys: Sequence[SecretKey]) -> Narinfo:
+    """The narinfo of an uncompressed NAR, signed by every key (kept signatures stay)."""
+    kept = info.narinfo
+    deriver = None
+    if kept.deriver is not None:
+        # tvix keeps a deriver's name without ".drv"; narinfos name the file.
+        deriver = StorePath(kept.deriver.digest, f"{kept.deriver.name}.drv")
+    narinfo = Narinfo(
+        store_path=info.store_path,
+        url=nar_url(info),
+        nar_hash=kept.nar_sha256,
+        nar_size=kept.nar_size,
+        compression="none",
+        file_hash=None,
+        file_size=None,
+        references=tuple(sorted(info.reference_paths)),
+        deriver=deriver,
+        signatures=kept.signatures,
+        ca=kept.ca,
+    )
+    for key in keys:
+        narinfo = sign_narinfo(narinfo, key)
+    return narinfo
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    info: PathInfo
+    narinfo: bytes  # the formatted, signed text
+
+
+class Catalog:
+    """Store path digest -> :class:`Entry`, through a bounded LRU.
+
+    Used from the trio loop only, so no lock: two requests missing the same
+    path both ask the store, which is harmless.
+    """
+
+    def __init__(
+        self, store: Store, keys: Sequence[SecretKey], entries: int = NARINFO_CACHE_ENTRIES
+    ) -> None:
+        self._store = store
+        self._keys = tuple(keys)
+        self._entries = entries
+        self._cache: OrderedDict[bytes, Entry] = OrderedDict()
+
+    async def get(self, digest: bytes) -> Entry | None:
+        entry = self._cache.get(digest)
+        if entry is not None:
+            self._cache.move_to_end(digest)
+            return entry
+        info = await self._store.pathinfos.get(digest)
+        # An answer for another digest is another path: this one is absent.
+        if info is None or info.store_path.digest != digest:
+            return None
+        entry = Entry(info, narinfo_of(info, self._keys).format().encode())
+        self._cache[digest] = entry
+        if len(self._cache) > self._entries:
+            self._cache.popitem(last=False)
+        return entry
