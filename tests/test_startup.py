@@ -82,6 +82,10 @@ def test_help_imports_no_heavy_package() -> None:
     assert heavy_imports("--help") == set()
 
 
+def test_version_imports_no_heavy_package() -> None:
+    assert heavy_imports("--version") == set()
+
+
 def test_building_the_parser_imports_no_heavy_package() -> None:
     probe = "from tvixmount.cli.main import build_parser; build_parser()"
     assert heavy_imports_of(probe) == set()

@@ -45,15 +45,86 @@ EXIT_INTERRUPTED = 130
 _QUICK_EXIT_COMMANDS = frozenset({"mount", "umount", "ls", "path-info", "nar"})
 
 
+# Libraries that log one line per request or per protocol event: quiet unless -v.
+# Under -v, httpx and hypercorn's access log show each request; httpcore's and
+# hpack's DEBUG lines trace every connection event and header, which drowns the
+# rest, so they stop at INFO.
+_CHATTY_LOGGERS = {"httpx": logging.DEBUG, "hypercorn.access": logging.DEBUG}
+_WIRE_LOGGERS = ("httpcore", "hpack")
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: read from the installed package's metadata only when asked."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+        super().__init__(
+            option_strings,
+            dest=argparse.SUPPRESS,
+            default=argparse.SUPPRESS,
+            nargs=0,
+            help="print the version and exit",
+        )
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            text = version("tvixmount")
+        except PackageNotFoundError:
+            parser.exit(EXIT_ERROR, "tvixmount: error: no package metadata (not installed)\n")
+        print(f"tvixmount {text}")
+        parser.exit()
+
+
+def add_global_options(parser: argparse.ArgumentParser, *, in_command: bool) -> None:
+    """``-v`` and ``--log-file``, before the command and (``in_command``) after it.
+
+    A command's copy has no default of its own, so it only overrides the
+    value given before the command when it is given itself.
+    """
+    unset = argparse.SUPPRESS
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=unset if in_command else False,
+        help="debug logging",
+    )
+    parser.add_argument(
+        "--log-file",
+        metavar="FILE",
+        default=unset if in_command else None,
+        help="log to FILE instead of stderr",
+    )
+
+
+def _commands(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every (sub)command parser below ``parser``, nested ones (``fixture build``) included."""
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                found += [command, *_commands(command)]
+    return found
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tvixmount", description="Mount a Nix store read-only over FUSE."
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("--log-file", metavar="FILE", help="log to FILE instead of stderr")
+    parser.add_argument("--version", action=_VersionAction)
+    add_global_options(parser, in_command=False)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"{__package__}.{name}").register(subparsers)
+    for command in _commands(parser):
+        add_global_options(command, in_command=True)
     return parser
 
 
@@ -65,6 +136,10 @@ def setup_logging(verbose: bool, log_file: str | None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    for name, level in _CHATTY_LOGGERS.items():
+        logging.getLogger(name).setLevel(level if verbose else logging.WARNING)
+    for name in _WIRE_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def _exit_without_teardown(code: int) -> None:
@@ -118,7 +193,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         _serve_with_the_c_allocator()
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(args.verbose, args.log_file)
+    try:
+        setup_logging(args.verbose, args.log_file)
+    except OSError as exc:
+        print(
+            f"tvixmount: error: cannot open log file {args.log_file}: {exc.strerror}",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
     code = _run(args)
     if argv is None and args.command in _QUICK_EXIT_COMMANDS:
         _exit_without_teardown(code)
