@@ -25,7 +25,7 @@ import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..._proto import castore_pb2
@@ -58,7 +58,17 @@ class GcReport:
     freed: int = 0
 
     def as_json(self) -> dict[str, int | bool]:
-        return asdict(self)
+        return {
+            "dryRun": self.dry_run,
+            "freedBytes": self.freed,
+            "blobs": self.blobs,
+            "blobBytes": self.blob_bytes,
+            "directories": self.directories,
+            "packsRemoved": self.packs_removed,
+            "packsRewritten": self.packs_rewritten,
+            "tempFileBytes": self.temp_files_bytes,
+            "databaseBytes": self.database_bytes,
+        }
 
 
 @dataclass
@@ -140,7 +150,7 @@ def _mark(db: sqlite3.Connection, cutoff: int) -> _Marked:
     return marked
 
 
-def _blob_files(blob_dir: Path) -> Iterator[tuple[bytes, os.DirEntry[str]]]:
+def blob_files(blob_dir: Path) -> Iterator[tuple[bytes, os.DirEntry[str]]]:
     """Every content-addressed blob file: (digest, entry). Other names are left alone."""
     try:
         shards = sorted(os.scandir(blob_dir), key=lambda e: e.name)
@@ -192,7 +202,7 @@ class _Collector:
             )
             if d not in marked.blobs and self._dead_in(pack, size)
         ]
-        for digest, entry in _blob_files(self.root / "blobs"):
+        for digest, entry in blob_files(self.root / "blobs"):
             if digest in marked.blobs or not self.room():
                 continue
             try:
