@@ -9,10 +9,10 @@ Installed with tvixmount, so any project's tests can use these fixtures:
 - ``tvixmount_mounted_store(spec_or_store)``: that store mounted read-only in
   a temporary directory; returns a :class:`MountedStore`. Skips without
   /dev/fuse;
-- ``tvixmount_nix_store_run(spec_or_store, argv)``: run a command with the
-  store mounted at ``/nix/store`` in a private mount namespace, so absolute
-  store paths resolve while the host's /nix/store stays as it is. Skips
-  unless root with /dev/fuse and ``unshare``.
+- ``tvixmount_nix_store_run(spec_or_store, argv)``: run a command with
+  ``tvixmount run``: the store at ``/nix/store`` in a private mount
+  namespace, so absolute store paths resolve while the host's /nix/store
+  stays as it is. Skips unless root with /dev/fuse.
 
 ``spec`` is a path to a TOML spec (``pathlib.Path``, or a ``str`` ending in
 ``.toml``) or the TOML text itself. Every mount is unmounted in teardown,
@@ -22,7 +22,6 @@ whatever the test did.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -34,14 +33,14 @@ from typing import Any
 import pytest
 import trio
 
-from ..fs.mount import is_mounted
+from ..fs.mounttable import is_mounted
 from .build import BuiltFixture, build_into
-from .nsrun import ERROR_PREFIX, SETUP_FAILED
-from .nsrun import command as nsrun_command
 from .spec import FixtureSpec, load_spec, parse_spec
 
 SpecSource = str | os.PathLike[str]
 _MOUNT_TIMEOUT = 60.0
+# What cli/main.py starts the one line of a failure of tvixmount itself with.
+_ERROR_PREFIX = "tvixmount: error:"
 
 
 @dataclass(frozen=True)
@@ -209,17 +208,16 @@ def tvixmount_nix_store_run(
         if os.geteuid() != 0:
             pytest.skip("tvixmount: a private /nix/store mount needs root")
         _require_fuse()
-        if shutil.which("unshare") is None:
-            pytest.skip("tvixmount: a private /nix/store mount needs unshare (util-linux)")
         store = _as_store(spec_or_store, tvixmount_fixture_store)
         options: dict[str, Any] = {"capture_output": True, "text": True, "check": False}
         options.update(run_kwargs)
         result: subprocess.CompletedProcess[str] = subprocess.run(
-            nsrun_command(store.url, argv), **options
+            _tvixmount("run", "--store", store.url, "--", *argv), **options
         )
         stderr = result.stderr if isinstance(result.stderr, str) else ""
-        if result.returncode == SETUP_FAILED and ERROR_PREFIX in stderr:
-            pytest.fail(stderr.strip().splitlines()[-1])
+        last = (stderr.strip().splitlines() or [""])[-1]
+        if result.returncode == 1 and last.startswith(_ERROR_PREFIX):
+            pytest.fail(last)
         return result
 
     return run
