@@ -246,8 +246,8 @@ async def copy_paths(
     progress: Callable[[Sequence[PathInfo]], Callable[[PathInfo], Progress]] | None = None,
 ) -> list[Copied]:
     """Copy ``paths`` (with their closure unless ``recursive`` is false); what each became."""
+    await destination.prepare()  # a destination that cannot be written fails before any fetch
     infos = await closure(source, paths, recursive)
-    await destination.prepare()
     missing = [info for info in infos if not await destination.has(info)]
     start = progress(missing) if progress is not None else None
     done: dict[StorePath, Narinfo | None] = {}

@@ -21,6 +21,7 @@ region defaults to us-east-1.
 from __future__ import annotations
 
 import contextlib
+import logging
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -42,6 +43,9 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 _R = TypeVar("_R")
+
+# Which credentials file boto3 used is no news at INFO on every command's stderr.
+logging.getLogger("botocore.credentials").setLevel(logging.WARNING)
 
 DEFAULT_REGION = "us-east-1"  # Nix's default
 _ABSENT = frozenset({"NoSuchKey", "404", "NotFound"})
