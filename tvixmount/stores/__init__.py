@@ -2,7 +2,7 @@
 
 Grammar (DESIGN.md): a directory path (the embedded local store),
 ``memory://``, ``grpc+http://HOST:PORT``, ``grpc+unix:///PATH``,
-``file:///DIR``, ``http://...``, ``https://...`` (Nix binary caches).
+``file:///DIR``, ``http://...``, ``https://...``, ``s3://BUCKET`` (Nix binary caches).
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ _Opener = Callable[[str, StoreOptions], Store]
 # scheme -> opener; other store kinds register here.
 OPENERS: dict[str, _Opener] = {"memory": _open_memory}
 OPENERS["grpc+http"] = OPENERS["grpc+unix"] = _open_grpc
-OPENERS["file"] = OPENERS["http"] = OPENERS["https"] = _open_binary_cache
+OPENERS["file"] = OPENERS["http"] = OPENERS["https"] = OPENERS["s3"] = _open_binary_cache
 
 
 def scheme_of(url: str) -> str:
