@@ -151,6 +151,8 @@ class _NarHash:
 
 
 def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
     if stat.S_ISSOCK(mode):
         return "a socket"
     if stat.S_ISFIFO(mode):
@@ -186,10 +188,16 @@ def _list(path: bytes) -> list[bytes]:
 def _read_file(path: bytes, size: int) -> Iterator[bytes]:
     """The file's ``size`` bytes in chunks of at most ``READ_CHUNK`` (none if empty)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        # Non-blocking: the file may have been swapped for a FIFO since it was
+        # seen, and opening a FIFO without a writer would wait forever.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as exc:
         raise IngestError(f"{_show(path)}: cannot open: {exc.strerror}") from None
     try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise IngestError(f"{_show(path)}: changed into {_kind(mode)} while being imported")
+        os.set_blocking(fd, True)
         left = size
         while True:
             # Asking for one byte more than is left makes the read that
@@ -299,9 +307,12 @@ class _Walker:
     """Walks a tree in NAR order (blocking): hashes its NAR, builds its records
     and ships every file's bytes to ``ship`` in batches of jobs."""
 
-    def __init__(self, nar: _NarHash, ship: Callable[[list[_Job]], None]) -> None:
+    def __init__(
+        self, nar: _NarHash, ship: Callable[[list[_Job]], None], stopped: Callable[[], bool]
+    ) -> None:
         self._nar = nar
         self._ship = ship
+        self._stopped = stopped
         self._batch: list[_Job] = []
         self._batch_bytes = 0
         self._root = b""
@@ -363,6 +374,9 @@ class _Walker:
         path, entry_name = root, name
         top: _Record | None = None
         while True:
+            # Checked per entry: a tree of empty files or directories ships nothing.
+            if self._stopped():
+                raise _StorerStopped
             st = _lstat(path)
             record: _Record
             if stat.S_ISDIR(st.st_mode):
@@ -576,6 +590,10 @@ class _Handoff:
             self._queued -= 1
             self._cond.notify()
 
+    def stopped(self) -> bool:
+        """Whether the storer has stopped (walker thread): the walk is pointless then."""
+        return self._stopped
+
     def stop(self) -> None:
         """The storer takes no more batches (trio loop): unblock the walker."""
         with self._cond:
@@ -589,7 +607,7 @@ def _produce(root: bytes, name: bytes, nar: _NarHash, handoff: _Handoff) -> _Rec
     Returns the root record, or None if the storer stopped first (its error
     is the one the nursery reports).
     """
-    walker = _Walker(nar, handoff.ship)
+    walker = _Walker(nar, handoff.ship, handoff.stopped)
     try:
         root_record = walker.walk(root, name)
         walker.flush()

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import stat
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,8 @@ from ..errors import IngestError
 from .common import add_store_argument, open_store_from_args
 
 if TYPE_CHECKING:
+    import trio
+
     from ..castore.ingest import Progress as ProgressCallback
 
 # Below this much file data an import is over before a bar would be worth drawing.
@@ -91,22 +94,47 @@ def _progress_bar(path: str) -> Iterator[ProgressCallback | None]:
         yield lambda count: progress.advance(task, count)
 
 
-async def _import_all(args: argparse.Namespace) -> int:
+async def _import_all(args: argparse.Namespace) -> int | None:
+    """Import every path; returns the number of a signal (SIGINT, SIGTERM) that stopped it."""
+    import trio
+
     from ..importer import import_path
+
+    stopped_by: list[int] = []
+
+    async def stop_on_signal(signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
+        async for signum in signals:
+            stopped_by.append(signum)
+            scope.cancel()
+            return
 
     store = open_store_from_args(args, create=True)
     try:
-        for path in args.paths:
-            with _progress_bar(path) as progress:
-                info = await import_path(store, path, progress=progress)
-            print(info.store_path.absolute, flush=True)
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(stop_on_signal, signals, nursery.cancel_scope)
+                for path in args.paths:
+                    with _progress_bar(path) as progress:
+                        info = await import_path(store, path, progress=progress)
+                    print(info.store_path.absolute, flush=True)
+                nursery.cancel_scope.cancel()
     finally:
         await store.aclose()
-    return 0
+    return stopped_by[0] if stopped_by else None
 
 
 def run(args: argparse.Namespace) -> int:
     import trio  # here: the parser for every command imports this module
 
     _check_exists(args.paths)
-    return trio.run(_import_all, args)
+    # A signal cancels the import: the walk stops at its next entry or chunk,
+    # unfinished blobs are dropped, and no PathInfo is written (what was
+    # stored is unreferenced; the next gc removes it).
+    signum = trio.run(_import_all, args)
+    if signum == signal.SIGTERM:
+        # Die of the signal, as the sender expects (the store is closed by now).
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+    if signum is not None:
+        raise KeyboardInterrupt
+    return 0

@@ -380,8 +380,6 @@ def _dead_temps(tmp_dir: Path) -> int:
 
 def collect(root: Path, dry_run: bool = False, max_freed: int | None = None) -> GcReport:
     """Collect the garbage of the embedded store at ``root``; see the module docstring."""
-    # Opening the store already removes dead temp files: count them first.
-    dead_temps = _dead_temps(root / "tmp")
     blobs, _, _, db = open_local(root, create=False)
     report = GcReport(dry_run)
     try:
@@ -389,7 +387,7 @@ def collect(root: Path, dry_run: bool = False, max_freed: int | None = None) -> 
             raise StoreError(f"{root}: the store is read-only; gc needs write access")
         collector = _Collector(root, db, report, max_freed)
         if dry_run:
-            report.temp_files_bytes = dead_temps
+            report.temp_files_bytes = _dead_temps(root / "tmp")
             collector.freed(report.temp_files_bytes)
             db.execute("BEGIN")
             try:
@@ -400,7 +398,7 @@ def collect(root: Path, dry_run: bool = False, max_freed: int | None = None) -> 
                 db.rollback()
             return report
         with _exclusive(root):
-            report.temp_files_bytes = dead_temps + remove_dead_temps(root / "tmp")
+            report.temp_files_bytes = remove_dead_temps(root / "tmp")
             collector.freed(report.temp_files_bytes)
             with write_transaction(db):
                 collector.sweep()

@@ -278,7 +278,9 @@ def open_local(
             if marker is not None and marker != FORMAT:
                 # Only now: the tables the new format needs exist.
                 _write_marker(root)
-            remove_dead_temps(root / "tmp")
+            if create:
+                # A writer's open tidies up after writers that died (gc does too).
+                remove_dead_temps(root / "tmp")
     except OSError as exc:
         db.close()
         raise StoreError(f"{root}: cannot open store: {exc}") from exc
