@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
 
 from tvixmount.errors import MountError
-from tvixmount.fs.mount import MountOptions, check_mountpoint, is_serving_command
+from tvixmount.fs.mount import MountOptions
+from tvixmount.fs.mountpoint import check_mountpoint
+from tvixmount.fs.processes import is_serving_command
 
 PY = "/work/.venv/bin/python3"
 
@@ -42,15 +45,33 @@ def test_check_mountpoint_rejects_a_file(tmp_path: Path) -> None:
         check_mountpoint(tmp_path / "f")
 
 
-def test_check_mountpoint_rejects_a_non_empty_directory(tmp_path: Path) -> None:
-    (tmp_path / "f").write_text("")
-    with pytest.raises(MountError, match="not empty"):
+def test_a_non_empty_directory_is_a_mount_point_and_what_it_hides_is_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    for name in ("a", "b", "c"):
+        (tmp_path / name).write_text("")
+    with caplog.at_level(logging.INFO, logger="tvixmount.fs.mountpoint"):
+        assert check_mountpoint(tmp_path) == str(tmp_path.resolve())
+    assert [r.getMessage() for r in caplog.records] == [
+        f"mounting over a non-empty directory {tmp_path.resolve()} (3 entries hidden)"
+    ]
+
+
+def test_an_empty_directory_hides_nothing_and_says_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="tvixmount.fs.mountpoint"):
         check_mountpoint(tmp_path)
+    assert not caplog.records
 
 
-def test_check_mountpoint_rejects_a_mounted_directory() -> None:
-    with pytest.raises(MountError, match="busy"):
-        check_mountpoint("/proc")
+def test_a_directory_something_else_is_mounted_on_is_a_mount_point(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.INFO, logger="tvixmount.fs.mountpoint"):
+        assert check_mountpoint("/proc") == "/proc"
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert message.startswith("mounting over the proc mount at /proc (")
 
 
 @pytest.mark.parametrize(
@@ -60,6 +81,8 @@ def test_check_mountpoint_rejects_a_mounted_directory() -> None:
         [PY, "/work/.venv/bin/tvixmount", "mount", "/m", "--list-root"],
         [PY, "-m", "tvixmount", "-v", "--log-file", "/l", "mount", "/m"],
         [PY, "-m", "tvixmount", "mount", "--store", "/s", "/m"],
+        ["/sbin/mount.tvixmount", "/s", "/m", "-o", "ro,list-root"],
+        [PY, "/usr/bin/mount.tvixmount", "file:///cache", "/m"],
     ],
 )
 def test_serving_command_lines_are_recognised(argv: list[str]) -> None:

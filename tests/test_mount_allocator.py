@@ -40,7 +40,7 @@ def _exec_call(
     monkeypatch.setattr(sys, "orig_argv", orig_argv)
     monkeypatch.setattr(os, "execve", execve)
     try:
-        cli_main._serve_with_the_c_allocator()
+        cli_main.serve_with_the_c_allocator()
     except _Exec:
         return calls[0]
     return None

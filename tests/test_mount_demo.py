@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from tests.mounting import force_unmount, requires_fuse
-from tvixmount.fs.mount import is_mounted, serving_pids
+from tvixmount.fs.mounttable import is_mounted
+from tvixmount.fs.processes import serving_pids
 
 pytestmark = requires_fuse
 

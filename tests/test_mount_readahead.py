@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.mounting import foreground_mount, make_fixture_store, mounted, requires_fuse
-from tvixmount.fs.mount import READ_AHEAD_KB, mount_device, set_read_ahead
+from tvixmount.fs.mounttable import READ_AHEAD_KB, mount_at, set_read_ahead
 
 pytestmark = requires_fuse
 
@@ -55,11 +55,13 @@ def test_mount_device_is_the_device_a_stat_of_the_mount_reports(
 ) -> None:
     with mounted(fixture_store, tmp_path / "mnt") as mount:
         st = os.stat(mount.path)
-        assert mount_device(str(mount.path)) == (os.major(st.st_dev), os.minor(st.st_dev))
+        entry = mount_at(str(mount.path))
+        assert entry is not None
+        assert entry.device == (os.major(st.st_dev), os.minor(st.st_dev))
 
 
-def test_mount_device_of_a_plain_directory_is_none(tmp_path: Path) -> None:
-    assert mount_device(str(tmp_path)) is None
+def test_a_plain_directory_has_no_mount(tmp_path: Path) -> None:
+    assert mount_at(str(tmp_path)) is None
 
 
 @requires_root

@@ -33,8 +33,9 @@ from tvixmount.castore.directory import Directory
 from tvixmount.cli import mount as cli_mount
 from tvixmount.fs import operations
 from tvixmount.fs.inode_tracker import ROOT_INODE
-from tvixmount.fs.mount import is_mounted, serving_pids
+from tvixmount.fs.mounttable import is_mounted
 from tvixmount.fs.operations import TvixmountFS
+from tvixmount.fs.processes import serving_pids
 from tvixmount.pathinfo.model import NarInfo, PathInfo
 from tvixmount.pathinfo.root_nodes import PathInfoRootNodes
 from tvixmount.storepath import StorePath

@@ -24,7 +24,8 @@ import pytest
 
 from tests.mounting import foreground_mount, requires_fuse, run_tvixmount
 from tests.reliability import make_file_store
-from tvixmount.fs.mount import is_mounted, serving_pids
+from tvixmount.fs.mounttable import is_mounted
+from tvixmount.fs.processes import serving_pids
 
 pytestmark = requires_fuse
 

@@ -22,7 +22,8 @@ import pytest
 
 from tests.grpc_serving import _await_ready, stop
 from tests.mounting import force_unmount, requires_fuse
-from tvixmount.fs.mount import is_mounted, serving_pids
+from tvixmount.fs.mounttable import is_mounted
+from tvixmount.fs.processes import serving_pids
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 # The project's pip and setuptools: building and installing need no network.

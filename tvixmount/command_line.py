@@ -10,10 +10,19 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+# mount(8)'s helper: ``mount.tvixmount SOURCE MOUNTPOINT [-o OPTIONS]``.
+MOUNT_HELPER = "mount.tvixmount"
+
 
 def mount_arguments(argv: Sequence[str]) -> list[str] | None:
-    """The arguments after ``mount`` if ``argv`` runs ``tvixmount [global options] mount``."""
+    """The arguments after ``mount`` if ``argv`` runs ``tvixmount [global options] mount``.
+
+    For mount(8)'s helper, every argument (it only mounts).
+    """
     argv = list(argv)
+    names = [os.path.basename(arg) for arg in argv[:2]]
+    if MOUNT_HELPER in names:
+        return argv[names.index(MOUNT_HELPER) + 1 :]
     if os.path.basename(argv[0]) == "tvixmount":
         rest = argv[1:]
     elif len(argv) > 1 and os.path.basename(argv[1]) == "tvixmount":  # script via its #!

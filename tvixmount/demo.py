@@ -27,7 +27,8 @@ from pathlib import Path
 import trio
 
 from .errors import TvixmountError
-from .fs.mount import is_mounted, unmount
+from .fs.mounttable import tvixmount_at
+from .fs.mountpoint import unmount
 from .importer import import_path
 from .pathinfo.model import PathInfo
 from .stores import StoreOptions, default_store_url, open_store
@@ -116,7 +117,7 @@ def up(mountpoint: Path) -> int:
     print(f"imported {len(infos)} demo store paths into {default_store_url()}")
     mountpoint.mkdir(parents=True, exist_ok=True)
     absolute = mountpoint.resolve()
-    if is_mounted(str(absolute)):
+    if tvixmount_at(str(absolute)):
         print(f"{mountpoint} is already mounted; showing it (make stop unmounts)")
     else:
         result = subprocess.run(
@@ -141,7 +142,7 @@ def up(mountpoint: Path) -> int:
 
 def down(mountpoint: Path) -> int:
     absolute = mountpoint.absolute()
-    if not is_mounted(str(absolute)):
+    if not tvixmount_at(str(absolute)):
         print(f"nothing is mounted at {mountpoint}")
         return 0
     unmount(absolute)

@@ -4,8 +4,25 @@ from __future__ import annotations
 
 import argparse
 import functools
+import logging
+import logging.handlers
+import os
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
+from ..errors import MountError, TvixmountError
 from .common import add_store_argument, open_store_from_args
+
+if TYPE_CHECKING:
+    from ..fs.mount import MountOptions
+    from ..stores import Store
+
+log = logging.getLogger(__name__)
+
+StoreOpener = Callable[[], "Store"]
+SYSLOG_SOCKET = "/dev/log"
+_ANSWER_TIMEOUT = 30.0
 
 # fs.operations.DEFAULT_TIMEOUT, repeated: importing the fs layer (pyfuse3, trio)
 # only to build the parser would slow down every other command.
@@ -27,11 +44,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "mount",
         help="mount the store read-only at MOUNTPOINT",
         description="Mount the store read-only over FUSE. Without --foreground, return once "
-        "the mount answers and keep serving in the background; its logs go to the terminal "
-        "or to `tvixmount --log-file FILE mount ...`. Stop it with `tvixmount umount MOUNTPOINT`, "
-        "fusermount3 -u, SIGTERM or SIGINT.",
+        "the mount answers and keep serving in the background; its logs go to --log-file FILE, "
+        "else to syslog (the journal) when /dev/log exists, never to the terminal. With "
+        "--foreground it tells systemd when it is ready ($NOTIFY_SOCKET, Type=notify). Stop it "
+        "with `tvixmount umount MOUNTPOINT`, SIGTERM or SIGINT.",
     )
-    mount.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing empty directory")
+    mount.add_argument(
+        "mountpoint",
+        metavar="MOUNTPOINT",
+        help="an existing directory (its contents stay hidden while mounted)",
+    )
     add_store_argument(mount)
     mount.add_argument(
         "--list-root", action="store_true", help="allow listing the mount root (all store paths)"
@@ -57,7 +79,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run(args: argparse.Namespace) -> int:
     # Imported here: the parser is built for every command, which must not pay for
     # pyfuse3, trio or a store backend.
-    from ..fs.mount import MountOptions, check_mountpoint, mount_background, mount_foreground
+    from ..fs.mount import MountOptions
+    from ..fs.mountpoint import check_mountpoint
     from ..stores import check_store_url, default_store_url
 
     check_store_url(args.store or default_store_url())
@@ -70,7 +93,147 @@ def run(args: argparse.Namespace) -> int:
     )
     open_store = functools.partial(open_store_from_args, args)
     if args.foreground:
-        mount_foreground(mountpoint, open_store, options)
+        _serve_foreground(mountpoint, open_store, options)
     else:
-        mount_background(mountpoint, open_store, options)
+        _mount_background(mountpoint, open_store, options)
     return 0
+
+
+def _serve_foreground(mountpoint: str, open_store: StoreOpener, options: MountOptions) -> None:
+    """Serve in this process; systemd (``Type=notify``) hears when it is ready and stopping."""
+    from ..mounting import serve_store
+    from ..sdnotify import notify
+
+    def ready() -> None:
+        log.info("serving %s", mountpoint)
+        notify("READY=1")
+
+    def stopping() -> None:
+        notify("STOPPING=1")
+
+    serve_store(open_store, mountpoint, options, ready, stopping)
+
+
+# -- background mode ----------------------------------------------------------
+#
+# The serving process is forked *before* anything creates threads, gRPC channels
+# or a trio loop (none of them survive a fork). The child starts a new session,
+# leaves the caller's terminal, opens the store, mounts, and tells the parent over
+# a pipe once the mount answers (and its readahead is set); the parent then
+# returns, and the child serves until unmounted or signalled.
+
+
+def _detach_stdio() -> None:
+    # Holding the caller's stdout/stderr open would keep a pipe reader (a shell
+    # `$(...)`, subprocess.run) waiting for the daemon's exit, and a terminal must
+    # not receive lines from a process that already returned to the prompt.
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+def _writes_to_terminal(handler: logging.Handler) -> bool:
+    return (
+        isinstance(handler, logging.StreamHandler)
+        and not isinstance(handler, logging.FileHandler)
+        and handler.stream in (sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__)
+    )
+
+
+def _log_away_from_the_terminal() -> None:
+    """Send what went to stderr to syslog (the journal) when ``/dev/log`` exists, else nowhere.
+
+    A ``--log-file`` handler stays as it is.
+    """
+    root = logging.getLogger()
+    kept = [h for h in root.handlers if not _writes_to_terminal(h)]
+    if len(kept) == len(root.handlers):
+        return
+    handler: logging.Handler = logging.NullHandler()
+    if os.path.exists(SYSLOG_SOCKET):
+        try:
+            handler = logging.handlers.SysLogHandler(
+                SYSLOG_SOCKET, facility=logging.handlers.SysLogHandler.LOG_DAEMON
+            )
+        except OSError:
+            pass
+        else:
+            handler.setFormatter(
+                logging.Formatter(f"tvixmount[{os.getpid()}]: %(levelname)s %(name)s: %(message)s")
+            )
+    root.handlers[:] = [*kept, handler]
+
+
+def _background_child(
+    report_fd: int, mountpoint: str, open_store: StoreOpener, options: MountOptions
+) -> int:
+    from ..mounting import serve_store
+
+    os.setsid()
+    _detach_stdio()
+    _log_away_from_the_terminal()
+    reported = False
+
+    def ready() -> None:
+        nonlocal reported
+        log.info("serving %s (pid %d)", mountpoint, os.getpid())
+        os.write(report_fd, b"ok")
+        os.close(report_fd)
+        reported = True
+
+    try:
+        serve_store(open_store, mountpoint, options, ready)
+    except Exception as exc:
+        if reported:
+            log.exception("serving %s failed", mountpoint)
+        else:
+            message = (
+                str(exc)
+                if isinstance(exc, TvixmountError)
+                else f"cannot mount at {mountpoint}: {exc}"
+            )
+            os.write(report_fd, message.encode())
+        return 1
+    return 0
+
+
+def _read_report(fd: int) -> bytes:
+    parts = []
+    while chunk := os.read(fd, 4096):
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _mount_background(mountpoint: str, open_store: StoreOpener, options: MountOptions) -> int:
+    """Fork a serving process; return its pid once the mount answers."""
+    from ..fs.mountpoint import statvfs_with_timeout
+
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_fd)
+        code = 1
+        try:
+            code = _background_child(write_fd, mountpoint, open_store, options)
+        finally:
+            logging.shutdown()
+            os._exit(code)
+    os.close(write_fd)
+    try:
+        report = _read_report(read_fd)
+    finally:
+        os.close(read_fd)
+    if report != b"ok":
+        os.waitpid(pid, 0)
+        raise MountError(
+            report.decode(errors="replace") or "the serving process died before mounting"
+        )
+    # The kernel holds requests until the server's loop runs; one statfs
+    # answered proves the mount is live.
+    probe = statvfs_with_timeout(mountpoint, _ANSWER_TIMEOUT)
+    if probe is None:
+        raise MountError(f"{mountpoint} is mounted but does not answer (pid {pid})")
+    if isinstance(probe, OSError):
+        raise MountError(f"{mountpoint} is mounted but does not answer: {probe.strerror}")
+    return pid

@@ -1,7 +1,8 @@
 """Open file and directory handles.
 
-A file handle owns one BlobReader for as long as the kernel keeps the file
-open; reads are positioned reads on it. A directory handle pins the listing
+A file handle owns at most one BlobReader for as long as the kernel keeps the
+file open (none until a read reaches the daemon, for a re-opened file whose
+blob was already checked); reads are positioned reads on it. A directory handle pins the listing
 it serves so that a readdir resumed at an offset continues the same list.
 """
 
@@ -11,22 +12,22 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from ..castore.blobservice import BlobReader
-from ..castore.digest import B3Digest
 from ..castore.nodes import Node
+from .inodes import FileInode
 
 
 @dataclass(slots=True)
 class FileHandle:
-    digest: B3Digest
-    reader: BlobReader
+    data: FileInode
+    # Opened by the filesystem, checked to be ``data.size`` bytes long.
+    reader: BlobReader | None = None
 
     async def read(self, offset: int, size: int) -> bytes | memoryview:
-        if offset >= self.reader.size:
+        assert self.reader is not None, "read before the blob was opened"
+        end = self.data.size
+        if offset >= end:
             return b""
-        return await self.reader.pread(offset, min(size, self.reader.size - offset))
-
-    async def aclose(self) -> None:
-        await self.reader.aclose()
+        return await self.reader.pread(offset, min(size, end - offset))
 
 
 @dataclass(slots=True)

@@ -16,6 +16,10 @@ from ..castore.digest import B3Digest
 from ..castore.directory import Directory
 from ..castore.nodes import Node
 
+# Nix sets every store path's times to 1 (seconds after the epoch), and builds
+# that read timestamps (tar, make) must see what a real /nix/store shows.
+NIX_TIME_NS = 1_000_000_000
+
 # The content behind an inode never changes, so the kernel may keep names and
 # attributes for as long as it likes (a year; effectively forever).
 CACHE_TIMEOUT = 365 * 24 * 3600.0
@@ -77,7 +81,7 @@ def _mode_and_size(data: InodeData) -> tuple[int, int]:
 
 
 def entry_attributes(inode: int, data: InodeData) -> pyfuse3.EntryAttributes:
-    """Attributes as tvix serves them: fixed modes, owner root, all times 0.
+    """Attributes as Nix's store has them: fixed modes, owner root, all times 1 s.
 
     A fresh EntryAttributes is already zeroed with one link and a 4096-byte
     block size, so only what differs is set: this runs for every lookup,
@@ -89,6 +93,7 @@ def entry_attributes(inode: int, data: InodeData) -> pyfuse3.EntryAttributes:
     attrs.entry_timeout = CACHE_TIMEOUT
     attrs.attr_timeout = CACHE_TIMEOUT
     attrs.st_mode = mode
+    attrs.st_atime_ns = attrs.st_mtime_ns = attrs.st_ctime_ns = NIX_TIME_NS
     if size:
         attrs.st_size = size
         if isinstance(data, FileInode):

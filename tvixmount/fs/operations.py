@@ -1,10 +1,14 @@
 """The pyfuse3 Operations: the only place that turns errors into errno.
 
-Mapping (DESIGN.md's FUSE table): an absent root name -> ENOENT; a missing
-Directory or blob, a blob failing verification, and any backend error -> EIO
-(with a log line naming the digest); listing the root without ``list_root``
--> EPERM; xattrs disabled -> ENOSYS (the kernel then says EOPNOTSUPP); any
-write -> EROFS; a store call that does not answer within the timeout -> EIO.
+Every handler answers through one decorator (:func:`_answers`) and one table
+(:data:`ERRNO`, DESIGN.md's FUSE table): a handler that cannot answer raises
+:class:`_Refused` naming the :class:`Situation`, and only the decorator looks
+up its errno. Exceptions from the services never reach it raw: every store
+call goes through ``_store``, which names the situation of a failure there
+(a name absent, content missing, the store failing or not answering in
+time), so the same exception type cannot mean ENOENT at one call and EIO at
+another depending on which handler caught it first. Anything else escaping a
+handler is a bug: EIO, logged with its traceback.
 
 Handlers simply await the services: a service whose calls may block on the
 network runs them in worker threads itself (the gRPC transport and the binary
@@ -21,6 +25,7 @@ the backend answers again, without a remount.
 
 from __future__ import annotations
 
+import enum
 import errno
 import functools
 import logging
@@ -32,11 +37,11 @@ from typing import Any, Concatenate, NoReturn, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
-from ..castore.blobservice import BlobService
+from ..castore.blobservice import BlobReader, BlobService
 from ..castore.digest import B3Digest
 from ..castore.directoryservice import DirectoryService
 from ..castore.nodes import Node
-from ..errors import NotFoundError, TvixmountError
+from ..errors import NotFoundError
 from .handles import DirectoryHandle, FileHandle, HandleTable
 from .inode_tracker import ROOT_INODE, InodeTracker
 from .inodes import (
@@ -66,48 +71,78 @@ PUSH_MAX = 128 << 10
 DEFAULT_TIMEOUT = 30.0  # seconds a store call may take before its request fails with EIO
 
 
-def _eio(message: str, *args: object) -> pyfuse3.FUSEError:
-    log.error(message, *args)
-    return pyfuse3.FUSEError(errno.EIO)
+class Situation(enum.Enum):
+    NO_SUCH_NAME = enum.auto()  # a root name invalid or unknown to the provider
+    NO_SUCH_INODE = enum.auto()  # an inode the kernel has forgotten
+    NOT_A_DIRECTORY = enum.auto()
+    IS_A_DIRECTORY = enum.auto()
+    IS_A_SYMLINK = enum.auto()  # open of a symlink (the kernel follows them first)
+    NOT_A_SYMLINK = enum.auto()
+    NO_SUCH_HANDLE = enum.auto()
+    ROOT_NOT_LISTABLE = enum.auto()  # readdir of the root without list_root
+    NO_XATTRS = enum.auto()  # --no-xattr
+    NO_SUCH_XATTR = enum.auto()
+    READ_ONLY = enum.auto()  # any write
+    CONTENT_MISSING = enum.auto()  # a Directory or blob the tree refers to is absent
+    CONTENT_INVALID = enum.auto()  # it fails verification, or its size is not the node's
+    STORE_FAILED = enum.auto()  # the service raised
+    STORE_TIMEOUT = enum.auto()  # the service did not answer within the deadline
 
 
-async def _within(timeout: float, call: Awaitable[_T], what: str, *args: object) -> _T:
-    """Await one store call under the deadline; past it, EIO and a log line naming it.
+# The errno table: situation -> (errno, level of the log line naming it).
+ERRNO: dict[Situation, tuple[int, int]] = {
+    Situation.NO_SUCH_NAME: (errno.ENOENT, logging.DEBUG),
+    Situation.NO_SUCH_INODE: (errno.ENOENT, logging.DEBUG),
+    Situation.NOT_A_DIRECTORY: (errno.ENOTDIR, logging.DEBUG),
+    Situation.IS_A_DIRECTORY: (errno.EISDIR, logging.DEBUG),
+    Situation.IS_A_SYMLINK: (errno.ELOOP, logging.DEBUG),
+    Situation.NOT_A_SYMLINK: (errno.EINVAL, logging.DEBUG),
+    Situation.NO_SUCH_HANDLE: (errno.EBADF, logging.DEBUG),
+    Situation.ROOT_NOT_LISTABLE: (errno.EPERM, logging.DEBUG),
+    Situation.NO_XATTRS: (errno.ENOSYS, logging.DEBUG),
+    Situation.NO_SUCH_XATTR: (pyfuse3.ENOATTR, logging.DEBUG),
+    Situation.READ_ONLY: (errno.EROFS, logging.DEBUG),
+    Situation.CONTENT_MISSING: (errno.EIO, logging.ERROR),
+    Situation.CONTENT_INVALID: (errno.EIO, logging.ERROR),
+    Situation.STORE_FAILED: (errno.EIO, logging.ERROR),
+    Situation.STORE_TIMEOUT: (errno.EIO, logging.ERROR),
+}
 
-    ``what % args`` names the call; it is formatted only when logged (reads are hot).
-    """
-    if timeout == math.inf:
-        return await call
-    with trio.move_on_after(timeout):
-        return await call
-    raise _eio(f"{what}: the store did not answer within %gs", *args, timeout)
+
+class _Refused(Exception):
+    """A request fails in ``situation``; ``message % args`` says why (formatted only if logged)."""
+
+    def __init__(self, situation: Situation, message: str = "", *args: object) -> None:
+        super().__init__(situation, message, *args)
+        self.situation = situation
+        self.message = message
+        self.args_ = args
 
 
-def _fuse_errors(
+def _refuse(situation: Situation, message: str = "", *args: object) -> NoReturn:
+    raise _Refused(situation, message, *args)
+
+
+def _answers(
     handler: Callable[Concatenate[TvixmountFS, _P], Coroutine[Any, Any, _T]],
 ) -> Callable[Concatenate[TvixmountFS, _P], Coroutine[Any, Any, _T]]:
-    """Any exception leaving a handler becomes an errno (pyfuse3 only accepts FUSEError)."""
+    """The one place a handler's failure becomes an errno (pyfuse3 only accepts FUSEError)."""
+    name = handler.__name__
 
     @functools.wraps(handler)
     async def wrapper(self: TvixmountFS, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
         try:
             return await handler(self, *args, **kwargs)
-        except pyfuse3.FUSEError:
-            raise
-        except NotFoundError as exc:
-            log.debug("%s: %s", handler.__name__, exc)
-            raise pyfuse3.FUSEError(errno.ENOENT) from None
-        except TvixmountError as exc:
-            raise _eio("%s: %s", handler.__name__, exc) from None
+        except _Refused as refused:
+            number, level = ERRNO[refused.situation]
+            if refused.message and log.isEnabledFor(level):
+                log.log(level, f"{name}: {refused.message}", *refused.args_)
+            raise pyfuse3.FUSEError(number) from None
         except Exception:
-            log.exception("%s failed unexpectedly", handler.__name__)
+            log.exception("%s failed unexpectedly", name)
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     return wrapper
-
-
-def _read_only() -> NoReturn:
-    raise pyfuse3.FUSEError(errno.EROFS)
 
 
 class TvixmountFS(pyfuse3.Operations):
@@ -161,6 +196,9 @@ class TvixmountFS(pyfuse3.Operations):
         self._timeout = math.inf if timeout is None else timeout
         self._files: HandleTable[FileHandle] = HandleTable()
         self._dirs: HandleTable[DirectoryHandle] = HandleTable()
+        # File inodes whose blob was opened and found to be the node's size:
+        # opening them again needs no store call (see open).
+        self._checked: set[int] = set()
         # File inodes whose bytes were pushed to the kernel's page cache, and
         # those being pushed now (see _push_once).
         self._pushed: set[int] = set()
@@ -171,22 +209,42 @@ class TvixmountFS(pyfuse3.Operations):
     def _inode(self, inode: int) -> InodeData:
         data = self.inodes.get(inode)
         if data is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
+            _refuse(Situation.NO_SUCH_INODE)
         return data
 
-    async def _store(self, call: Awaitable[_T], what: str, *args: object) -> _T:
-        return await _within(self._timeout, call, what, *args)
+    async def _store(
+        self,
+        call: Awaitable[_T],
+        what: str,
+        *args: object,
+        not_found: Situation = Situation.CONTENT_MISSING,
+    ) -> _T:
+        """Await one store call under the deadline; a failure names its situation.
+
+        ``what % args`` names the call; it is formatted only when logged
+        (reads are hot). A service raising NotFoundError means ``not_found``.
+        """
+        try:
+            if self._timeout == math.inf:
+                return await call
+            with trio.move_on_after(self._timeout):
+                return await call
+        except NotFoundError as exc:
+            _refuse(not_found, f"{what}: %s", *args, exc)
+        except Exception as exc:  # any backend failure, expected or not; Cancelled passes
+            _refuse(Situation.STORE_FAILED, f"{what}: %s", *args, exc)
+        _refuse(
+            Situation.STORE_TIMEOUT,
+            f"{what}: the store did not answer within %gs",
+            *args,
+            self._timeout,
+        )
 
     async def _fetch(self, kind: str, digest: B3Digest, request: Awaitable[_T | None]) -> _T:
-        """Content the tree refers to: absent or unreadable means EIO, logged with its digest."""
-        try:
-            found = await self._store(request, "fetching %s %s", kind, digest)
-        except pyfuse3.FUSEError:
-            raise
-        except Exception as exc:  # any backend failure, expected or not; Cancelled passes
-            raise _eio("cannot fetch %s %s: %s", kind, digest, exc) from None
+        """Content the tree refers to: absent means EIO, logged with its digest."""
+        found = await self._store(request, "fetching %s %s", kind, digest)
         if found is None:
-            raise _eio("%s %s is missing from the %s service", kind, digest, kind)
+            _refuse(Situation.CONTENT_MISSING, "%s %s is missing from the store", kind, digest)
         return found
 
     async def _listing(self, data: DirectoryInode) -> Listing:
@@ -206,21 +264,37 @@ class TvixmountFS(pyfuse3.Operations):
     async def _child(self, parent: int, name: bytes) -> Node | None:
         data = self._inode(parent)
         if isinstance(data, RootInode):
-            try:
-                return await self._store(
-                    self._root_nodes.lookup(name), "looking up root name %r", name
-                )
-            except NotFoundError:
-                return None
-            except TvixmountError as exc:
-                raise _eio("cannot look up root name %r: %s", name, exc) from None
+            return await self._store(
+                self._root_nodes.lookup(name),
+                "looking up root name %r",
+                name,
+                not_found=Situation.NO_SUCH_NAME,
+            )
         if isinstance(data, DirectoryInode):
             return (await self._listing(data)).by_name.get(name)
-        raise pyfuse3.FUSEError(errno.ENOTDIR)
+        _refuse(Situation.NOT_A_DIRECTORY)
+
+    async def _open_blob(self, data: FileInode) -> BlobReader:
+        """A reader of the file's blob, which must be exactly the file node's size.
+
+        A smaller node would serve a prefix of the content (a script cut
+        short), a larger one a read past the end: either is EIO.
+        """
+        reader = await self._fetch("blob", data.digest, self._blobs.open_read(data.digest))
+        if reader.size != data.size:
+            await self._store(reader.aclose(), "closing blob %s", data.digest)
+            _refuse(
+                Situation.CONTENT_INVALID,
+                "blob %s has %d bytes, its file node says %d",
+                data.digest,
+                reader.size,
+                data.size,
+            )
+        return reader
 
     # -- lookups and attributes ------------------------------------------
 
-    @_fuse_errors
+    @_answers
     async def lookup(
         self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
@@ -229,7 +303,7 @@ class TvixmountFS(pyfuse3.Operations):
             if parent_inode == ROOT_INODE:
                 # Store paths appear in the root (an import, a binary-cache
                 # fetch), so its "no such name" must not be cached.
-                raise pyfuse3.FUSEError(errno.ENOENT)
+                _refuse(Situation.NO_SUCH_NAME)
             # Below the root a directory's names never change: the kernel may
             # remember the absence as long as the entry itself (a negative
             # dentry), sparing a round trip for every repeated miss (a
@@ -240,43 +314,41 @@ class TvixmountFS(pyfuse3.Operations):
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         freed = self.inodes.forget_many(inode_list)
-        if self._pushed:
+        if self._checked:
+            self._checked.difference_update(freed)
             self._pushed.difference_update(freed)
 
-    @_fuse_errors
+    @_answers
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         return entry_attributes(inode, self._inode(inode))
 
-    @_fuse_errors
+    @_answers
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
         data = self._inode(inode)
         if not isinstance(data, SymlinkInode):
-            raise pyfuse3.FUSEError(errno.EINVAL)
+            _refuse(Situation.NOT_A_SYMLINK)
         return data.target
 
     # -- directories -----------------------------------------------------
 
-    @_fuse_errors
+    @_answers
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         data = self._inode(inode)
         if isinstance(data, RootInode):
             if not self._list_root:
-                raise pyfuse3.FUSEError(errno.EPERM)
+                _refuse(Situation.ROOT_NOT_LISTABLE)
             return self._dirs.add(DirectoryHandle())
         if isinstance(data, DirectoryInode):
             return self._dirs.add(DirectoryHandle((await self._listing(data)).entries))
-        raise pyfuse3.FUSEError(errno.ENOTDIR)
+        _refuse(Situation.NOT_A_DIRECTORY)
 
-    @_fuse_errors
+    @_answers
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         handle = self._dirs.get(fh)
         if handle is None:
-            raise pyfuse3.FUSEError(errno.EBADF)
+            _refuse(Situation.NO_SUCH_HANDLE)
         if handle.entries is None:
-            try:
-                handle.entries = await self._store(self._root_list(), "listing the root nodes")
-            except TvixmountError as exc:
-                raise _eio("cannot list the root nodes: %s", exc) from None
+            handle.entries = await self._store(self._root_list(), "listing the root nodes")
         for offset in range(start_id, len(handle.entries)):
             node = handle.entries[offset]
             # readdirplus: an accepted entry counts as a lookup for the kernel.
@@ -287,23 +359,33 @@ class TvixmountFS(pyfuse3.Operations):
                 self.inodes.forget(inode, 1)
                 return
 
-    @_fuse_errors
+    @_answers
     async def releasedir(self, fh: int) -> None:
         self._dirs.pop(fh)
 
     # -- files -----------------------------------------------------------
 
-    @_fuse_errors
+    @_answers
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        """A handle on the file's blob; the blob is opened now only on the inode's first open.
+
+        Once a blob was opened and found to be the node's size, later opens of
+        the inode (a warm walk, a build reading a header again) make no store
+        call: their reads are mostly answered from the kernel's page cache
+        (keep_cache), and one that reaches the daemon opens the blob then. For
+        a remote store that spares a round trip per open.
+        """
         data = self._inode(inode)
         if isinstance(data, RootInode | DirectoryInode):
-            raise pyfuse3.FUSEError(errno.EISDIR)
+            _refuse(Situation.IS_A_DIRECTORY)
         if isinstance(data, SymlinkInode):
-            raise pyfuse3.FUSEError(errno.ELOOP)
+            _refuse(Situation.IS_A_SYMLINK)
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_CREAT):
-            _read_only()
-        reader = await self._fetch("blob", data.digest, self._blobs.open_read(data.digest))
-        handle = FileHandle(data.digest, reader)
+            _refuse(Situation.READ_ONLY)
+        handle = FileHandle(data)
+        if inode not in self._checked:
+            handle.reader = await self._open_blob(data)
+            self._checked.add(inode)
         fh = self._files.add(handle)
         if 0 < data.size <= PUSH_MAX and inode not in self._pushed:
             await self._push_once(inode, handle)
@@ -342,40 +424,38 @@ class TvixmountFS(pyfuse3.Operations):
         again. Only an optimisation: if it fails, reads fetch the bytes.
         """
         try:
-            content = await self._store(
-                handle.read(0, handle.reader.size), "reading blob %s", handle.digest
-            )
+            content = await self._read(handle, 0, handle.data.size)
             # Any buffer will do (the stub says bytes); a memoryview spares a copy.
             pyfuse3.notify_store(inode, 0, content)  # type: ignore[arg-type]
-        except (OSError, TvixmountError, pyfuse3.FUSEError) as exc:
-            log.debug("not pushing blob %s to the page cache: %s", handle.digest, exc)
+        except (OSError, _Refused) as exc:
+            log.debug("not pushing blob %s to the page cache: %s", handle.data.digest, exc)
+
+    async def _read(self, handle: FileHandle, off: int, size: int) -> bytes | memoryview:
+        if handle.reader is None:
+            handle.reader = await self._open_blob(handle.data)
+        return await self._store(
+            handle.read(off, size), "reading blob %s at %d", handle.data.digest, off
+        )
 
     # pyfuse3 replies from any buffer; a memoryview slice avoids a copy.
-    @_fuse_errors
+    @_answers
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:  # type: ignore[override]
         handle = self._files.get(fh)
         if handle is None:
-            raise pyfuse3.FUSEError(errno.EBADF)
-        try:
-            return await self._store(
-                handle.read(off, size), "reading blob %s at %d", handle.digest, off
-            )
-        except pyfuse3.FUSEError:
-            raise
-        except Exception as exc:
-            raise _eio("cannot read blob %s at %d: %s", handle.digest, off, exc) from None
+            _refuse(Situation.NO_SUCH_HANDLE)
+        return await self._read(handle, off, size)
 
-    @_fuse_errors
+    @_answers
     async def release(self, fh: int) -> None:
         handle = self._files.pop(fh)
-        if handle is not None:
-            await self._store(handle.aclose(), "closing blob %s", handle.digest)
+        if handle is not None and handle.reader is not None:
+            await self._store(handle.reader.aclose(), "closing blob %s", handle.data.digest)
 
     # -- xattrs and statfs -----------------------------------------------
 
     def _xattrs(self, inode: int) -> dict[bytes, bytes]:
         if not self._xattr:
-            raise pyfuse3.FUSEError(errno.ENOSYS)
+            _refuse(Situation.NO_XATTRS)
         data = self._inode(inode)
         if isinstance(data, DirectoryInode):
             return {XATTR_DIRECTORY_DIGEST: str(data.digest).encode()}
@@ -383,18 +463,18 @@ class TvixmountFS(pyfuse3.Operations):
             return {XATTR_BLOB_DIGEST: str(data.digest).encode()}
         return {}
 
-    @_fuse_errors
+    @_answers
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         value = self._xattrs(inode).get(name)
         if value is None:
-            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+            _refuse(Situation.NO_SUCH_XATTR)
         return value
 
-    @_fuse_errors
+    @_answers
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
         return list(self._xattrs(inode))
 
-    @_fuse_errors
+    @_answers
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         stats = pyfuse3.StatvfsData()
         stats.f_bsize = 4096
@@ -407,6 +487,7 @@ class TvixmountFS(pyfuse3.Operations):
 
     # -- everything that would write -------------------------------------
 
+    @_answers
     async def setattr(
         self,
         inode: int,
@@ -415,29 +496,35 @@ class TvixmountFS(pyfuse3.Operations):
         fh: int | None,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
-        _read_only()
+        _refuse(Situation.READ_ONLY)
 
+    @_answers
     async def mknod(
         self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        _read_only()
+        _refuse(Situation.READ_ONLY)
 
+    @_answers
     async def mkdir(
         self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        _read_only()
+        _refuse(Situation.READ_ONLY)
 
+    @_answers
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        _read_only()
+        _refuse(Situation.READ_ONLY)
 
+    @_answers
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        _read_only()
+        _refuse(Situation.READ_ONLY)
 
+    @_answers
     async def symlink(
         self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        _read_only()
+        _refuse(Situation.READ_ONLY)
 
+    @_answers
     async def rename(
         self,
         parent_inode_old: int,
@@ -447,25 +534,30 @@ class TvixmountFS(pyfuse3.Operations):
         flags: int,
         ctx: pyfuse3.RequestContext,
     ) -> None:
-        _read_only()
+        _refuse(Situation.READ_ONLY)
 
+    @_answers
     async def link(
         self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        _read_only()
+        _refuse(Situation.READ_ONLY)
 
+    @_answers
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        _read_only()
+        _refuse(Situation.READ_ONLY)
 
+    @_answers
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        _read_only()
+        _refuse(Situation.READ_ONLY)
 
+    @_answers
     async def setxattr(
         self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
     ) -> None:
-        _read_only()
+        _refuse(Situation.READ_ONLY)
 
+    @_answers
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        _read_only()
+        _refuse(Situation.READ_ONLY)
