@@ -162,7 +162,7 @@ def _exit_without_teardown(code: int) -> None:
     os._exit(code)
 
 
-def _serve_with_the_c_allocator() -> None:
+def serve_with_the_c_allocator() -> None:
     """Re-execute a ``tvixmount mount`` process with ``PYTHONMALLOC=malloc``.
 
     A mount's memory should follow what the kernel holds: after the kernel
@@ -190,9 +190,13 @@ def _serve_with_the_c_allocator() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; ``argv=None`` (the process's own arguments) marks the process entry."""
     if argv is None:
-        _serve_with_the_c_allocator()
-    parser = build_parser()
-    args = parser.parse_args(argv)
+        serve_with_the_c_allocator()
+    return run_command_line(sys.argv[1:] if argv is None else argv, process_entry=argv is None)
+
+
+def run_command_line(argv: Sequence[str], *, process_entry: bool) -> int:
+    """Parse and run ``tvixmount ARGV``; ``process_entry``: the process ends with it."""
+    args = build_parser().parse_args(argv)
     try:
         setup_logging(args.verbose, args.log_file)
     except OSError as exc:
@@ -202,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_ERROR
     code = _run(args)
-    if argv is None and args.command in _QUICK_EXIT_COMMANDS:
+    if process_entry and args.command in _QUICK_EXIT_COMMANDS:
         _exit_without_teardown(code)
     return code
 
