@@ -11,20 +11,19 @@ content.
 
 from __future__ import annotations
 
-import ctypes
 import gc
 from collections.abc import Iterable
 
 import pyfuse3
 
 from ..castore.nodes import DirectoryNode, FileNode, Node, SymlinkNode
+from ..libc import libc
 from .inodes import DirectoryInode, FileInode, InodeData, RootInode, SymlinkInode
 
 ROOT_INODE: int = pyfuse3.ROOT_INODE
 
 # Compact the maps only after this many inodes were freed (and 3/4 of the peak).
 _SHRINK_MIN = 10_000
-_libc = ctypes.CDLL(None)
 
 
 def _data_of(node: Node) -> DirectoryInode | FileInode | SymlinkInode:
@@ -144,6 +143,6 @@ class InodeTracker:
 
 
 def _malloc_trim() -> None:
-    trim = getattr(_libc, "malloc_trim", None)
+    trim = getattr(libc, "malloc_trim", None)
     if trim is not None:
         trim(0)

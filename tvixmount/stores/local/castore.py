@@ -26,7 +26,6 @@ packed blob costs one ``fstat`` of the already open pack: no query, no
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import itertools
 import os
@@ -46,9 +45,8 @@ from ...castore.digest import B3Digest
 from ...castore.directory import Directory
 from ...castore.directoryservice import check_closure, walk_breadth_first
 from ...errors import IntegrityError, StoreError
+from ...libc import libc
 from .lease import Lease, write_transaction
-
-_libc = ctypes.CDLL(None, use_errno=True)
 
 # Blobs up to this size go to packs: one FUSE read serves them whole.
 PACK_MAX = 128 << 10
@@ -657,7 +655,7 @@ def _syncfs(directory: Path, files: list[Path]) -> bool:
 
     Returns whether syncfs ran (it made every other write to the filesystem durable too).
     """
-    syncfs = getattr(_libc, "syncfs", None)
+    syncfs = getattr(libc, "syncfs", None)
     if syncfs is not None:
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
         try:
