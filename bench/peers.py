@@ -1,16 +1,23 @@
-"""The filesystems compared: tvixmount, squashfuse and the native directory."""
+"""The filesystems compared: tvixmount, squashfuse and the native directory.
+
+tvixmount is mounted through the product's one mount harness
+(:mod:`tvixmount.testing.mounts`), as the tests mount it.
+"""
 
 from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-TVIXMOUNT = [sys.executable, "-m", "tvixmount"]
+from tvixmount.fs.mounttable import is_mounted
+from tvixmount.fs.processes import serving_pids
+from tvixmount.testing.mounts import mounted, tvixmount_command
+
+TVIXMOUNT = tvixmount_command()
 
 
 def drop_caches() -> None:
@@ -18,35 +25,10 @@ def drop_caches() -> None:
     Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
-def _is_mounted(mountpoint: Path) -> bool:
-    target = str(mountpoint.resolve())
-    with open("/proc/self/mounts") as mounts:
-        return any(line.split()[1] == target for line in mounts)
-
-
-def unmount(mountpoint: Path) -> None:
-    if _is_mounted(mountpoint):
-        subprocess.run(["fusermount3", "-u", str(mountpoint)], check=False)
-    deadline = time.monotonic() + 10
-    while _is_mounted(mountpoint) and time.monotonic() < deadline:
-        time.sleep(0.05)
-
-
 def serving_pid(mountpoint: Path) -> int | None:
-    """The tvixmount process serving ``mountpoint`` (its command line names it)."""
-    target = str(mountpoint)
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"tvixmount" in b" ".join(argv) and any(
-            a.decode(errors="replace").rstrip("/") == target.rstrip("/") for a in argv
-        ):
-            return int(entry.name)
-    return None
+    """The tvixmount process serving ``mountpoint``."""
+    pids = serving_pids(mountpoint)
+    return pids[0] if pids else None
 
 
 def rss_kib(pid: int) -> int:
@@ -57,19 +39,19 @@ def rss_kib(pid: int) -> int:
 
 
 @contextmanager
-def tvixmount_mounted(store: Path, mountpoint: Path) -> Iterator[float]:
-    """Mount (background mode); yields the start-up time in seconds."""
-    mountpoint.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    subprocess.run(
-        [*TVIXMOUNT, "mount", str(mountpoint), "--store", str(store), "--list-root"],
-        check=True,
-    )
-    elapsed = time.perf_counter() - start
-    try:
-        yield elapsed
-    finally:
-        unmount(mountpoint)
+def tvixmount_mounted(store: Path | str, mountpoint: Path, *extra: str) -> Iterator[float]:
+    """Mount (background mode, root listable); yields the start-up time in seconds."""
+    with mounted(str(store), mountpoint, "--list-root", *extra) as mount:
+        yield mount.startup_s
+
+
+def _unmount(mountpoint: Path) -> None:
+    point = str(mountpoint.resolve())
+    if is_mounted(point):
+        subprocess.run(["fusermount3", "-u", point], check=False)
+    deadline = time.monotonic() + 10
+    while is_mounted(point) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 @contextmanager
@@ -77,13 +59,13 @@ def squashfuse_mounted(image: Path, mountpoint: Path) -> Iterator[float]:
     mountpoint.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     subprocess.run(["squashfuse", str(image), str(mountpoint)], check=True)
-    while not _is_mounted(mountpoint):
+    while not is_mounted(str(mountpoint.resolve())):
         time.sleep(0.001)
     elapsed = time.perf_counter() - start
     try:
         yield elapsed
     finally:
-        unmount(mountpoint)
+        _unmount(mountpoint)
 
 
 def make_squashfs(source: Path, image: Path) -> None:
