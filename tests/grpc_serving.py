@@ -11,6 +11,7 @@ import re
 import select
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -82,11 +83,14 @@ def stop(process: subprocess.Popen[str], sig: int = signal.SIGTERM) -> int:
 
 
 @contextmanager
-def serving(store: str, log_file: Path, listen: str = "127.0.0.1:0") -> Iterator[Served]:
-    """``tvixmount serve --store STORE --listen LISTEN`` until the block ends."""
+def serving(
+    store: str, log_file: Path, listen: str = "127.0.0.1:0", *, writable: bool = False
+) -> Iterator[Served]:
+    """``tvixmount serve --store STORE --listen LISTEN [--writable]`` until the block ends."""
+    flags = ["--writable"] if writable else []
     with log_file.open("a") as log:
         process = subprocess.Popen(
-            tvixmount_command("serve", "--listen", listen, "--store", store),
+            tvixmount_command("serve", "--listen", listen, "--store", store, *flags),
             stdout=subprocess.PIPE,
             stderr=log,
             text=True,
@@ -110,7 +114,19 @@ class FakeBackend:
     directories: dict[bytes, list[castore_pb2.Directory]] = field(default_factory=dict)
     pathinfos: dict[bytes, PathInfoMsg] = field(default_factory=dict)
     read_calls: list[bytes] = field(default_factory=list)
+    stat_calls: int = 0
     pathinfo_delay: float = 0.0  # seconds each PathInfo Get stalls before answering
+    endless_blobs: set[bytes] = field(default_factory=set)  # Read streams these forever
+    # Directories whose recursive Get sends the first message, then repeats it forever
+    endless_directories: set[bytes] = field(default_factory=set)
+    hung_blobs: set[bytes] = field(default_factory=set)  # Stat of these waits for release
+    release: threading.Event = field(default_factory=threading.Event)
+
+
+def _hang(backend: FakeBackend, context: Any) -> None:
+    """Wait until the test releases the server or the client gives up."""
+    while context.is_active() and not backend.release.wait(0.05):
+        pass
 
 
 class _Blobs(blob_grpc.BlobServiceServicer):  # type: ignore[misc]
@@ -118,6 +134,9 @@ class _Blobs(blob_grpc.BlobServiceServicer):  # type: ignore[misc]
         self.backend = backend
 
     def Stat(self, request: Any, context: Any) -> Any:
+        self.backend.stat_calls += 1
+        if request.digest in self.backend.hung_blobs:
+            _hang(self.backend, context)
         if request.digest not in self.backend.blobs and request.digest not in self.backend.chunks:
             context.abort(grpc.StatusCode.NOT_FOUND, "no such blob")
         chunks = self.backend.chunks.get(request.digest, []) if request.send_chunks else []
@@ -127,6 +146,11 @@ class _Blobs(blob_grpc.BlobServiceServicer):  # type: ignore[misc]
 
     def Read(self, request: Any, context: Any) -> Iterator[Any]:
         self.backend.read_calls.append(request.digest)
+        if request.digest in self.backend.endless_blobs:
+            message = blob_pb.BlobChunk(data=bytes(1 << 20))
+            while context.is_active():
+                yield message
+            return
         data = self.backend.blobs.get(request.digest)
         if data is None:
             context.abort(grpc.StatusCode.NOT_FOUND, "no such blob")
@@ -143,6 +167,10 @@ class _Directories(dir_grpc.DirectoryServiceServicer):  # type: ignore[misc]
         messages = self.backend.directories.get(request.digest)
         if messages is None:
             context.abort(grpc.StatusCode.NOT_FOUND, "no such directory")
+            return
+        if request.recursive and request.digest in self.backend.endless_directories:
+            while context.is_active():
+                yield messages[0]
             return
         yield from messages if request.recursive else messages[:1]
 
@@ -162,7 +190,8 @@ class _PathInfos(pi_grpc.PathInfoServiceServicer):  # type: ignore[misc]
 @contextmanager
 def fake_server(backend: FakeBackend) -> Iterator[str]:
     """A dict-backed gRPC server on a free loopback port; yields its store URL."""
-    server = grpc.server(ThreadPoolExecutor(max_workers=8))
+    # Enough handler threads that calls a test leaves hanging do not queue the rest.
+    server = grpc.server(ThreadPoolExecutor(max_workers=128))
     blob_grpc.add_BlobServiceServicer_to_server(_Blobs(backend), server)
     dir_grpc.add_DirectoryServiceServicer_to_server(_Directories(backend), server)
     pi_grpc.add_PathInfoServiceServicer_to_server(_PathInfos(backend), server)
@@ -171,4 +200,5 @@ def fake_server(backend: FakeBackend) -> Iterator[str]:
     try:
         yield f"grpc+http://127.0.0.1:{port}"
     finally:
+        backend.release.set()
         server.stop(0).wait()

@@ -30,7 +30,7 @@ def server(
     """One ``serve`` per backing store kind, shared by the tests of this module."""
     base = tmp_path_factory.mktemp(f"serve-{request.param}")
     store = "memory://" if request.param == "memory" else str(base / "store")
-    with serving(store, base / "serve.log") as served:
+    with serving(store, base / "serve.log", writable=True) as served:
         yield served
 
 
@@ -43,8 +43,15 @@ async def client(server: Served) -> AsyncIterator[Store]:
         await store.aclose()
 
 
-def _pathinfo(node: FileNode | DirectoryNode | SymlinkNode) -> PathInfo:
-    return PathInfo(node, (), NarInfo(0, bytes(32)))
+async def _pathinfo(client: Store, node: FileNode | DirectoryNode | SymlinkNode) -> PathInfo:
+    """A PathInfo a writable server keeps: its content is there and its NarHash is right."""
+    blobs, directories = MemoryBlobService(), MemoryDirectoryService()
+    for blob in fx.BLOBS:
+        await put_stream(client.blobs, [blob])
+        await put_stream(blobs, [blob])
+    await client.directories.put_many(fx.DIRECTORIES)
+    await directories.put_many(fx.DIRECTORIES)
+    return PathInfo(node, (), NarInfo(*await calculate_nar(node, blobs, directories)))
 
 
 def _free_port() -> int:
@@ -151,7 +158,7 @@ async def test_put_of_directory_with_unknown_child_is_rejected(client: Store) ->
 
 
 async def test_pathinfo_put_then_get_returns_it(client: Store) -> None:
-    info = _pathinfo(fx.ROOT_NODES[4])
+    info = await _pathinfo(client, fx.ROOT_NODES[4])
     assert await client.pathinfos.put(info) == info
     assert await client.pathinfos.get(info.store_path.digest) == info
 
@@ -161,7 +168,7 @@ async def test_absent_pathinfo_is_none(client: Store) -> None:
 
 
 async def test_list_yields_every_pathinfo_put(client: Store) -> None:
-    infos = [_pathinfo(node) for node in fx.ROOT_NODES[:2]]
+    infos = [await _pathinfo(client, node) for node in fx.ROOT_NODES[:2]]
     for info in infos:
         await client.pathinfos.put(info)
     listed = [info async for info in client.pathinfos.list()]
@@ -184,7 +191,8 @@ async def test_calculate_nar_matches_the_local_nar_writer(client: Store) -> None
 
 async def test_unix_socket_server_serves_the_same_services(tmp_path: Path) -> None:
     socket_path = tmp_path / "tvixmount.sock"
-    with serving("memory://", tmp_path / "serve.log", listen=f"unix://{socket_path}") as served:
+    listen = f"unix://{socket_path}"
+    with serving("memory://", tmp_path / "serve.log", listen=listen, writable=True) as served:
         assert served.url == f"grpc+unix://{socket_path}"
         store = open_store(served.url)
         try:

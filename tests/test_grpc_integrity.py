@@ -53,7 +53,7 @@ async def test_directory_whose_digest_does_not_match_is_refused(
     client: Store, backend: FakeBackend
 ) -> None:
     backend.directories[COMPLICATED] = [_msg(fx.DIRECTORY_WITH_KEEP)]
-    with pytest.raises(IntegrityError, match="digest is"):
+    with pytest.raises(IntegrityError, match="has digest"):
         await client.directories.get(B3Digest(COMPLICATED))
 
 
@@ -146,26 +146,41 @@ def _chunked(backend: FakeBackend, data: bytes, size: int, corrupt: int | None) 
     return blob
 
 
-async def test_corrupt_chunk_is_refused_while_other_chunks_still_serve(
+async def test_a_blob_with_a_corrupt_chunk_is_refused_before_any_byte_is_served(
     client: Store, backend: FakeBackend
 ) -> None:
     blob = _chunked(backend, fx.BLOB_B, 100_000, corrupt=3)
-    reader = await client.blobs.open_read(blob)
-    assert reader is not None and reader.size == len(fx.BLOB_B)
-    assert bytes(await reader.pread(100_000, 200_000)) == fx.BLOB_B[100_000:300_000]
     with pytest.raises(IntegrityError, match="hash to"):
-        await reader.pread(290_000, 20_000)
+        await client.blobs.open_read(blob)
 
 
-async def test_chunked_read_fetches_only_the_chunks_it_covers(
+async def test_a_chunk_list_whose_chunks_do_not_make_the_blob_is_refused(
+    client: Store, backend: FakeBackend
+) -> None:
+    """Each chunk matches its own digest, but together they are other bytes (issue 18)."""
+    blob = B3Digest.of(fx.BLOB_B)
+    other = bytearray(fx.BLOB_B)
+    other[250_000] ^= 1
+    _chunked(backend, bytes(other), 100_000, corrupt=None)
+    backend.chunks[bytes(blob)] = backend.chunks.pop(bytes(B3Digest.of(bytes(other))))
+    with pytest.raises(IntegrityError, match="chunk list makes a blob hashing to"):
+        await client.blobs.open_read(blob)
+
+
+async def test_a_chunked_blob_is_fetched_once_and_a_reopen_asks_nothing(
     client: Store, backend: FakeBackend
 ) -> None:
     blob = _chunked(backend, fx.BLOB_B, 100_000, corrupt=None)
     reader = await client.blobs.open_read(blob)
     assert reader is not None
     assert bytes(await reader.pread(550_000, 100_000)) == fx.BLOB_B[550_000:650_000]
-    assert bytes(await reader.pread(560_000, 10)) == fx.BLOB_B[560_000:560_010]
-    assert len(backend.read_calls) == 2  # chunks 5 and 6, each once
+    chunks = len(backend.chunks[bytes(blob)])
+    assert sorted(backend.read_calls) == sorted(d for d, _ in backend.chunks[bytes(blob)])
+    stats = backend.stat_calls
+    again = await client.blobs.open_read(blob)
+    assert again is not None
+    assert bytes(await again.pread(0, len(fx.BLOB_B))) == fx.BLOB_B
+    assert (len(backend.read_calls), backend.stat_calls) == (chunks, stats)
 
 
 async def test_pathinfo_for_another_store_path_is_refused(

@@ -1,15 +1,23 @@
 """BlobService client for ``tvix.castore.v1.BlobService`` over gRPC.
 
-Reads hand out only verified bytes. When the server's Stat reports a chunk
-list, a positioned read fetches just the chunks covering the range (each via
-``Read`` of the chunk digest, as tvix does) and verifies each against its
-chunk digest; otherwise the whole blob is fetched once and verified against
-the blob digest. Verified chunks and blobs live in a small LRU bounded by
-bytes, so re-reading or re-opening does not re-fetch them.
+Readers hand out only verified bytes, and only bytes of a blob verified
+whole: a server could send a chunk list whose chunks each match their own
+digests yet do not make up the blob asked for. So the first open of a
+chunked blob fetches every chunk (a few at a time), checks each against its
+chunk digest and their concatenation against the blob digest; only then is
+the list trusted, and later reads fetch just the chunks they cover (each
+checked again against its digest). An unchunked blob is fetched in one Read
+and checked against its digest. Verified blobs, chunks and chunk lists stay
+in bounded caches, so a re-open neither fetches nor verifies again.
 
-Known limit (shared with tvix without bao): a chunk list is trusted as the
-server sends it; every chunk is verified, but the list itself is only checked
-for well-formedness.
+Every stream is bounded by the size the blob must have: the FileNode that
+named it (:mod:`.hints`), or the chunk list's total, or
+``MAX_UNHINTED_BYTES``; a server sending more is cut off at once and the
+call cancelled.
+
+Opening a small file that had to be fetched also fetches, in the
+background, the other small files of its Directory (a few at a time): a walk,
+a build or an interpreter reads its neighbours next.
 """
 
 from __future__ import annotations
@@ -28,15 +36,33 @@ import trio
 from ..._proto import rpc_blobstore_pb2 as pb
 from ..._proto import rpc_blobstore_pb2_grpc as pb_grpc
 from ...castore.digest import B3Digest
-from ...errors import DigestError, IntegrityError, NotFoundError, StoreError, ValidationError
+from ...errors import (
+    DigestError,
+    IntegrityError,
+    NotFoundError,
+    StoreError,
+    TvixmountError,
+    ValidationError,
+)
+from ...lru import ByteLRU
 from ..memory.castore import MemoryBlobReader
-from .transport import GrpcTransport
+from .hints import BlobHints
+from .transport import REMOTE_THREADS, GrpcTransport, Ticket
 
 log = logging.getLogger(__name__)
 
 PUT_CHUNK_SIZE = 1 << 20  # bytes per BlobChunk message we send
 _SPOOL_IN_MEMORY = 16 << 20  # a blob being written moves to a temp file past this
 DEFAULT_CACHE_BYTES = 256 << 20
+# An unchunked blob whose size no FileNode told is fetched whole into memory,
+# so it may be at most this big.
+MAX_UNHINTED_BYTES = 256 << 20
+_CHUNK_FETCHES = 4  # chunks of one blob fetched at once while verifying it
+_VERIFIED_LISTS = 4096  # chunk lists remembered once verified
+PREFETCH_MAX_BLOB = 64 << 10  # neighbours up to this size are fetched ahead
+_PREFETCH_FILES = 64  # neighbours fetched ahead per Directory
+_PREFETCH_FETCHES = 4  # of them at once
+_PREFETCHED_DIRECTORIES = 4096  # Directories whose neighbours were fetched, remembered
 
 
 @dataclass
@@ -44,46 +70,29 @@ class TransferStats:
     """What the client fetched: lets tests and benchmarks see re-fetching."""
 
     read_calls: int = 0
+    stat_calls: int = 0
     bytes_received: int = 0
 
 
-class VerifiedCache:
-    """LRU of verified byte strings (whole blobs or chunks), bounded by total size."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self._items: OrderedDict[B3Digest, bytes] = OrderedDict()
-        self._bytes = 0
-
-    def get(self, digest: B3Digest) -> bytes | None:
-        data = self._items.get(digest)
-        if data is not None:
-            self._items.move_to_end(digest)
-        return data
-
-    def put(self, digest: B3Digest, data: bytes) -> None:
-        if len(data) > self.max_bytes or digest in self._items:
-            return
-        self._items[digest] = data
-        self._bytes += len(data)
-        while self._bytes > self.max_bytes:
-            _, evicted = self._items.popitem(last=False)
-            self._bytes -= len(evicted)
-
-
 def _fetch_verified(
-    stub: Any, digest: B3Digest, expected_size: int | None, timeout: float
+    stub: Any, digest: B3Digest, size: int | None, limit: int, ticket: Ticket
 ) -> bytes:
-    """One Read call (in a worker thread): the blob's bytes, verified against ``digest``."""
+    """One Read call (in a worker thread): the blob's bytes, verified against ``digest``.
+
+    ``size`` is what the blob must measure if known; no more than ``limit``
+    bytes are ever read.
+    """
     hasher = blake3.blake3()
     parts: list[bytes] = []
     received = 0
-    for message in stub.Read(pb.ReadBlobRequest(digest=bytes(digest)), timeout=timeout):
+    call = ticket.track(stub.Read(pb.ReadBlobRequest(digest=bytes(digest)), timeout=ticket.timeout))
+    for message in call:
         data = message.data
         received += len(data)
-        if expected_size is not None and received > expected_size:
+        if received > limit:
+            call.cancel()
             raise IntegrityError(
-                f"blob {digest}: the server sent more than the {expected_size} bytes announced"
+                f"blob {digest}: the server sent more than the {limit} bytes it can have"
             )
         hasher.update(data)
         parts.append(data)
@@ -92,15 +101,23 @@ def _fetch_verified(
         raise IntegrityError(
             f"blob {digest}: the server sent {received} bytes that hash to {actual}, refusing them"
         )
-    if expected_size is not None and received != expected_size:
-        raise IntegrityError(
-            f"blob {digest}: {received} bytes received, but the chunk list says {expected_size}"
-        )
+    if size is not None and received != size:
+        raise IntegrityError(f"blob {digest}: it has {received} bytes, not the {size} expected")
     return b"".join(parts)
 
 
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """A store error among concurrent fetches, as callers expect one (else the group)."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            exc = _first_error(exc)
+        if isinstance(exc, TvixmountError):
+            return exc
+    return group
+
+
 class GrpcChunkedBlobReader:
-    """A chunked blob: each read fetches (or finds cached) only the chunks it covers."""
+    """A chunked blob whose chunk list was verified: reads fetch only the chunks they cover."""
 
     def __init__(
         self, service: GrpcBlobService, digest: B3Digest, chunks: list[tuple[B3Digest, int]]
@@ -127,25 +144,11 @@ class GrpcChunkedBlobReader:
         parts: list[memoryview] = []
         while index < len(self._chunks) and self._starts[index] < end:
             chunk_digest, chunk_size = self._chunks[index]
-            data = memoryview(await self._chunk(chunk_digest, chunk_size))
+            data = memoryview(await self._service.chunk(self._digest, chunk_digest, chunk_size))
             start = self._starts[index]
             parts.append(data[max(offset - start, 0) : min(end - start, chunk_size)])
             index += 1
         return parts[0] if len(parts) == 1 else b"".join(parts)
-
-    async def _chunk(self, digest: B3Digest, size: int) -> bytes:
-        try:
-            return await self._service.fetch_verified(digest, size)
-        except NotFoundError:
-            # A server that chunks on demand (tvixmount serve) forgets its
-            # chunk index when restarted; a Stat with send_chunks rebuilds it.
-            await self._service.chunks(self._digest)
-        try:
-            return await self._service.fetch_verified(digest, size)
-        except NotFoundError:
-            raise StoreError(
-                f"chunk {digest} of blob {self._digest} is missing on {self._service.url}"
-            ) from None
 
     async def aclose(self) -> None:
         pass
@@ -177,11 +180,21 @@ class GrpcBlobWriter:
 
 
 class GrpcBlobService:
-    def __init__(self, transport: GrpcTransport, cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+    def __init__(
+        self,
+        transport: GrpcTransport,
+        hints: BlobHints | None = None,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+    ) -> None:
         self._transport = transport
         self._stub = pb_grpc.BlobServiceStub(transport.channel)
-        self._cache = VerifiedCache(cache_bytes)
+        self.hints = hints if hints is not None else BlobHints()
+        self._cache: ByteLRU[B3Digest] = ByteLRU(cache_bytes)
+        self._lists: OrderedDict[B3Digest, list[tuple[B3Digest, int]]] = OrderedDict()
         self._inflight: dict[B3Digest, trio.Event] = {}
+        self._prefetched: OrderedDict[B3Digest, None] = OrderedDict()
+        self._prefetch_limiter = trio.CapacityLimiter(_PREFETCH_FETCHES)
+        self._limiter = trio.CapacityLimiter(REMOTE_THREADS)
         self.stats = TransferStats()
 
     @property
@@ -190,14 +203,21 @@ class GrpcBlobService:
 
     async def _stat(self, digest: B3Digest, send_chunks: bool) -> Any | None:
         request = pb.StatBlobRequest(digest=bytes(digest), send_chunks=send_chunks)
+        self.stats.stat_calls += 1
         try:
             return await self._transport.call(
-                f"stat blob {digest}", lambda timeout: self._stub.Stat(request, timeout=timeout)
+                f"stat blob {digest}",
+                lambda ticket: ticket.track(
+                    self._stub.Stat.future(request, timeout=ticket.timeout)
+                ).result(),
+                limiter=self._limiter,
             )
         except NotFoundError:
             return None
 
     async def has(self, digest: B3Digest) -> bool:
+        if digest in self._cache or digest in self._lists:
+            return True
         return await self._stat(digest, send_chunks=False) is not None
 
     async def chunks(self, digest: B3Digest) -> list[tuple[B3Digest, int]] | None:
@@ -216,16 +236,82 @@ class GrpcBlobService:
         return chunks
 
     async def open_read(self, digest: B3Digest) -> MemoryBlobReader | GrpcChunkedBlobReader | None:
-        chunks = await self.chunks(digest)
+        cached = self._cache.get(digest)
+        if cached is not None:
+            return MemoryBlobReader(cached)
+        chunks = self._lists.get(digest)
         if chunks is None:
-            return None
+            chunks = await self.chunks(digest)
+            if chunks is None:
+                return None
+            if chunks:
+                await self._verify_list(digest, chunks)
         if chunks:
+            self._lists.move_to_end(digest)
             return GrpcChunkedBlobReader(self, digest, chunks)
         try:
-            # Unchunked: the whole blob, verified, served from memory.
-            return MemoryBlobReader(await self.fetch_verified(digest, None))
+            data = await self.fetch_verified(digest, self.hints.size_of(digest))
         except NotFoundError:
             return None  # removed between Stat and Read
+        if len(data) <= PREFETCH_MAX_BLOB:
+            self._prefetch_neighbours(digest)
+        return MemoryBlobReader(data)
+
+    async def _verify_list(self, digest: B3Digest, chunks: list[tuple[B3Digest, int]]) -> None:
+        """Trust ``chunks`` as ``digest``'s only once their bytes hash to it."""
+        total = sum(size for _, size in chunks)
+        expected = self.hints.size_of(digest)
+        if expected is not None and total != expected:
+            raise IntegrityError(
+                f"blob {digest}: its chunk list adds up to {total} bytes, not {expected}"
+            )
+        hasher = blake3.blake3()
+        for start in range(0, len(chunks), _CHUNK_FETCHES):
+            window = chunks[start : start + _CHUNK_FETCHES]
+            fetched: list[bytes] = [b""] * len(window)
+
+            try:
+                async with trio.open_nursery() as nursery:
+                    for i, (chunk, size) in enumerate(window):
+                        nursery.start_soon(self._fetch_into, fetched, i, digest, chunk, size)
+            except BaseExceptionGroup as group:
+                raise _first_error(group) from None
+            for data in fetched:
+                hasher.update(data)
+        actual = B3Digest(hasher.digest())
+        if actual != digest:
+            err = IntegrityError(
+                f"blob {digest}: the server's chunk list makes a blob hashing to {actual}"
+            )
+            log.warning("%s", err)
+            raise err
+        self._lists[digest] = chunks
+        while len(self._lists) > _VERIFIED_LISTS:
+            self._lists.popitem(last=False)
+
+    async def _fetch_into(
+        self, out: list[bytes], i: int, blob: B3Digest, chunk: B3Digest, size: int
+    ) -> None:
+        out[i] = await self.chunk(blob, chunk, size, restat=False)
+
+    async def chunk(
+        self, blob: B3Digest, digest: B3Digest, size: int, *, restat: bool = True
+    ) -> bytes:
+        """The verified bytes of one chunk of ``blob``."""
+        try:
+            return await self.fetch_verified(digest, size)
+        except NotFoundError:
+            if not restat:
+                raise StoreError(
+                    f"chunk {digest} of blob {blob} is missing on {self.url}"
+                ) from None
+            # A server that chunks on demand (tvixmount serve) forgets its
+            # chunk index when restarted; a Stat with send_chunks rebuilds it.
+            await self.chunks(blob)
+        try:
+            return await self.fetch_verified(digest, size)
+        except NotFoundError:
+            raise StoreError(f"chunk {digest} of blob {blob} is missing on {self.url}") from None
 
     async def fetch_verified(self, digest: B3Digest, expected_size: int | None) -> bytes:
         """The verified bytes of a blob or chunk, from the cache or one Read call.
@@ -235,17 +321,24 @@ class GrpcBlobService:
         while True:
             cached = self._cache.get(digest)
             if cached is not None:
+                if expected_size is not None and len(cached) != expected_size:
+                    raise IntegrityError(
+                        f"blob {digest}: it has {len(cached)} bytes, not the {expected_size} "
+                        "expected"
+                    )
                 return cached
             pending = self._inflight.get(digest)
             if pending is None:
                 break
             await pending.wait()
+        limit = MAX_UNHINTED_BYTES if expected_size is None else expected_size
         done = self._inflight[digest] = trio.Event()
         try:
             data = await self._transport.call(
                 f"read blob {digest}",
-                partial(_fetch_verified, self._stub, digest, expected_size),
+                partial(_fetch_verified, self._stub, digest, expected_size, limit),
                 stream=True,
+                limiter=self._limiter,
             )
         except IntegrityError as exc:
             log.warning("%s", exc)
@@ -258,16 +351,49 @@ class GrpcBlobService:
         self._cache.put(digest, data)
         return data
 
+    def _prefetch_neighbours(self, digest: B3Digest) -> None:
+        """Fetch the small files next to ``digest``'s in the background (once per Directory)."""
+        siblings = self.hints.siblings_of(digest)
+        if not siblings:
+            return
+        key = B3Digest(blake3.blake3(b"".join(bytes(n.digest) for n in siblings)).digest())
+        if key in self._prefetched:
+            return
+        self._prefetched[key] = None
+        while len(self._prefetched) > _PREFETCHED_DIRECTORIES:
+            self._prefetched.popitem(last=False)
+        wanted = [
+            node
+            for node in siblings
+            if 0 < node.size <= PREFETCH_MAX_BLOB and node.digest != digest
+        ][:_PREFETCH_FILES]
+        if wanted:
+            trio.lowlevel.spawn_system_task(self._prefetch, wanted, name="prefetch blobs")
+
+    async def _prefetch(self, nodes: list[Any]) -> None:
+        async def one(node: Any) -> None:
+            async with self._prefetch_limiter:
+                if self._cache.get(node.digest) is not None:
+                    return
+                try:
+                    await self.fetch_verified(node.digest, node.size)
+                except TvixmountError as exc:  # the open that needs it reports it
+                    log.debug("prefetching blob %s: %s", node.digest, exc)
+
+        async with trio.open_nursery() as nursery:
+            for node in nodes:
+                nursery.start_soon(one, node)
+
     async def upload(self, digest: B3Digest, spool: Any) -> None:
         """Put the spooled bytes; the server must answer with the same digest."""
 
-        def put(timeout: float) -> bytes:
+        def put(ticket: Ticket) -> bytes:
             spool.seek(0)
             messages = iter(lambda: spool.read(PUT_CHUNK_SIZE), b"")
-            response = self._stub.Put(
-                (pb.BlobChunk(data=data) for data in messages), timeout=timeout
+            future = self._stub.Put.future(
+                (pb.BlobChunk(data=data) for data in messages), timeout=ticket.timeout
             )
-            return bytes(response.digest)
+            return bytes(ticket.track(future).result().digest)
 
         answered = await self._transport.call(f"put blob {digest}", put, stream=True)
         if answered != digest:

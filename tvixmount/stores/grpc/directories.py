@@ -2,13 +2,24 @@
 
 Nothing a server sends is trusted: every Directory is validated and its
 digest recomputed, and a recursive Get must follow tvix's order (the root
-first, then each Directory only after one that referred to it, and every
-referred Directory eventually sent).
+first, then each Directory only after one that referred to it, with the size
+that one gave, and every referred Directory eventually sent). The order is
+checked as the messages arrive, so a server sending junk or repeats is cut
+off at its first bad message, and a reply is bounded in count and bytes.
+
+A miss fetches the Directory's closure with one recursive Get (bounded by
+``PREFETCH_DIRECTORIES``): a mount then walks a store path at the cost of one
+round trip instead of one per Directory. Every Directory received that way
+is authentic (its digest was referred to by one already trusted), so a
+prefix cut off at the bound is kept too. Received Directories stay in a
+cache bounded by entries, and tell the blob client the sizes of the files
+they name (:mod:`.hints`).
 """
 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -17,10 +28,21 @@ from ..._proto import rpc_directory_pb2 as pb
 from ..._proto import rpc_directory_pb2_grpc as pb_grpc
 from ...castore.digest import B3Digest
 from ...castore.directory import Directory
+from ...castore.directoryservice import walk_breadth_first
 from ...errors import IntegrityError, NotFoundError, StoreError, ValidationError
-from .transport import GrpcTransport
+from .hints import BlobHints
+from .transport import GrpcTransport, Ticket
 
 log = logging.getLogger(__name__)
+
+# A recursive reply for get_recursive: past these, the closure is walked one
+# Directory at a time instead (no reply is ever held bigger than this).
+MAX_RECURSIVE_DIRECTORIES = 100_000
+MAX_RECURSIVE_BYTES = 64 << 20
+# What a miss fetches ahead of the Directory asked for.
+PREFETCH_DIRECTORIES = 4096
+PREFETCH_BYTES = 8 << 20
+CACHE_ENTRIES = 200_000  # Directory entries kept in the cache (about 200 bytes each)
 
 
 def _received(msg: castore_pb2.Directory, what: str) -> Directory:
@@ -30,85 +52,184 @@ def _received(msg: castore_pb2.Directory, what: str) -> Directory:
         raise ValidationError(f"{what}: the server sent an invalid Directory: {exc}") from None
 
 
-def check_recursive_order(root: B3Digest, messages: Sequence[Any]) -> list[Directory]:
-    """Validate a recursive Get answer; returns the Directories in the order received."""
-    what = f"recursive get of directory {root}"
-    if not messages:
-        raise NotFoundError(f"directory {root} not found")
-    expected = {root}  # referred to, not yet received
-    received: set[B3Digest] = set()
-    result: list[Directory] = []
-    for position, msg in enumerate(messages):
-        directory = _received(msg, what)
+class RecursiveOrder:
+    """Checks a recursive Get answer message by message."""
+
+    def __init__(self, root: B3Digest) -> None:
+        self.root = root
+        self.what = f"get directory {root} recursively"
+        self._expected: dict[B3Digest, int | None] = {root: None}  # referred to -> size given
+        self._received: set[B3Digest] = set()
+
+    def add(self, msg: castore_pb2.Directory) -> Directory:
+        position = len(self._received)
+        directory = _received(msg, self.what)
         digest = directory.digest()
-        if position == 0 and digest != root:
-            raise IntegrityError(f"{what}: the first Directory sent has digest {digest}")
-        if digest not in expected:
+        if position == 0 and digest != self.root:
+            raise IntegrityError(f"{self.what}: the first Directory sent has digest {digest}")
+        if digest not in self._expected:
             raise ValidationError(
-                f"{what}: Directory {digest} (#{position}) was sent "
+                f"{self.what}: Directory {digest} (#{position}) was sent "
                 + (
                     "twice"
-                    if digest in received
+                    if digest in self._received
                     else "but no Directory received before it refers to that digest "
                     "(a child before its parent, or a tampered Directory)"
                 )
             )
-        expected.discard(digest)
-        received.add(digest)
+        size = self._expected.pop(digest)
+        if size is not None and size != directory.size():
+            raise ValidationError(
+                f"{self.what}: Directory {digest} has size {directory.size()}, "
+                f"but its parent says {size}"
+            )
+        self._received.add(digest)
         for child in directory.directories:
-            if child.digest not in received:
-                expected.add(child.digest)
-        result.append(directory)
-    if expected:
-        missing = ", ".join(str(d) for d in sorted(expected)[:3])
-        raise StoreError(f"{what}: the server did not send referred Directories ({missing})")
+            if child.digest not in self._received:
+                self._expected[child.digest] = child.size
+        return directory
+
+    def finish(self) -> None:
+        if not self._received:
+            raise NotFoundError(f"directory {self.root} not found")
+        if self._expected:
+            missing = ", ".join(str(d) for d in sorted(self._expected)[:3])
+            raise StoreError(
+                f"{self.what}: the server did not send referred Directories ({missing})"
+            )
+
+
+def check_recursive_order(root: B3Digest, messages: Sequence[Any]) -> list[Directory]:
+    """Validate a whole recursive Get answer; returns the Directories in the order received."""
+    order = RecursiveOrder(root)
+    result = [order.add(msg) for msg in messages]
+    order.finish()
     return result
 
 
-class GrpcDirectoryService:
-    def __init__(self, transport: GrpcTransport) -> None:
-        self._transport = transport
-        self._stub = pb_grpc.DirectoryServiceStub(transport.channel)
+class _Bounded(Exception):
+    """A recursive reply reached its bound before it ended."""
 
-    def _fetch(self, digest: B3Digest, recursive: bool) -> Any:
-        request = pb.GetDirectoryRequest(digest=bytes(digest), recursive=recursive)
 
-        def get(timeout: float) -> list[Any]:
-            return list(self._stub.Get(request, timeout=timeout))
+def _read_recursive(
+    stub: Any, root: B3Digest, max_count: int, max_bytes: int, complete: bool, ticket: Ticket
+) -> tuple[list[Directory], bool]:
+    """One recursive Get (in a worker thread): the Directories read, checked, and whether
+    the reply ended within the bounds. Past a bound the call is cancelled; with
+    ``complete`` that raises :class:`_Bounded`, else what was read is returned.
+    """
+    request = pb.GetDirectoryRequest(digest=bytes(root), recursive=True)
+    call = ticket.track(stub.Get(request, timeout=ticket.timeout))
+    order = RecursiveOrder(root)
+    directories: list[Directory] = []
+    size = 0
+    try:
+        for msg in call:
+            size += msg.ByteSize()
+            if len(directories) >= max_count or size > max_bytes:
+                call.cancel()
+                if complete:
+                    raise _Bounded
+                return directories, False
+            directories.append(order.add(msg))
+    except BaseException:
+        call.cancel()
+        raise
+    order.finish()
+    return directories, True
 
-        return self._transport.call(f"get directory {digest}", get, stream=recursive)
 
-    async def get(self, digest: B3Digest) -> Directory | None:
-        try:
-            messages = await self._fetch(digest, recursive=False)
-        except NotFoundError:
-            return None
-        what = f"get directory {digest}"
-        if not messages:
-            return None
-        if len(messages) != 1:
-            raise ValidationError(f"{what}: the server sent {len(messages)} Directories, not one")
-        directory = _received(messages[0], what)
-        if directory.digest() != digest:
-            err = IntegrityError(
-                f"{what}: the server sent a Directory whose digest is {directory.digest()}"
-            )
-            log.warning("%s", err)
-            raise err
+class DirectoryCache:
+    """Verified Directories by digest, least recently used dropped first, bounded by entries."""
+
+    def __init__(self, max_entries: int = CACHE_ENTRIES) -> None:
+        self._max = max_entries
+        self._items: OrderedDict[B3Digest, Directory] = OrderedDict()
+        self._entries = 0
+
+    def get(self, digest: B3Digest) -> Directory | None:
+        directory = self._items.get(digest)
+        if directory is not None:
+            self._items.move_to_end(digest)
         return directory
 
-    async def get_recursive(self, root: B3Digest) -> AsyncIterator[Directory]:
+    def put(self, digest: B3Digest, directory: Directory) -> None:
+        if digest in self._items:
+            return
+        self._items[digest] = directory
+        self._entries += len(directory) + 1
+        while self._entries > self._max and self._items:
+            _, evicted = self._items.popitem(last=False)
+            self._entries -= len(evicted) + 1
+
+
+class GrpcDirectoryService:
+    def __init__(self, transport: GrpcTransport, hints: BlobHints | None = None) -> None:
+        self._transport = transport
+        self._stub = pb_grpc.DirectoryServiceStub(transport.channel)
+        self.hints = hints if hints is not None else BlobHints()
+        self._cache = DirectoryCache()
+        self.get_calls = 0  # Get calls made: lets tests and benchmarks count round trips
+
+    def _keep(self, directories: list[Directory]) -> None:
+        for directory in directories:
+            digest = directory.digest()
+            self._cache.put(digest, directory)
+            self.hints.note_directory(digest, directory)
+
+    async def get(self, digest: B3Digest) -> Directory | None:
+        cached = self._cache.get(digest)
+        if cached is not None:
+            return cached
+        self.get_calls += 1
+        what = f"get directory {digest}"
         try:
-            messages = await self._fetch(root, recursive=True)
+            directories, _ = await self._transport.call(
+                what,
+                lambda ticket: _read_recursive(
+                    self._stub, digest, PREFETCH_DIRECTORIES, PREFETCH_BYTES, False, ticket
+                ),
+                stream=True,
+            )
         except NotFoundError:
-            raise NotFoundError(f"directory {root} not found") from None
-        try:
-            directories = check_recursive_order(root, messages)
+            return None
         except (IntegrityError, ValidationError) as exc:
             log.warning("%s", exc)
             raise
+        if not directories:
+            return None
+        self._keep(directories)
+        return directories[0]
+
+    async def get_recursive(self, root: B3Digest) -> AsyncIterator[Directory]:
+        self.get_calls += 1
+        try:
+            directories, _ = await self._transport.call(
+                f"get directory {root} recursively",
+                lambda ticket: _read_recursive(
+                    self._stub, root, MAX_RECURSIVE_DIRECTORIES, MAX_RECURSIVE_BYTES, True, ticket
+                ),
+                stream=True,
+            )
+        except NotFoundError:
+            raise NotFoundError(f"directory {root} not found") from None
+        except _Bounded:
+            log.info("the closure of directory %s is too big for one reply; walking it", root)
+            async for directory in walk_breadth_first(self._get_checked, root):
+                yield directory
+            return
+        except (IntegrityError, ValidationError) as exc:
+            log.warning("%s", exc)
+            raise
+        self._keep(directories)
         for directory in directories:
             yield directory
+
+    async def _get_checked(self, digest: B3Digest) -> Directory | None:
+        directory = await self.get(digest)
+        if directory is not None and directory.digest() != digest:
+            raise IntegrityError(f"get directory {digest}: the server sent another Directory")
+        return directory
 
     async def put_many(self, directories: Sequence[Directory]) -> B3Digest:
         if not directories:
@@ -118,8 +239,9 @@ class GrpcDirectoryService:
         root = directories[-1].digest()
         messages = [d.to_proto() for d in directories]
 
-        def put(timeout: float) -> bytes:
-            return bytes(self._stub.Put(iter(messages), timeout=timeout).root_digest)
+        def put(ticket: Ticket) -> bytes:
+            future = self._stub.Put.future(iter(messages), timeout=ticket.timeout)
+            return bytes(ticket.track(future).result().root_digest)
 
         answered = await self._transport.call(f"put directories (root {root})", put, stream=True)
         if answered != root:

@@ -3,6 +3,10 @@
 Every PathInfo received is validated (:meth:`PathInfo.from_proto`); whether
 a Get answer is for the store path asked for is the one identity rule
 (``pathinfo/lookup.py``) that every lookup goes through.
+
+Given trusted public keys, a PathInfo is served only with a valid signature
+by one of them among those it carries (``narinfo.signatures``), as Nix
+requires of a substituter: the server may be anyone's.
 """
 
 from __future__ import annotations
@@ -13,11 +17,15 @@ from typing import Any
 from ... import nixbase32
 from ..._proto import rpc_pathinfo_pb2 as pb
 from ..._proto import rpc_pathinfo_pb2_grpc as pb_grpc
-from ...castore.nodes import Node, node_to_proto
-from ...errors import NotFoundError, ValidationError
+from ...castore.nodes import FileNode, Node, node_to_proto
+from ...errors import IntegrityError, NotFoundError, ValidationError
+from ...nar.signing import PublicKey, pathinfo_signers
 from ...pathinfo.model import PathInfo
 from ...storepath import DIGEST_LEN
-from .transport import GrpcTransport
+from .hints import BlobHints
+from .transport import GrpcTransport, Ticket
+
+MAX_LISTED = 1 << 20  # PathInfos one List reply may hold
 
 
 def _received(msg: Any, what: str) -> PathInfo:
@@ -27,10 +35,37 @@ def _received(msg: Any, what: str) -> PathInfo:
         raise ValidationError(f"{what}: the server sent an invalid PathInfo: {exc}") from None
 
 
+def _list(stub: Any, ticket: Ticket) -> list[Any]:
+    call = ticket.track(stub.List(pb.ListPathInfoRequest(), timeout=ticket.timeout))
+    messages: list[Any] = []
+    for msg in call:
+        if len(messages) == MAX_LISTED:
+            call.cancel()
+            raise ValidationError(f"list path infos: the server sent more than {MAX_LISTED}")
+        messages.append(msg)
+    return messages
+
+
 class GrpcPathInfoService:
-    def __init__(self, transport: GrpcTransport) -> None:
+    def __init__(
+        self,
+        transport: GrpcTransport,
+        keys: tuple[PublicKey, ...] = (),
+        hints: BlobHints | None = None,
+    ) -> None:
         self._transport = transport
         self._stub = pb_grpc.PathInfoServiceStub(transport.channel)
+        self._keys = keys
+        self._hints = hints if hints is not None else BlobHints()
+
+    def _trusted(self, info: PathInfo, what: str) -> PathInfo:
+        if self._keys and not pathinfo_signers(info, self._keys):
+            raise IntegrityError(
+                f"{what}: {info.store_path} has no valid signature by a trusted key"
+            )
+        if isinstance(info.node, FileNode):
+            self._hints.note_file(info.node)
+        return info
 
     async def get(self, digest: bytes) -> PathInfo | None:
         if len(digest) != DIGEST_LEN:
@@ -39,34 +74,45 @@ class GrpcPathInfoService:
         request = pb.GetPathInfoRequest(by_output_hash=digest)
         try:
             msg = await self._transport.call(
-                what, lambda timeout: self._stub.Get(request, timeout=timeout)
+                what,
+                lambda ticket: ticket.track(
+                    self._stub.Get.future(request, timeout=ticket.timeout)
+                ).result(),
             )
         except NotFoundError:
             return None
-        return _received(msg, what)
+        return self._trusted(_received(msg, what), what)
 
     async def put(self, info: PathInfo) -> PathInfo:
         store_path = info.validate()
         msg = info.to_proto()
         what = f"put path info {store_path}"
         answer = await self._transport.call(
-            what, lambda timeout: self._stub.Put(msg, timeout=timeout)
+            what,
+            lambda ticket: ticket.track(
+                self._stub.Put.future(msg, timeout=ticket.timeout)
+            ).result(),
         )
         return _received(answer, what)
 
     async def list(self) -> AsyncIterator[PathInfo]:
-        def fetch(timeout: float) -> list[Any]:
-            return list(self._stub.List(pb.ListPathInfoRequest(), timeout=timeout))
-
-        for msg in await self._transport.call("list path infos", fetch, stream=True):
-            yield _received(msg, "list path infos")
+        what = "list path infos"
+        for msg in await self._transport.call(what, lambda t: _list(self._stub, t), stream=True):
+            info = _received(msg, what)
+            if self._keys and not pathinfo_signers(info, self._keys):
+                continue  # not served: as if the server did not have it
+            yield info
 
     async def calculate_nar(self, node: Node) -> tuple[int, bytes]:
         """The NAR size and SHA-256 of ``node``'s tree, computed by the server."""
         msg = node_to_proto(node)
         what = f"calculate NAR of {node.name!r}"
         answer = await self._transport.call(
-            what, lambda timeout: self._stub.CalculateNAR(msg, timeout=timeout), stream=True
+            what,
+            lambda ticket: ticket.track(
+                self._stub.CalculateNAR.future(msg, timeout=ticket.timeout)
+            ).result(),
+            stream=True,
         )
         if len(answer.nar_sha256) != 32:
             raise ValidationError(f"{what}: the server sent a {len(answer.nar_sha256)}-byte sha256")

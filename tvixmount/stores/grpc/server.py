@@ -43,19 +43,12 @@ from ...castore.blobservice import BlobReader, BlobService
 from ...castore.digest import B3Digest
 from ...castore.directory import Directory
 from ...castore.nodes import node_from_proto
-from ...errors import (
-    DecodeError,
-    DigestError,
-    IntegrityError,
-    NotFoundError,
-    StoreError,
-    StorePathError,
-    TvixmountError,
-    ValidationError,
-)
+from ...errors import DigestError, NotFoundError, StoreError, TvixmountError, ValidationError
 from ...pathinfo.model import PathInfo
 from ...storepath import DIGEST_LEN
 from .. import Store
+from .admission import admit
+from .status import PermissionDeniedError, Unimplemented, status_of
 from .transport import MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
@@ -97,29 +90,15 @@ async def _read_range(blobs: BlobService, blob: B3Digest, offset: int, size: int
     return data
 
 
-class _Unimplemented(Exception):
-    """A method this server cannot answer (UNIMPLEMENTED)."""
-
-
-def _status_of(exc: Exception) -> tuple[Any, str]:
-    if isinstance(exc, _Unimplemented):
-        return grpc.StatusCode.UNIMPLEMENTED, str(exc)
-    if isinstance(exc, NotFoundError):
-        return grpc.StatusCode.NOT_FOUND, str(exc)
-    if isinstance(exc, ValidationError | DecodeError | DigestError | StorePathError):
-        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-    if isinstance(exc, IntegrityError):
-        return grpc.StatusCode.DATA_LOSS, str(exc)
-    if isinstance(exc, trio.RunFinishedError):
-        return grpc.StatusCode.UNAVAILABLE, "the server is shutting down"
-    if isinstance(exc, TvixmountError):
-        return grpc.StatusCode.INTERNAL, str(exc)
-    log.exception("unexpected error in a gRPC handler")
-    return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
-
-
 def _abort(context: Any, exc: Exception) -> NoReturn:
-    code, message = _status_of(exc)
+    if isinstance(exc, TvixmountError):
+        code, message = status_of(exc)
+    elif isinstance(exc, trio.RunFinishedError):
+        code, message = grpc.StatusCode.UNAVAILABLE, "the server is shutting down"
+    else:
+        log.exception("unexpected error in a gRPC handler")
+        code = grpc.StatusCode.INTERNAL
+        message = f"internal error: {type(exc).__name__}: {exc}"
     context.abort(code, message)
     raise AssertionError("context.abort raises")
 
@@ -193,10 +172,16 @@ class ChunkIndex:
                         del self._ranges[chunk]
 
 
+def _refuse_writes(writable: bool, what: str) -> None:
+    if not writable:
+        raise PermissionDeniedError(f"{what}: this server is read-only (serve --writable)")
+
+
 class BlobServicer(blob_grpc.BlobServiceServicer):  # type: ignore[misc]
-    def __init__(self, loop: _Loop, blobs: BlobService) -> None:
+    def __init__(self, loop: _Loop, blobs: BlobService, writable: bool) -> None:
         self._loop = loop
         self._blobs = blobs
+        self._writable = writable
         self.index = ChunkIndex()
 
     @_unary
@@ -268,6 +253,7 @@ class BlobServicer(blob_grpc.BlobServiceServicer):  # type: ignore[misc]
 
     @_unary
     def Put(self, request_iterator: Any, context: Any) -> Any:
+        _refuse_writes(self._writable, "put blob")
         writer = self._loop.run(self._blobs.open_write)
         try:
             for message in request_iterator:
@@ -280,9 +266,10 @@ class BlobServicer(blob_grpc.BlobServiceServicer):  # type: ignore[misc]
 
 
 class DirectoryServicer(dir_grpc.DirectoryServiceServicer):  # type: ignore[misc]
-    def __init__(self, loop: _Loop, store: Store) -> None:
+    def __init__(self, loop: _Loop, store: Store, writable: bool) -> None:
         self._loop = loop
         self._directories = store.directories
+        self._writable = writable
 
     @_streaming
     def Get(self, request: Any, context: Any) -> Iterator[Any]:
@@ -304,15 +291,20 @@ class DirectoryServicer(dir_grpc.DirectoryServiceServicer):  # type: ignore[misc
 
     @_unary
     def Put(self, request_iterator: Any, context: Any) -> Any:
+        _refuse_writes(self._writable, "put directories")
         directories = [Directory.from_proto(message) for message in request_iterator]
         root = self._loop.run(self._directories.put_many, directories)
         return dir_pb.PutDirectoryResponse(root_digest=bytes(root))
 
 
 class PathInfoServicer(pi_grpc.PathInfoServiceServicer):  # type: ignore[misc]
-    def __init__(self, loop: _Loop, store: Store) -> None:
+    def __init__(self, loop: _Loop, store: Store, writable: bool) -> None:
         self._loop = loop
         self._store = store
+        self._writable = writable
+        # Puts are admitted one at a time: two racing Puts of one path could
+        # both find it absent and both be kept.
+        self._admitting = trio.Lock()
 
     @_unary
     def Get(self, request: Any, context: Any) -> Any:
@@ -330,8 +322,13 @@ class PathInfoServicer(pi_grpc.PathInfoServiceServicer):  # type: ignore[misc]
 
     @_unary
     def Put(self, request: Any, context: Any) -> Any:
+        _refuse_writes(self._writable, "put path info")
         info = PathInfo.from_proto(request)
-        return self._loop.run(self._store.pathinfos.put, info).to_proto()
+        return self._loop.run(self._admit, info).to_proto()
+
+    async def _admit(self, info: PathInfo) -> PathInfo:
+        async with self._admitting:
+            return await admit(self._store, info)
 
     @_streaming
     def List(self, request: Any, context: Any) -> Iterator[Any]:
@@ -344,7 +341,7 @@ class PathInfoServicer(pi_grpc.PathInfoServiceServicer):  # type: ignore[misc]
         try:
             from ...nar.writer import calculate_nar
         except ImportError:
-            raise _Unimplemented("this server cannot write NARs") from None
+            raise Unimplemented("this server cannot write NARs") from None
         size, sha256 = self._loop.run(
             calculate_nar, node, self._store.blobs, self._store.directories
         )
@@ -394,13 +391,17 @@ class GrpcServer:
                 ("grpc.so_reuseport", 0),
             ),
         )
-        blobs = BlobServicer(loop, store.blobs)
+        blobs = BlobServicer(loop, store.blobs, writable)
         blob_grpc.add_BlobServiceServicer_to_server(blobs, server)
-        dir_grpc.add_DirectoryServiceServicer_to_server(DirectoryServicer(loop, store), server)
-        pi_grpc.add_PathInfoServiceServicer_to_server(PathInfoServicer(loop, store), server)
+        dir_grpc.add_DirectoryServiceServicer_to_server(
+            DirectoryServicer(loop, store, writable), server
+        )
+        pi_grpc.add_PathInfoServiceServicer_to_server(
+            PathInfoServicer(loop, store, writable), server
+        )
         url = _bind(server, listen)
         server.start()
-        log.info("serving %s on %s", store.url, url)
+        log.info("serving %s on %s (%s)", store.url, url, "writable" if writable else "read-only")
         return cls(server, url, blobs)
 
     async def stop(self, grace: float = 2.0) -> None:

@@ -3,10 +3,17 @@
 One :class:`GrpcTransport` per store URL owns the channel. Every call runs in
 a worker thread (``trio.to_thread.run_sync(..., abandon_on_cancel=True)``):
 grpc's synchronous API blocks, and a slow or dead server must never stall the
-trio loop that also serves FUSE requests. Transient failures (UNAVAILABLE,
-DEADLINE_EXCEEDED of a unary call) are retried a bounded number of times with
-exponential backoff; the retry sleeps happen on the trio side so they stay cancellable.
-Other statuses become the project's exceptions with the URL in the message.
+trio loop that also serves FUSE requests. Those threads come from the
+transport's own :class:`trio.CapacityLimiter`, never trio's default one that
+local reads (a cache on disk) need: hung remote calls can use up only their
+own share. A call whose caller gives up (a FUSE request past its deadline) is
+cancelled at the grpc level too, so its thread stops reading and comes back
+at once instead of when grpc's own deadline expires.
+
+Transient failures (UNAVAILABLE, DEADLINE_EXCEEDED of a unary call) are
+retried a bounded number of times with exponential backoff; the retry sleeps
+happen on the trio side so they stay cancellable. Other statuses become the
+project's exceptions (:mod:`.status`) with the URL in the message.
 
 URL forms: ``grpc+http://HOST:PORT`` and ``grpc+unix:///PATH``, optionally
 with ``?timeout=SECONDS&retries=N`` (per-call timeout of unary calls, number
@@ -25,15 +32,18 @@ from urllib.parse import parse_qs, urlsplit
 import grpc
 import trio
 
-from ...errors import IntegrityError, NotFoundError, StoreError, StoreURLError, ValidationError
+from ...errors import StoreError, StoreURLError
+from .status import error_of
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Large enough for any Directory or PathInfo message and for 1 MiB blob chunks
-# with room to spare; grpc's 4 MiB default would reject big directories.
-MAX_MESSAGE_BYTES = 256 << 20
+# Large enough for any Directory or PathInfo message (a Directory of 300,000
+# entries) and for 1 MiB blob chunks; grpc's 4 MiB default would reject big
+# directories, and a bigger bound lets one hostile message cost that much memory.
+MAX_MESSAGE_BYTES = 64 << 20
+REMOTE_THREADS = 32  # remote calls in flight at once, per store
 
 _CHANNEL_OPTIONS = (
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -107,6 +117,35 @@ def _parse_policy(url: str, query: str) -> CallPolicy:
     return policy
 
 
+class Ticket:
+    """What one attempt of a call may take (``timeout``) and how to cancel it.
+
+    The worker thread registers the grpc call object it started with
+    :meth:`track`; the trio side cancels it when the caller gives up.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._calls: list[Any] = []
+        self._cancelled = False
+
+    def track(self, call: T) -> T:
+        with self._lock:
+            self._calls.append(call)
+            cancelled = self._cancelled
+        if cancelled:
+            call.cancel()  # type: ignore[attr-defined]
+        return call
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancelled = True
+            calls = list(self._calls)
+        for call in calls:
+            call.cancel()
+
+
 class GrpcTransport:
     """A channel plus the call discipline (threads, timeouts, retries, error mapping)."""
 
@@ -114,6 +153,7 @@ class GrpcTransport:
         self.url = url
         self.target, self.policy = parse_grpc_url(url)
         self.channel: Any = grpc.insecure_channel(self.target, options=_CHANNEL_OPTIONS)
+        self.limiter = trio.CapacityLimiter(REMOTE_THREADS)
 
     def connect(self) -> None:
         """Connect now (blocking), so an unreachable store is reported when it is opened.
@@ -145,19 +185,34 @@ class GrpcTransport:
         why = "connection failed" if settled else f"no connection within {self.policy.timeout:g}s"
         raise StoreError(f"gRPC store {self.url} is unreachable: {why}")
 
-    async def call(self, what: str, fn: Callable[[float], T], *, stream: bool = False) -> T:
-        """Run ``fn(timeout)`` (which makes one gRPC call) in a worker thread.
+    async def call(
+        self,
+        what: str,
+        fn: Callable[[Ticket], T],
+        *,
+        stream: bool = False,
+        limiter: trio.CapacityLimiter | None = None,
+    ) -> T:
+        """Run ``fn(ticket)`` (which makes one gRPC call) in a worker thread.
 
-        ``what`` names the operation for error messages. NOT_FOUND raises
-        :class:`NotFoundError` (callers turn it into "absent"); ``fn`` must be
-        safe to repeat, since transient failures run it again.
+        ``fn`` passes ``ticket.timeout`` to grpc and the call object to
+        ``ticket.track`` (unary calls: use the stub method's ``future``), so a
+        cancelled caller cancels the call. ``what`` names the operation for
+        error messages; ``limiter`` replaces the transport's own (the blob
+        client has one, so hung blob reads leave lookups their threads).
+        NOT_FOUND raises :class:`NotFoundError` (callers turn
+        it into "absent"); ``fn`` must be safe to repeat, since transient
+        failures run it again.
         """
         timeout = self.policy.stream_timeout if stream else self.policy.timeout
         delay = self.policy.backoff
         attempts = self.policy.retries + 1
         for attempt in range(1, attempts + 1):
+            ticket = Ticket(timeout)
             try:
-                return await trio.to_thread.run_sync(fn, timeout, abandon_on_cancel=True)
+                return await trio.to_thread.run_sync(
+                    fn, ticket, abandon_on_cancel=True, limiter=limiter or self.limiter
+                )
             except grpc.RpcError as exc:
                 code = _code_of(exc)
                 # A stream that ran out of its (long) deadline would only do so again.
@@ -170,18 +225,15 @@ class GrpcTransport:
                     delay = min(delay * 2, self.policy.max_backoff)
                     continue
                 raise self._error(what, code, _details_of(exc), attempt, timeout) from None
+            except BaseException:
+                ticket.cancel()  # the caller gave up (or the call broke): stop reading
+                raise
         raise AssertionError("the retry loop always returns or raises")
 
     def _error(
         self, what: str, code: Any, details: str, attempts: int, timeout: float
     ) -> Exception:
         where = f"gRPC store {self.url}"
-        if code == grpc.StatusCode.NOT_FOUND:
-            return NotFoundError(f"{what}: not found in {where}")
-        if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION):
-            return ValidationError(f"{what}: {where} rejected the request: {details}")
-        if code == grpc.StatusCode.DATA_LOSS:
-            return IntegrityError(f"{what}: {where} reports corrupt data: {details}")
         if code == grpc.StatusCode.UNAVAILABLE:
             return StoreError(
                 f"{what}: {where} is unreachable ({attempts} attempts): {details or 'unavailable'}"
@@ -190,8 +242,7 @@ class GrpcTransport:
             return StoreError(
                 f"{what}: {where} did not answer within {timeout:g}s ({attempts} attempts)"
             )
-        name = getattr(code, "name", str(code))
-        return StoreError(f"{what}: {where} failed: {name}: {details}")
+        return error_of(code, details, what, where)
 
     def close(self) -> None:
         self.channel.close()
@@ -208,4 +259,11 @@ def _details_of(exc: grpc.RpcError) -> str:
     return str(text) if text else ""
 
 
-__all__ = ["MAX_MESSAGE_BYTES", "CallPolicy", "GrpcTransport", "parse_grpc_url"]
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "REMOTE_THREADS",
+    "CallPolicy",
+    "GrpcTransport",
+    "Ticket",
+    "parse_grpc_url",
+]

@@ -1,0 +1,31 @@
+"""A :class:`~tvixmount.stores.Store` on a tvix-store compatible gRPC server."""
+
+from __future__ import annotations
+
+from ...nar.signing import parse_public_keys
+from .. import Store, StoreOptions
+from .blobs import GrpcBlobService
+from .directories import GrpcDirectoryService
+from .hints import BlobHints
+from .pathinfo import GrpcPathInfoService
+from .transport import GrpcTransport
+
+
+def open_grpc(url: str, options: StoreOptions) -> Store:
+    """Connect to ``url``; PathInfos must be signed by ``options.trusted_public_keys`` if given."""
+    keys = parse_public_keys(options.trusted_public_keys)
+    transport = GrpcTransport(url)
+    transport.connect()
+    # The three clients share what the Directories and PathInfos received say
+    # about blob sizes: it bounds every blob stream.
+    hints = BlobHints()
+    return Store(
+        url,
+        GrpcBlobService(transport, hints),
+        GrpcDirectoryService(transport, hints),
+        GrpcPathInfoService(transport, keys, hints),
+        [transport.close],
+    )
+
+
+__all__ = ["open_grpc"]
