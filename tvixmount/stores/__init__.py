@@ -31,6 +31,7 @@ class StoreOptions:
     create: bool = False  # create an embedded store that does not exist yet
     cache_dir: Path | None = None  # local castore cache of a binary cache
     trusted_public_keys: tuple[str, ...] = ()
+    require_sigs: bool = True  # Nix's require-sigs for binary caches; False: --no-require-sigs
 
 
 @dataclass
@@ -57,7 +58,17 @@ class Store:
             close()
 
 
+def _no_keys(url: str, options: StoreOptions) -> None:
+    """A store whose content is this machine's own carries no signatures to check."""
+    if options.trusted_public_keys:
+        raise StoreURLError(
+            f"--trusted-public-key does not apply to {url!r}: only binary caches and gRPC "
+            "stores have signatures to check"
+        )
+
+
 def _open_memory(url: str, options: StoreOptions) -> Store:
+    _no_keys(url, options)
     from .memory.castore import MemoryBlobService, MemoryDirectoryService
     from .memory.pathinfo import MemoryPathInfoService
 
@@ -69,6 +80,7 @@ def _open_memory(url: str, options: StoreOptions) -> Store:
 def _open_local_path(url: str, options: StoreOptions) -> Store:
     from .local.store import open_local, warm_index
 
+    _no_keys(url, options)
     root = Path(url).expanduser()
     blobs, directories, pathinfos, db = open_local(root, options.create)
     return Store(
@@ -84,29 +96,15 @@ def _open_local_path(url: str, options: StoreOptions) -> Store:
 
 def _open_grpc(url: str, options: StoreOptions) -> Store:
     # Imported here: grpc is heavy, and mount must fork before any channel exists.
-    from .grpc.blobs import GrpcBlobService
-    from .grpc.directories import GrpcDirectoryService
-    from .grpc.pathinfo import GrpcPathInfoService
-    from .grpc.transport import GrpcTransport
+    from .grpc.store import open_grpc
 
-    transport = GrpcTransport(url)
-    transport.connect()
-    return Store(
-        url,
-        GrpcBlobService(transport),
-        GrpcDirectoryService(transport),
-        GrpcPathInfoService(transport),
-        [transport.close],
-    )
+    return open_grpc(url, options)
 
 
 def _open_binary_cache(url: str, options: StoreOptions) -> Store:
     from .binarycache.service import open_binary_cache  # httpx: only load when used
 
-    blobs, directories, pathinfos, db = open_binary_cache(
-        url, options.cache_dir, options.trusted_public_keys
-    )
-    return Store(url, blobs, directories, pathinfos, [db.close])
+    return open_binary_cache(url, options)
 
 
 _Opener = Callable[[str, StoreOptions], Store]
