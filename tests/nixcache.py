@@ -129,6 +129,16 @@ class NixCache:
     def rewrite_narinfo(self, store_path: str, text: str) -> None:
         self.narinfo_file(store_path).write_text(text)
 
+    def strip_content_addresses(self) -> None:
+        """Drop every narinfo's CA line: Nix serves unsigned CA paths, and tests of
+        signatures need paths that only a signature can vouch for (signatures do not
+        cover the CA field, so they stay valid)."""
+        for path in self.paths:
+            text = self.narinfo_file(path).read_text()
+            kept = [line for line in text.splitlines() if not line.startswith("CA: ")]
+            self.rewrite_narinfo(path, "\n".join(kept) + "\n")
+            self.narinfos[path] = Narinfo.parse(self.narinfo_file(path).read_text())
+
 
 def build_cache(
     workdir: Path,
@@ -137,8 +147,13 @@ def build_cache(
     trees: int = 1,
     with_reference: bool = True,
     busybox: bool = False,
+    content_addressed: bool = True,
 ) -> NixCache:
-    """Add ``trees`` fresh trees (and a path referring to the first), sign, copy to a cache."""
+    """Add ``trees`` fresh trees (and a path referring to the first), sign, copy to a cache.
+
+    ``content_addressed=False`` drops the narinfos' CA lines (see
+    :meth:`NixCache.strip_content_addresses`).
+    """
     salt = secrets.token_hex(8)
     workdir.mkdir(parents=True, exist_ok=True)
     tree_paths: dict[str, Path] = {}
@@ -155,6 +170,8 @@ def build_cache(
     cache = NixCache(cache_dir, paths, tree_paths, key, compression)
     for path in paths:
         cache.narinfos[path] = Narinfo.parse(cache.narinfo_file(path).read_text())
+    if not content_addressed:
+        cache.strip_content_addresses()
     return cache
 
 
@@ -252,9 +269,14 @@ def nix_hash(path: Path | str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def opened(url: str, cache_dir: Path, keys: Sequence[str] = ()) -> AsyncIterator[Store]:
+async def opened(
+    url: str, cache_dir: Path, keys: Sequence[str] = (), require_sigs: bool = True
+) -> AsyncIterator[Store]:
     """``open_store`` on a binary cache URL with a local cache in ``cache_dir``."""
-    store = open_store(url, StoreOptions(cache_dir=cache_dir, trusted_public_keys=tuple(keys)))
+    options = StoreOptions(
+        cache_dir=cache_dir, trusted_public_keys=tuple(keys), require_sigs=require_sigs
+    )
+    store = open_store(url, options)
     try:
         yield store
     finally:

@@ -42,6 +42,12 @@ def add_store_argument(parser: argparse.ArgumentParser) -> None:
         default=[],
         help="NAME:BASE64 ed25519 key a binary cache's narinfos must be signed with (repeatable)",
     )
+    parser.add_argument(
+        "--no-require-sigs",
+        dest="require_sigs",
+        action="store_false",
+        help="serve a binary cache's paths without a trusted signature (Nix's require-sigs = false)",
+    )
 
 
 def store_options(args: argparse.Namespace, create: bool = False) -> StoreOptions:
@@ -51,6 +57,7 @@ def store_options(args: argparse.Namespace, create: bool = False) -> StoreOption
         create=create,
         cache_dir=args.cache_dir,
         trusted_public_keys=tuple(args.trusted_public_key),
+        require_sigs=args.require_sigs,
     )
 
 

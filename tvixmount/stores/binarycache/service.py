@@ -19,11 +19,11 @@ single fetch, which goes on when a caller gives up waiting (a deadline).
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import trio
 
@@ -34,19 +34,17 @@ from ...castore.nodes import Node
 from ...errors import IntegrityError, NarinfoError, StoreError, TvixmountError, ValidationError
 from ...nar.ingest import ingest_nar
 from ...nar.narinfo import Narinfo
-from ...nar.signing import PublicKey, parse_public_keys, pathinfo_signers, valid_signers
-from ...pathinfo.model import NarInfo, NixHash, PathInfo
+from ...nar.signing import parse_public_keys
+from ...nixconf import read_nix_config
+from ...pathinfo.model import NixHash, PathInfo
 from ...pathinfo.service import PathInfoService
 from ...storepath import STORE_DIR
+from .. import Store, StoreOptions
 from ..local.store import open_local
 from .decompress import decompressed
 from .transport import Transport, fetch, open_transport
+from .trust import TrustPolicy, ca_mismatch
 from .url import CacheURL, default_cache_dir
-
-if TYPE_CHECKING:
-    import sqlite3
-
-    from ..local.castore import LocalBlobService, LocalDirectoryService
 
 log = logging.getLogger(__name__)
 
@@ -107,27 +105,22 @@ class BinaryCachePathInfoService:
         blobs: BlobService,
         directories: DirectoryService,
         local: PathInfoService,
-        trusted_keys: Sequence[PublicKey] = (),
+        policy: TrustPolicy,
     ) -> None:
         self.cache = cache
         self._transport = transport
         self._blobs = blobs
         self._directories = directories
         self._local = local
-        self._keys = tuple(trusted_keys)
+        self._policy = policy
         self._flights: dict[bytes, _Flight] = {}
-        self._cache_info_checked = False
-        self._warned_unsigned = False
-        # (root node name, NarInfo) pairs already found signed by a trusted key: all the
-        # signature check reads, so each cached path costs one ed25519 verify per service.
-        self._trusted: set[tuple[bytes, NarInfo]] = set()
 
     async def get(self, digest: bytes) -> PathInfo | None:
         info = await self._local.get(digest)
         if info is not None:
-            # A path cached by a mount without keys must not slip past a mount with keys:
-            # its kept signatures are checked, and if none is trusted it is fetched again.
-            if self._is_trusted(info):
+            # A path cached by a mount that trusted other keys (or none) must not slip past
+            # this one: its kept signatures (or CA) are checked; if untrusted, it is refetched.
+            if await self._policy.trusts(info, self._blobs):
                 return info
             log.debug("%s: cached copy lacks a trusted signature; refetching", info.store_path)
         flight = self._flights.get(digest)
@@ -146,17 +139,6 @@ class BinaryCachePathInfoService:
         if flight.error is not None:
             raise type(flight.error)(str(flight.error))
         return flight.result
-
-    def _is_trusted(self, info: PathInfo) -> bool:
-        if not self._keys:
-            return True
-        seen = (info.node.name, info.narinfo)
-        if seen in self._trusted:
-            return True
-        if not pathinfo_signers(info, self._keys):
-            return False
-        self._trusted.add(seen)
-        return True
 
     async def _fly(self, digest: bytes, flight: _Flight) -> None:
         try:
@@ -184,26 +166,10 @@ class BinaryCachePathInfoService:
     async def aclose(self) -> None:
         await self._transport.aclose()
 
-    async def _check_cache_info(self) -> None:
-        if self._cache_info_checked:
-            return
-        text = await fetch(self._transport, "nix-cache-info", _MAX_METADATA_SIZE)
-        where = self._transport.describe("nix-cache-info")
-        if text is None:
-            raise StoreError(f"{self.cache.base} is not a Nix binary cache: no {where}")
-        for line in text.decode(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            if key == "StoreDir" and value.strip() != STORE_DIR:
-                raise StoreError(
-                    f"{self.cache.base} holds paths for store {value.strip()!r}, not {STORE_DIR}"
-                )
-        self._cache_info_checked = True
-
     async def _fetch(self, digest: bytes) -> PathInfo | None:
         hash_text = nixbase32.encode(digest)
         name = f"{hash_text}.narinfo"
         where = self._transport.describe(name)
-        await self._check_cache_info()
         raw = await fetch(self._transport, name, _MAX_METADATA_SIZE)
         if raw is None:
             log.debug("%s: absent", where)
@@ -217,12 +183,18 @@ class BinaryCachePathInfoService:
                 f"{where}: describes {narinfo.store_path.absolute}, "
                 f"not a path with hash {hash_text}"
             )
-        self._check_signatures(narinfo, where)
+        signed = self._policy.signed(narinfo)
+        if not signed and narinfo.ca is None:
+            self._refuse(narinfo, where, "")
+            return None
         node = await self._fetch_nar(narinfo)
         try:
             info = narinfo.to_pathinfo(node)
         except ValidationError as exc:
             raise IntegrityError(f"{where}: {exc}") from exc
+        if not signed and (mismatch := await ca_mismatch(info, self._blobs)) is not None:
+            self._refuse(narinfo, where, f", and its {mismatch}")
+            return None
         await self._local.put(info)
         log.info(
             "fetched %s (NAR %d bytes, %s) from %s",
@@ -233,25 +205,16 @@ class BinaryCachePathInfoService:
         )
         return info
 
-    def _check_signatures(self, narinfo: Narinfo, where: str) -> None:
-        if not self._keys:
-            if not self._warned_unsigned:
-                log.warning(
-                    "%s: no trusted public keys given; accepting narinfos without checking "
-                    "signatures",
-                    self.cache.base,
-                )
-                self._warned_unsigned = True
-            return
-        if valid_signers(narinfo, self._keys):
-            return
-        trusted = ", ".join(key.name for key in self._keys)
-        if not narinfo.signatures:
-            reason = f"is not signed, and trusted keys ({trusted}) are required"
-        else:
-            signed_by = ", ".join(sig.name for sig in narinfo.signatures)
-            reason = f"has no valid signature by a trusted key ({trusted}); signed by {signed_by}"
-        raise IntegrityError(f"{where}: {narinfo.store_path.absolute} {reason}")
+    def _refuse(self, narinfo: Narinfo, where: str, why_not_ca: str) -> None:
+        # A warning, not an error: as in Nix, an untrusted path is absent (ENOENT), and
+        # the log says why.
+        log.warning(
+            "%s: %s %s%s; not serving it (require-sigs; --no-require-sigs turns this off)",
+            where,
+            narinfo.store_path.absolute,
+            self._policy.unsigned_reason(narinfo),
+            why_not_ca,
+        )
 
     async def _fetch_nar(self, narinfo: Narinfo) -> Node:
         """Stream, decompress, hash and ingest the NAR; check it against the narinfo."""
@@ -317,19 +280,79 @@ class BinaryCachePathInfoService:
 # -- opening --------------------------------------------------------------------------------
 
 
-def open_binary_cache(
-    url: str, cache_dir: Path | None, trusted_public_keys: Sequence[str]
-) -> tuple[LocalBlobService, LocalDirectoryService, BinaryCachePathInfoService, sqlite3.Connection]:
-    """The local cache's castore and the binary-cache PathInfoService over it.
+async def check_cache_info(transport: Transport, cache: CacheURL) -> None:
+    """The cache answers, is a Nix binary cache, and holds paths for /nix/store."""
+    text = await fetch(transport, "nix-cache-info", _MAX_METADATA_SIZE)
+    where = transport.describe("nix-cache-info")
+    if text is None:
+        raise StoreError(f"{cache.base} is not a Nix binary cache: no {where}")
+    for line in text.decode(errors="replace").splitlines():
+        key, _, value = line.partition(":")
+        if key == "StoreDir" and value.strip() != STORE_DIR:
+            raise StoreError(
+                f"{cache.base} holds paths for store {value.strip()!r}, not {STORE_DIR}"
+            )
 
-    Opens nothing on the network: a path already cached is served offline.
+
+def _check_now(cache: CacheURL, netrc_file: Path | None) -> None:
+    """Run :func:`check_cache_info` from synchronous code, inside trio or not.
+
+    Stores are opened outside trio (``mount`` opens before its loop starts)
+    and inside it (``ls``), so the check runs its own trio loop in a helper
+    thread, with a transport of its own.
+    """
+
+    async def check() -> None:
+        transport = open_transport(cache, netrc_file)
+        try:
+            await check_cache_info(transport, cache)
+        finally:
+            await transport.aclose()
+
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nix-cache-info") as pool:
+        pool.submit(trio.run, check).result()
+
+
+def _trust_policy(cache: CacheURL, options: StoreOptions) -> tuple[TrustPolicy, Path | None]:
+    """Keys and require-sigs from the options, or from Nix's configuration (and its netrc)."""
+    if options.trusted_public_keys:
+        texts, require, netrc_file = options.trusted_public_keys, options.require_sigs, None
+        off_by = "--no-require-sigs"
+    else:
+        config = read_nix_config()
+        texts, netrc_file = config.trusted_public_keys, config.netrc_file
+        require = options.require_sigs and config.require_sigs
+        off_by = (
+            "--no-require-sigs"
+            if not options.require_sigs
+            else f"require-sigs = false in {config.require_sigs_source}"
+        )
+    keys = parse_public_keys([*texts, *cache.trusted_public_keys])
+    if not require:
+        log.warning(
+            "%s: signatures are not required (%s): serving paths whose signatures are not checked",
+            cache.base,
+            off_by,
+        )
+    return TrustPolicy(keys, require), netrc_file
+
+
+def open_binary_cache(url: str, options: StoreOptions) -> Store:
+    """The binary cache at ``url`` over its local castore cache.
+
+    The cache is asked for its ``nix-cache-info`` first: unreachable, not a
+    cache, or one for another store directory is a
+    :class:`~tvixmount.errors.StoreError` before anything is served.
     """
     cache = CacheURL.parse(url)
-    keys = parse_public_keys([*trusted_public_keys, *cache.trusted_public_keys])
-    blobs, directories, local, db = open_local(cache_dir or default_cache_dir(cache), create=True)
-    transport = open_transport(cache)
-    service = BinaryCachePathInfoService(cache, transport, blobs, directories, local, keys)
-    return blobs, directories, service, db
+    policy, netrc_file = _trust_policy(cache, options)
+    _check_now(cache, netrc_file)
+    blobs, directories, local, db = open_local(
+        options.cache_dir or default_cache_dir(cache), create=True
+    )
+    transport = open_transport(cache, netrc_file)
+    service = BinaryCachePathInfoService(cache, transport, blobs, directories, local, policy)
+    return Store(url, blobs, directories, service, [db.close])
 
 
-__all__ = ["BinaryCachePathInfoService", "open_binary_cache"]
+__all__ = ["BinaryCachePathInfoService", "check_cache_info", "open_binary_cache"]
