@@ -46,7 +46,7 @@ def add_store_argument(parser: argparse.ArgumentParser) -> None:
         "--no-require-sigs",
         dest="require_sigs",
         action="store_false",
-        help="serve a binary cache's paths without a trusted signature (Nix's require-sigs = false)",
+        help="serve a binary cache's paths that no trusted key signed (Nix's require-sigs = false)",
     )
 
 
