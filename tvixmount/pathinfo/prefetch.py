@@ -82,12 +82,13 @@ class ClosurePrefetcher:
         self._busy_since = 0.0
         self.stats = PrefetchStats()
 
-    async def run(self) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run prefetches until cancelled; start this in the mount's nursery."""
         self._limiter = trio.CapacityLimiter(self._parallel)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                task_status.started()
                 await trio.sleep_forever()
         finally:
             self._nursery = None
