@@ -506,19 +506,28 @@ class LocalBlobService:
         seen to be gone and written again.
         """
         gen = self._lease.gen
+        key = bytes(digest)
         try:
             row = self._db.execute(
-                "SELECT gen FROM packed_blobs WHERE digest = ?", (bytes(digest),)
+                "SELECT gen FROM packed_blobs WHERE digest = ?", (key,)
             ).fetchone()
-            if row is not None and row[0] < gen:
+            if row is not None:
+                if row[0] < gen:
+                    with self._db:
+                        cursor = self._db.execute(
+                            "UPDATE packed_blobs SET gen = max(gen, ?) WHERE digest = ?", (gen, key)
+                        )
+                    if not cursor.rowcount:
+                        return False  # gc removed it just now
+            else:
+                # Not the verified-blob cache: gc may have removed what this process read.
+                file = self._file_of(digest)
+                if not os.path.exists(file):
+                    return False
                 with self._db:
-                    self._db.execute(
-                        "UPDATE packed_blobs SET gen = max(gen, ?) WHERE digest = ?",
-                        (gen, bytes(digest)),
-                    )
-            elif row is None and os.path.exists(self._file_of(digest)):
-                with self._db:
-                    self._touch_files([digest], gen)
+                    self._touch_files([key], gen)
+                if not os.path.exists(file):
+                    return False  # gc removed it before the touch
         except sqlite3.Error as exc:
             raise StoreError(f"local store: {exc}") from exc
         try:

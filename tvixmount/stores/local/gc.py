@@ -216,9 +216,12 @@ class _Collector:
             report.blobs += 1
             report.blob_bytes += st.st_size
             self.freed(_blocks(st))
-            db.execute("DELETE FROM blob_files WHERE digest = ?", (digest,))
+            if not dry:
+                db.execute("DELETE FROM blob_files WHERE digest = ?", (digest,))
         report.blobs += len(dead_packed)
         report.blob_bytes += sum(size for _, size in dead_packed)
+        if dry:
+            return
         # Rows of files no longer there and not protected: nothing needs them.
         db.execute(
             "DELETE FROM blob_files WHERE gen < ? AND digest NOT IN"
