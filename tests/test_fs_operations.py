@@ -14,10 +14,11 @@ import trio.testing
 
 from tests.fixtures import castore as fx
 from tvixmount.castore.blobservice import put_stream
-from tvixmount.errors import StoreError
+from tvixmount.castore.nodes import DirectoryNode, FileNode
+from tvixmount.errors import NotFoundError, StoreError
 from tvixmount.fs.inode_tracker import ROOT_INODE
 from tvixmount.fs.inodes import CACHE_TIMEOUT
-from tvixmount.fs.operations import TvixmountFS
+from tvixmount.fs.operations import ERRNO, Situation, TvixmountFS
 from tvixmount.pathinfo.model import NarInfo, PathInfo
 from tvixmount.pathinfo.root_nodes import PathInfoRootNodes
 from tvixmount.stores.memory.castore import MemoryBlobService, MemoryDirectoryService
@@ -248,3 +249,87 @@ async def test_opens_during_a_push_wait_for_it_and_only_the_first_pushes(
     info = await fs.open(inode, os.O_RDONLY, CTX)
     await fs.release(info.fh)
     assert [e for e in events if e[0] == "pushed"] == [("pushed", fx.BLOB_A)]
+
+
+async def _fs_with_root(node: FileNode) -> TvixmountFS:
+    blobs = MemoryBlobService()
+    for blob in fx.BLOBS:
+        await put_stream(blobs, [blob])
+    pathinfos = MemoryPathInfoService()
+    await pathinfos.put(PathInfo(node, (), NarInfo(0, bytes(32))))
+    return TvixmountFS(PathInfoRootNodes(pathinfos), blobs, MemoryDirectoryService())
+
+
+@pytest.mark.parametrize("lie", [-100, -1, 1], ids=["smaller", "one-smaller", "larger"])
+async def test_a_file_node_whose_size_is_not_its_blobs_is_eio_never_a_prefix(lie: int) -> None:
+    # A smaller size would serve a prefix of the content: a script cut short.
+    node = FileNode(fx.ROOT_BLOB_B, fx.BLOB_B_DIGEST, len(fx.BLOB_B) + lie, True)
+    fs = await _fs_with_root(node)
+    attrs = await fs.lookup(ROOT_INODE, fx.ROOT_BLOB_B, CTX)
+    assert attrs.st_size == len(fx.BLOB_B) + lie  # stat still works
+    assert await _errno_of(fs.open(attrs.st_ino, os.O_RDONLY, CTX)) == errno.EIO
+    assert await _errno_of(fs.open(attrs.st_ino, os.O_RDONLY, CTX)) == errno.EIO
+
+
+class _CountingBlobs:
+    def __init__(self, inner: MemoryBlobService) -> None:
+        self._inner = inner
+        self.opened = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def open_read(self, digest: Any) -> Any:
+        self.opened += 1
+        return await self._inner.open_read(digest)
+
+
+async def test_re_opening_a_checked_file_makes_no_store_call_until_a_read_reaches_it() -> None:
+    fs = await _fs()
+    blobs = _CountingBlobs(fs._blobs)  # type: ignore[arg-type]
+    fs._blobs = blobs
+    inode = (await fs.lookup(ROOT_INODE, fx.ROOT_BLOB_B, CTX)).st_ino
+    first = await fs.open(inode, os.O_RDONLY, CTX)
+    await fs.release(first.fh)
+    assert blobs.opened == 1
+    again = await fs.open(inode, os.O_RDONLY, CTX)
+    assert blobs.opened == 1  # answered from what the first open checked
+    # A read the page cache could not answer opens the blob then.
+    assert bytes(await fs.read(again.fh, 4096, 10)) == fx.BLOB_B[4096:4106]
+    assert blobs.opened == 2
+    await fs.release(again.fh)
+    # Forgotten, the inode's content is checked afresh on its next open.
+    await fs.forget([(inode, 1)])
+    inode = (await fs.lookup(ROOT_INODE, fx.ROOT_BLOB_B, CTX)).st_ino
+    await fs.release((await fs.open(inode, os.O_RDONLY, CTX)).fh)
+    assert blobs.opened == 3
+
+
+class _NotFoundEverywhere:
+    """Root names and Directories whose services answer NotFoundError."""
+
+    async def lookup(self, name: bytes) -> Any:
+        raise NotFoundError("no such path")
+
+    def list(self) -> Any:
+        raise NotFoundError("no such path")
+
+    async def get(self, digest: Any) -> Any:
+        raise NotFoundError("no such directory")
+
+
+async def test_not_found_means_enoent_for_a_root_name_and_eio_for_content() -> None:
+    """The errno depends on what was not found, never on which handler caught it."""
+    missing = _NotFoundEverywhere()
+    fs = TvixmountFS(missing, MemoryBlobService(), missing)  # type: ignore[arg-type]
+    assert await _errno_of(fs.lookup(ROOT_INODE, fx.ROOT_DIRECTORY_COMPLICATED, CTX)) == (
+        errno.ENOENT
+    )
+    node = DirectoryNode(b"d", fx.DIRECTORY_COMPLICATED.digest(), fx.DIRECTORY_COMPLICATED.size())
+    inode, _ = fs.inodes.remember(node)
+    assert await _errno_of(fs.lookup(inode, b"keep", CTX)) == errno.EIO
+    assert await _errno_of(fs.opendir(inode, CTX)) == errno.EIO
+
+
+def test_every_situation_has_an_errno() -> None:
+    assert set(ERRNO) == set(Situation)
