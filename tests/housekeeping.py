@@ -59,7 +59,10 @@ def json_of(*args: str | os.PathLike[str]) -> Any:
 
 
 def put_with_references(store: Path, name: str, data: bytes, references: list[str]) -> str:
-    """A one-file store path referring to ``references`` (absolute paths); returns its path."""
+    """A one-file store path referring to ``references``; returns its path.
+
+    References are absolute paths, or ``"self"`` for the new path itself.
+    """
 
     async def put() -> str:
         opened = open_store(str(store), StoreOptions(create=True))
@@ -68,7 +71,7 @@ def put_with_references(store: Path, name: str, data: bytes, references: list[st
             node = FileNode(b"file", digest, len(data), False)
             nar_size, nar_sha256 = await calculate_nar(node, opened.blobs, opened.directories)
             path = from_nar_hash(nar_sha256, name)
-            refs = sorted(StorePath.parse(r) for r in references)
+            refs = sorted(path if r == "self" else StorePath.parse(r) for r in references)
             info = PathInfo(
                 rename(node, str(path).encode()),
                 tuple(r.digest for r in refs),
