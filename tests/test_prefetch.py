@@ -9,9 +9,12 @@ what the cache was asked.
 from __future__ import annotations
 
 import os
+import pty
 import secrets
+import select
 import subprocess
 import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -203,3 +206,50 @@ def test_run_prefetches_and_logs_with_v(closure: Closure, tmp_path: Path) -> Non
     # Looked up by the command or prefetched, or both: never asked for twice.
     assert all(served.requests[closure.narinfo(name)] <= 1 for name in closure.paths)
     assert served.requests[closure.narinfo("t0")] == 1
+
+
+def _read_until(fd: int, text: bytes, timeout: float = 60.0) -> bytes:
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while text not in seen:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise AssertionError(f"no {text!r} on the terminal; saw {seen!r}")
+        seen += os.read(fd, 4096)
+    return seen
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not os.path.exists("/dev/fuse"), reason="tvixmount run needs root"
+)
+def test_run_shows_a_progress_bar_on_a_terminal(closure: Closure, tmp_path: Path) -> None:
+    controller, terminal = pty.openpty()
+    with serve_directory(closure.dir) as served:
+        gate = served.hold[closure.narinfo("t1")] = threading.Event()
+        argv = tvixmount_command(
+            "run",
+            "--store",
+            served.url,
+            "--trusted-public-key",
+            closure.key.public,
+            "--cache-dir",
+            tmp_path / "local",
+            "--",
+            "sh",
+            "-c",
+            f"cat {closure.paths['top']} > /dev/null && read line",
+        )
+        process = subprocess.Popen(argv, stdin=subprocess.PIPE, stderr=terminal)
+        os.close(terminal)
+        try:
+            # t1's narinfo is held, so the prefetch is under way until released.
+            screen = _read_until(controller, b"fetching closure")
+            assert b"paths" in screen
+        finally:
+            gate.set()
+            assert process.stdin is not None
+            process.stdin.write(b"\n")
+            process.stdin.close()
+            status = process.wait(timeout=60)
+            os.close(controller)
+    assert status == 0

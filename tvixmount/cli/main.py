@@ -42,7 +42,7 @@ EXIT_INTERRUPTED = 130
 
 # Commands that leave no file of their own half-written when the process ends:
 # they may skip the interpreter's teardown (see _exit_without_teardown).
-_QUICK_EXIT_COMMANDS = frozenset({"mount", "umount", "ls", "path-info", "nar"})
+_QUICK_EXIT_COMMANDS = frozenset({"mount", "umount", "ls", "path-info", "nar", "run"})
 
 
 # Libraries that log one line per request or per protocol event: quiet unless -v.

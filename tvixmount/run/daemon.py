@@ -104,7 +104,6 @@ def _serve(
     progress: bool,
 ) -> int:
     from ..mounting import serve_store
-    from .progress import show_progress
 
     die_with_parent(signal.SIGTERM)
     if os.getppid() != parent:
@@ -124,15 +123,13 @@ def _serve(
         os.close(report_fd)
         reported = True
 
+    show = None
+    if progress and sys.stderr.isatty():
+        from .progress import show_progress  # rich: only for a terminal
+
+        show = show_progress
     try:
-        serve_store(
-            open_store,
-            mountpoint,
-            options,
-            ready,
-            prefetch=prefetch,
-            progress=show_progress if progress and sys.stderr.isatty() else None,
-        )
+        serve_store(open_store, mountpoint, options, ready, prefetch=prefetch, progress=show)
     except Exception as exc:
         if reported:
             log.exception("serving %s failed", mountpoint)
