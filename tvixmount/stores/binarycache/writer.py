@@ -182,12 +182,18 @@ class _Encoder(Protocol):
     def abort(self) -> None: ...
 
 
+class _Compressobj(Protocol):
+    def compress(self, data: bytes, /) -> bytes: ...
+
+    def flush(self) -> bytes: ...
+
+
 class _InlineEncoder:
     """Compression called on the trio side: none, and zstd (whose own worker threads compress)."""
 
     def __init__(self, compression: str, out: _HashingWriter) -> None:
         self._out = out
-        self._encoder = None
+        self._encoder: _Compressobj | None = None
         if compression == "zstd":
             self._encoder = zstandard.ZstdCompressor(level=3, threads=-1).compressobj()
         elif compression == "xz":  # no xz program: one thread, as Nix compresses
