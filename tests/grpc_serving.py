@@ -119,12 +119,14 @@ class FakeBackend:
     endless_blobs: set[bytes] = field(default_factory=set)  # Read streams these forever
     # Directories whose recursive Get sends the first message, then repeats it forever
     endless_directories: set[bytes] = field(default_factory=set)
-    hung_blobs: set[bytes] = field(default_factory=set)  # Stat of these waits for release
+    hung_blobs: set[bytes] = field(default_factory=set)  # Stat and Read of these hang
+    hung_calls: int = 0  # calls that started hanging
     release: threading.Event = field(default_factory=threading.Event)
 
 
 def _hang(backend: FakeBackend, context: Any) -> None:
     """Wait until the test releases the server or the client gives up."""
+    backend.hung_calls += 1
     while context.is_active() and not backend.release.wait(0.05):
         pass
 
@@ -146,6 +148,8 @@ class _Blobs(blob_grpc.BlobServiceServicer):  # type: ignore[misc]
 
     def Read(self, request: Any, context: Any) -> Iterator[Any]:
         self.backend.read_calls.append(request.digest)
+        if request.digest in self.backend.hung_blobs:
+            _hang(self.backend, context)
         if request.digest in self.backend.endless_blobs:
             message = blob_pb.BlobChunk(data=bytes(1 << 20))
             while context.is_active():

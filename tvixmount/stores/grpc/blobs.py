@@ -59,9 +59,11 @@ DEFAULT_CACHE_BYTES = 256 << 20
 MAX_UNHINTED_BYTES = 256 << 20
 _CHUNK_FETCHES = 4  # chunks of one blob fetched at once while verifying it
 _VERIFIED_LISTS = 4096  # chunk lists remembered once verified
-PREFETCH_MAX_BLOB = 64 << 10  # neighbours up to this size are fetched ahead
-_PREFETCH_FILES = 64  # neighbours fetched ahead per Directory
-_PREFETCH_FETCHES = 4  # of them at once
+# Blobs a FileNode says are this small are read without a Stat first.
+DIRECT_READ_MAX = 1 << 20
+PREFETCH_MAX_BLOB = 128 << 10  # neighbours up to this size are fetched ahead
+_PREFETCH_BYTES = 8 << 20  # neighbours fetched ahead per Directory, in bytes
+_PREFETCH_FETCHES = 8  # of them at once
 _PREFETCHED_DIRECTORIES = 4096  # Directories whose neighbours were fetched, remembered
 
 
@@ -239,6 +241,11 @@ class GrpcBlobService:
         cached = self._cache.get(digest)
         if cached is not None:
             return MemoryBlobReader(cached)
+        size = self.hints.size_of(digest)
+        if size is not None and size <= DIRECT_READ_MAX:
+            # Small enough to fetch whole: no Stat round trip first (a Read of
+            # the blob digest is answered whole even by a server that chunks it).
+            return await self._read_whole(digest, size)
         chunks = self._lists.get(digest)
         if chunks is None:
             chunks = await self.chunks(digest)
@@ -249,10 +256,13 @@ class GrpcBlobService:
         if chunks:
             self._lists.move_to_end(digest)
             return GrpcChunkedBlobReader(self, digest, chunks)
+        return await self._read_whole(digest, size)
+
+    async def _read_whole(self, digest: B3Digest, size: int | None) -> MemoryBlobReader | None:
         try:
-            data = await self.fetch_verified(digest, self.hints.size_of(digest))
+            data = await self.fetch_verified(digest, size)
         except NotFoundError:
-            return None  # removed between Stat and Read
+            return None
         if len(data) <= PREFETCH_MAX_BLOB:
             self._prefetch_neighbours(digest)
         return MemoryBlobReader(data)
@@ -362,11 +372,11 @@ class GrpcBlobService:
         self._prefetched[key] = None
         while len(self._prefetched) > _PREFETCHED_DIRECTORIES:
             self._prefetched.popitem(last=False)
-        wanted = [
-            node
-            for node in siblings
-            if 0 < node.size <= PREFETCH_MAX_BLOB and node.digest != digest
-        ][:_PREFETCH_FILES]
+        wanted, budget = [], _PREFETCH_BYTES
+        for node in siblings:
+            if 0 < node.size <= min(PREFETCH_MAX_BLOB, budget) and node.digest != digest:
+                wanted.append(node)
+                budget -= node.size
         if wanted:
             trio.lowlevel.spawn_system_task(self._prefetch, wanted, name="prefetch blobs")
 
