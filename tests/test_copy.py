@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.grpc_serving import serving
 from tests.mounting import run_tvixmount, tvixmount_command
 from tests.nixcache import (
     NIX_FLAGS,
@@ -293,3 +294,20 @@ def test_bad_input_is_one_line(source: NixCache, tmp_path: Path):
         assert done.returncode == 1, (args, done.stderr)
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
         assert done.stderr.startswith("tvixmount: error: ")
+
+
+def test_copy_into_a_grpc_store_and_from_it_to_a_cache(source: NixCache, tmp_path: Path):
+    referrer = source.paths[-1]
+    with serving(str(tmp_path / "served"), tmp_path / "serve.log", writable=True) as served:
+        copy(*from_source(source, tmp_path / "local"), "--to", served.url, referrer)
+        ours = subprocess.run(
+            tvixmount_command("nar", referrer, "--store", served.url),
+            capture_output=True,
+            check=True,
+        ).stdout
+        assert ours == subprocess.run(["nix-store", "--dump", referrer], capture_output=True).stdout
+        dest = tmp_path / "dest"
+        copy("--from", served.url, "--to", f"file://{dest}?compression=bzip2", referrer)
+    assert source.key is not None
+    read = nix_reads(f"file://{dest}", tmp_path / "chroot", [referrer], source.key.public)
+    assert read.returncode == 0, read.stderr

@@ -127,6 +127,15 @@ def test_nix_written_cache_in_a_bucket_reads_through_s3(
     listed = run_tvixmount("ls", nix_cache.paths[0], *store)
     assert listed.returncode == 0, listed.stderr
     assert "hello.txt" in listed.stdout
+    # And out of the bucket again, by copy.
+    dest = tmp_path / "dest"
+    done = run_tvixmount(
+        "copy", "--from", s3.url(bucket), *store[2:], "--to", f"file://{dest}", nix_cache.paths[-1]
+    )
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in dest.glob("*.narinfo")) == sorted(
+        f"{StorePath.parse(path).encoded_digest}.narinfo" for path in nix_cache.paths
+    )
 
 
 @requires_fuse
