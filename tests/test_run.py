@@ -329,6 +329,16 @@ def test_sigkill_of_run_takes_the_command_and_the_mount_with_it(
     assert not _wait_until_gone(build.cache_url)
 
 
+def test_processes_the_command_leaves_behind_go_with_it(build: Build, host_state: None) -> None:
+    marker = f"leftover-{secrets.token_hex(4)}"
+    script = f"{build.busybox}/bin/busybox sleep 1000 {marker} > /dev/null 2>&1 & exit 0"
+    done = subprocess.run(
+        build.run(f"{build.busybox}/bin/sh", "-c", script), capture_output=True, timeout=120
+    )
+    assert done.returncode == 0
+    assert not _processes_naming(marker)
+
+
 def test_without_root_one_line_says_what_is_missing(build: Build) -> None:
     done = subprocess.run(
         ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *build.run("true")],

@@ -55,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import TvixmountError
-    from ..run import RunOptions, check_can_run
+    from ..run import RunOptions
     from ..run import run as run_command
     from ..stores import check_store_url, default_store_url
 
@@ -63,7 +63,6 @@ def run(args: argparse.Namespace) -> int:
     if not argv:
         raise TvixmountError("run: no COMMAND given")
     check_store_url(args.store or default_store_url())
-    check_can_run()
     if not args.verbose:
         # The command's stderr is the user's: only problems from tvixmount go there.
         logging.getLogger().setLevel(logging.WARNING)

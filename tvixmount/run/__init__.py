@@ -11,6 +11,7 @@ every mount private, so nothing below is ever seen by the host:
 3. an overlayfs goes over ``/nix/store``: the store below, the upper
    directory on top, so what the command writes under /nix/store lands there;
 4. the command runs as a child (:mod:`.supervise`), signals passed on;
+   what it leaves running when it exits is killed;
 5. the overlay, the server and the tmpfs go, in that order.
 
 The command's exit status is returned (128+N for signal N). If this process
@@ -134,7 +135,7 @@ def _in_namespace(
                 "overlay", STORE_DIR, "overlay", f"lowerdir={lower},upperdir={upper},workdir={work}"
             )
             try:
-                return supervise(argv, check_server)
+                return supervise(argv, frozenset({server.pid}), check_server)
             finally:
                 namespace.detach(STORE_DIR)
         finally:

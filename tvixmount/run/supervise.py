@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import signal
 import subprocess
 from collections.abc import Callable, Sequence
 
 from ..errors import TvixmountError
-from .namespace import die_with_parent
+from .namespace import adopt_orphans, children, die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +26,18 @@ def exit_status(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-def supervise(argv: Sequence[str], on_child_exit: Callable[[], None] = lambda: None) -> int:
+def supervise(
+    argv: Sequence[str], others: frozenset[int], on_child_exit: Callable[[], None]
+) -> int:
     """Run ``argv`` (PATH searched), forwarding SIGINT/SIGTERM/SIGHUP/SIGQUIT, until it exits.
 
-    The command is killed if this process dies, even by SIGKILL.
-    ``on_child_exit`` is called on every SIGCHLD for another child of ours.
+    The command is killed if this process dies, even by SIGKILL. Processes it
+    leaves behind (a daemon it started) are killed once it exits: they would
+    hold the namespace with its store gone. ``others`` are this process's
+    own children, left alone; ``on_child_exit`` is called on every SIGCHLD
+    that is not the command's exit.
     """
+    adopt_orphans()
     waited = FORWARDED | {signal.SIGCHLD}
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, waited)
 
@@ -50,6 +57,7 @@ def supervise(argv: Sequence[str], on_child_exit: Callable[[], None] = lambda: N
             signum = signal.Signals(info.si_signo)
             if signum == signal.SIGCHLD:
                 if child.poll() is not None:
+                    _kill_leftovers(others)
                     return exit_status(child.returncode)
                 on_child_exit()
             elif info.si_code == _SI_KERNEL and signum in _FROM_TERMINAL:
@@ -59,3 +67,14 @@ def supervise(argv: Sequence[str], on_child_exit: Callable[[], None] = lambda: N
                 child.send_signal(signum)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _kill_leftovers(others: frozenset[int]) -> None:
+    # Orphans are adopted by this process as they lose their parents, so repeat
+    # until none is left.
+    while leftovers := [pid for pid in children() if pid not in others]:
+        log.debug("killing %d processes the command left behind", len(leftovers))
+        for pid in leftovers:
+            os.kill(pid, signal.SIGKILL)
+        for pid in leftovers:
+            os.waitpid(pid, 0)
