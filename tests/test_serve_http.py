@@ -485,6 +485,10 @@ def test_a_nar_that_fails_its_narhash_breaks_the_transfer(
             httpx.get(f"{served.url}/{url}")
         with pytest.raises(httpx.RemoteProtocolError):  # the zstd frame never ends either
             httpx.get(f"{served.url}/{url.replace('.nar?', '.nar.zst?')}")
+        # A range is checked against the whole NAR before its last byte goes out.
+        short_range = httpx.get(f"{served.url}/{url}", headers={"Range": "bytes=0-99"})
+        assert short_range.status_code == 500
+        assert "does not match its NarHash" in short_range.text
         assert "does not match its NarHash" in served.log()
 
 

@@ -148,7 +148,7 @@ class CacheApp:
                 response = _error(416, "range not satisfiable")
                 response.headers.append((b"content-range", f"bytes */{size}".encode()))
                 return response
-        stream = checked_nar(entry.info, self._store, wanted)
+        stream = checked_nar(entry, self._store, wanted)
         if compressed:
             stream = zstd_compressed(stream)
         response = Response(200, [(b"content-type", b"application/x-nix-nar"), _IMMUTABLE])

@@ -58,10 +58,12 @@ def narinfo_of(info: PathInfo, keys: Sequence[SecretKey]) -> Narinfo:
     return narinfo
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Entry:
     info: PathInfo
     narinfo: bytes  # the formatted, signed text
+    # Set once a NAR built from ``info`` matched its NarHash (see .nar).
+    nar_verified: bool = False
 
 
 class Catalog:
