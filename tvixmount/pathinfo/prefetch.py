@@ -98,9 +98,9 @@ class ClosurePrefetcher:
         if ready is not None:
             return ready
         flight = self._flights.get(digest)
-        if flight is None and (digest in self._seen or self._nursery is None):
-            # Already expanded once (the kernel forgot the entry and asks again),
-            # or nothing to prefetch with.
+        if self._nursery is None or (flight is None and digest in self._seen):
+            # Not running (yet, or any more), or expanded once already: the kernel
+            # forgot the entry and asks again.
             return await self._inner.get(digest)
         if flight is None:
             self._seen.add(digest)
