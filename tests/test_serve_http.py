@@ -24,7 +24,7 @@ import pytest
 import trio
 import zstandard
 
-from tests.grpc_serving import _READY, _await_ready, stop
+from tests.grpc_serving import _READY, _await_ready, serving, stop
 from tests.mounting import run_tvixmount, tvixmount_command
 from tests.nixcache import (
     NIX_FLAGS,
@@ -363,6 +363,19 @@ def test_the_ls_file_is_the_listing_nix_writes(embedded: Embedded) -> None:
     served = httpx.get(f"{embedded.served.url}/{embedded.hash}.ls")
     assert served.status_code == 200
     assert served.json() == written
+
+
+def test_a_grpc_store_is_served_too(embedded: Embedded, tmp_path: Path) -> None:
+    with (
+        serving(str(embedded.store), tmp_path / "grpc.log") as grpc_store,
+        serving_http(
+            tmp_path, "--store", grpc_store.url, "--secret-key", embedded.key.secret_file
+        ) as served,
+    ):
+        dest = tmp_path / "chroot"
+        copied = nix_copy_from(served.url, dest, embedded.store_path, embedded.key.public)
+        assert copied.returncode == 0, copied.stderr
+    assert nix_hash(dest / embedded.store_path.lstrip("/")) == nix_hash(embedded.tree)
 
 
 # -- a closure served from another binary cache -------------------------------------------
