@@ -62,10 +62,10 @@ def test_plain_store_listing_shows_type_nar_size_and_name(
     assert ls(capsys, store_url) == (0, STORE_LISTING, "")
 
 
-def test_plain_store_listing_long_adds_castore_digests(
+def test_plain_store_listing_with_digests_adds_castore_digests(
     capsys: pytest.CaptureFixture[str], store_url: str
 ) -> None:
-    code, out, _ = ls(capsys, store_url, "-l")
+    code, out, _ = ls(capsys, store_url, "--digests")
     assert code == 0
     assert out.splitlines()[:2] == [
         "regular             120 b3:e3AVu5LPCzGAN3AqbN2B3uQSJPc0aEwsEizWNZyx7mM= "
@@ -92,10 +92,10 @@ def test_plain_listing_without_recursion_shows_one_level(
     assert (code, out) == (0, "".join(COMPLICATED_RECURSIVE.splitlines(True)[:3]))
 
 
-def test_plain_long_listing_adds_digests_to_entries(
+def test_plain_listing_with_digests_adds_them_to_entries(
     capsys: pytest.CaptureFixture[str], store_url: str
 ) -> None:
-    code, out, _ = ls(capsys, store_url, "-l", f"{COMPLICATED}/keep")
+    code, out, _ = ls(capsys, store_url, "--digests", f"{COMPLICATED}/keep")
     assert (code, out) == (
         0,
         "regular               0 b3:rxNJufX5oaagQE3qNtzJSZvLJcmtwRK3zJqTyuQfMmI= .keep\n",
@@ -314,3 +314,64 @@ def test_piped_output_has_no_escapes_and_matches_the_snapshot(store_url: str) ->
     )
     assert (result.returncode, result.stdout) == (0, COMPLICATED_RECURSIVE)
     assert "\x1b" not in result.stdout
+
+
+# --- -l: mode bits, as `nix store ls -l` (tests/test_ls_nix.py compares with Nix) ---------
+
+
+def test_long_store_listing_shows_mode_bits_and_nar_sizes(
+    capsys: pytest.CaptureFixture[str], store_url: str
+) -> None:
+    code, out, _ = ls(capsys, store_url, "-l")
+    assert code == 0
+    assert out.splitlines()[:2] == [
+        "-r--r--r--                  120 00000000000000000000000000000000-test",
+        "lrwxrwxrwx                  152 11111111111111111111111111111111-test"
+        " -> 00000000000000000000000000000000-test",
+    ]
+    assert out.splitlines()[6] == (
+        "-r-xr-xr-x                  160 66666666666666666666666666666666-test"
+    )
+
+
+def test_long_listing_with_digests_puts_them_before_the_path(
+    capsys: pytest.CaptureFixture[str], store_url: str
+) -> None:
+    code, out, _ = ls(capsys, store_url, "-l", "--digests", "-R", COMPLICATED)
+    empty, keep, none = fx.EMPTY_DIGEST, fx.DIRECTORY_WITH_KEEP.digest(), "-" + " " * 46
+    assert (code, out.splitlines()) == (
+        0,
+        [
+            f"-r--r--r--                    0 {empty} ./.keep",
+            f"lrwxrwxrwx                    0 {none} ./aa -> /nix/store/somewhereelse",
+            f"dr-xr-xr-x                    0 {keep} ./keep",
+            f"-r--r--r--                    0 {empty} ./keep/.keep",
+        ],
+    )
+
+
+def test_long_terminal_tree_shows_mode_bits(store_url: str) -> None:
+    env = {**_terminal_env(), "NO_COLOR": "1"}
+    code, out = run_in_pty("ls", "--store", store_url, "-l", "-R", COMPLICATED, env=env)
+    assert code == 0
+    assert out.splitlines()[:5] == [
+        f"dr-xr-xr-x /nix/store/{COMPLICATED}",
+        "-r--r--r-- ├── .keep  0 bytes",
+        "lrwxrwxrwx ├── aa -> /nix/store/somewhereelse",
+        "dr-xr-xr-x └── keep",
+        "-r--r--r--     └── .keep  0 bytes",
+    ]
+
+
+@pytest.mark.parametrize("flags", [["-R"], ["--json", "-R"]], ids=["plain", "json"])
+def test_a_full_disk_on_stdout_is_one_error_line(store_url: str, flags: list[str]) -> None:
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            tvixmount_command("ls", "--store", store_url, *flags, COMPLICATED),
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            check=False,
+        )
+    assert result.returncode == 1
+    assert result.stderr == "tvixmount: error: cannot write the listing: No space left on device\n"

@@ -173,3 +173,44 @@ def test_listing_straight_from_the_nix_binary_cache_equals_nix(
     out, err = capsys.readouterr()
     assert code == 0, err
     assert json.loads(out) == nix_ls("-R", target, store=oracle.cache)
+
+
+# --- -l: the text of `nix store ls -l` ---------------------------------------------------
+
+
+def tvix_ls_long(oracle: Oracle, capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    code = main(["ls", "--store", oracle.store, "-l", *args])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return out
+
+
+@pytest.mark.parametrize(
+    ("label", "subpath"),
+    [
+        ("tree", ""),
+        ("tree", "/sub"),
+        ("tree", "/sub/deeper/deepest"),
+        ("tree", "/sub/tool"),
+        ("tree", "/link"),
+        ("tree", "/empty-dir"),
+        ("exe", ""),
+        ("file", ""),
+        ("symlink", ""),
+    ],
+)
+@pytest.mark.parametrize("recursive", [True, False], ids=["recursive", "one-level"])
+@pytest.mark.parametrize("nix_store", ["local", "binary-cache"])
+def test_long_listing_is_the_text_nix_prints(
+    oracle: Oracle,
+    capsys: pytest.CaptureFixture[str],
+    label: str,
+    subpath: str,
+    recursive: bool,
+    nix_store: str,
+) -> None:
+    target = oracle.paths[label] + subpath
+    flags = ["-R"] if recursive else []
+    extra = ["--store", oracle.cache] if nix_store == "binary-cache" else []
+    expected = _nix("store", "ls", "-l", *extra, *flags, target)
+    assert tvix_ls_long(oracle, capsys, *flags, target) == expected

@@ -11,14 +11,20 @@ instead of by serialising the NAR: every token is a length-prefixed string
 padded to 8 bytes, so the size of any subtree's NAR follows from its names,
 file sizes and symlink targets alone. Offsets are relative to the start of
 the store path's whole NAR, as Nix reports them for subpaths too.
+
+Nothing here recurses: trees as deep as the NAR reader and the mount accept
+(100,000 levels and more) are walked with explicit stacks, and paths inside
+the walk are linked names (:class:`Where`), not a tuple per level.
 """
 
 from __future__ import annotations
 
 import enum
+import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from .castore.digest import B3Digest
 from .castore.directory import Directory
@@ -59,12 +65,35 @@ class Entry:
     nar_offset: int | None = None
     children: tuple[Entry, ...] | None = None
 
-    def walk(self, prefix: tuple[bytes, ...] = ()) -> Iterator[tuple[tuple[bytes, ...], Entry]]:
+    def walk_levels(self) -> Iterator[tuple[int, bool, Entry]]:
+        """Every entry below this one, depth first in name order.
+
+        Each comes with its level (1: this entry's children) and whether it
+        is the last of its siblings.
+        """
+        stack = [iter(_with_last(self.children or ()))]
+        while stack:
+            step = next(stack[-1], None)
+            if step is None:
+                stack.pop()
+                continue
+            last, child = step
+            yield len(stack), last, child
+            if child.children:
+                stack.append(iter(_with_last(child.children)))
+
+    def walk(self) -> Iterator[tuple[tuple[bytes, ...], Entry]]:
         """Every entry below this one, depth first in name order, with its relative path."""
-        for child in self.children or ():
-            path = (*prefix, child.name)
-            yield path, child
-            yield from child.walk(path)
+        names: list[bytes] = []
+        for level, _, entry in self.walk_levels():
+            del names[level - 1 :]
+            names.append(entry.name)
+            yield tuple(names), entry
+
+
+def _with_last(children: tuple[Entry, ...]) -> Iterator[tuple[bool, Entry]]:
+    end = len(children) - 1
+    return ((i == end, child) for i, child in enumerate(children))
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +121,7 @@ class Listing:
     def summary(self) -> Summary:
         """Counts of what is listed: a directory's entries, or the single listed object."""
         if self.root.type is EntryType.DIRECTORY:
-            return summarize(entry for _, entry in self.root.walk())
+            return summarize(entry for _, _, entry in self.root.walk_levels())
         return summarize([self.root])
 
 
@@ -185,6 +214,60 @@ def _child_node_offset(name: bytes) -> int:
 # --- the walk ---------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class Where:
+    """A path below the store path as linked names: O(1) to extend, spelled out on demand."""
+
+    parent: Where | None
+    name: bytes
+
+    @staticmethod
+    def of(parts: tuple[bytes, ...]) -> Where | None:
+        where = None
+        for part in parts:
+            where = Where(where, part)
+        return where
+
+    def parts(self) -> tuple[bytes, ...]:
+        names = []
+        where: Where | None = self
+        while where is not None:
+            names.append(where.name)
+            where = where.parent
+        return tuple(reversed(names))
+
+
+def _parts(where: Where | None) -> tuple[bytes, ...]:
+    return () if where is None else where.parts()
+
+
+def _entry_nar_size(name: bytes, node_nar_size: int) -> int:
+    """A directory entry's NAR size: its framing plus its node."""
+    return _child_node_offset(name) + node_nar_size + len(wire.ENTRY_CLOSE)
+
+
+@dataclass(slots=True)
+class _SizeFrame:
+    """A directory whose NAR size is being summed, in :meth:`_Walker.nar_size`."""
+
+    node: DirectoryNode
+    where: Where | None
+    children: Iterator[Node]
+    size: int = _DIRECTORY_HEAD + _CLOSE
+
+
+@dataclass(slots=True)
+class _EntryFrame:
+    """A directory being described, in :meth:`_Walker.entry`."""
+
+    name: bytes
+    node: DirectoryNode
+    where: Where | None
+    depth: int | None
+    children: Iterator[tuple[Node, int | None]]
+    done: list[Entry] = field(default_factory=list)
+
+
 class _Walker:
     """Fetches Directory objects once per digest and computes NAR sizes, memoised.
 
@@ -206,20 +289,20 @@ class _Walker:
             # The per-directory walk reports the missing one with its path.
             pass
 
-    async def directory(self, node: DirectoryNode, path: tuple[bytes, ...]) -> Directory:
+    async def directory(self, node: DirectoryNode, where: Where | None) -> Directory:
         found = self._directories.get(node.digest)
         if found is None:
             found = await self._store.directories.get(node.digest)
             if found is None:
-                where = path_text(self._store_path, path)
+                place = path_text(self._store_path, _parts(where))
                 raise StoreError(
-                    f"directory {node.digest} of {where} is missing from the store "
+                    f"directory {node.digest} of {place} is missing from the store "
                     "(incomplete or corrupt store)"
                 )
             self._directories[node.digest] = found
         return found
 
-    async def nar_size(self, node: Node, path: tuple[bytes, ...]) -> int:
+    async def nar_size(self, node: Node, where: Where | None) -> int:
         """Size of the node's NAR serialisation (without the archive magic)."""
         if isinstance(node, FileNode):
             return _file_nar_size(node)
@@ -228,23 +311,27 @@ class _Walker:
         cached = self._nar_sizes.get(node.digest)
         if cached is not None:
             return cached
-        directory = await self.directory(node, path)
-        size = _DIRECTORY_HEAD + _CLOSE
-        for child in directory.entries():
-            size += await self._entry_nar_size(child, path)
-        self._nar_sizes[node.digest] = size
-        return size
-
-    async def _entry_nar_size(self, child: Node, parent: tuple[bytes, ...]) -> int:
-        """A directory entry's NAR size: its framing plus its node."""
-        return (
-            _child_node_offset(child.name)
-            + await self.nar_size(child, (*parent, child.name))
-            + len(wire.ENTRY_CLOSE)
-        )
+        directory = await self.directory(node, where)
+        stack = [_SizeFrame(node, where, iter(directory.entries()))]
+        while stack:
+            frame = stack[-1]
+            child = next(frame.children, None)
+            if child is None:
+                stack.pop()
+                self._nar_sizes[frame.node.digest] = frame.size
+                if stack:
+                    stack[-1].size += _entry_nar_size(frame.node.name, frame.size)
+                continue
+            if isinstance(child, DirectoryNode) and child.digest not in self._nar_sizes:
+                below = Where(frame.where, child.name)
+                entries = (await self.directory(child, below)).entries()
+                stack.append(_SizeFrame(child, below, iter(entries)))
+            else:
+                frame.size += _entry_nar_size(child.name, await self.nar_size(child, None))
+        return self._nar_sizes[node.digest]
 
     async def find_child(
-        self, directory: Directory, name: bytes, path: tuple[bytes, ...], node_offset: int | None
+        self, directory: Directory, name: bytes, where: Where | None, node_offset: int | None
     ) -> tuple[Node, int | None] | None:
         """Child ``name`` and the NAR offset of its node; sizes only the siblings before it."""
         offset = None if node_offset is None else node_offset + _DIRECTORY_HEAD
@@ -252,55 +339,78 @@ class _Walker:
             if child.name == name:
                 return child, None if offset is None else offset + _child_node_offset(name)
             if offset is not None:
-                offset += await self._entry_nar_size(child, path)
+                size = await self.nar_size(child, Where(where, child.name))
+                offset += _entry_nar_size(child.name, size)
         return None
 
     async def children_with_offsets(
-        self, node: DirectoryNode, path: tuple[bytes, ...], node_offset: int | None
+        self, node: DirectoryNode, where: Where | None, node_offset: int | None
     ) -> list[tuple[Node, int | None]]:
         """The directory's children, each with the NAR offset of its node when tracked."""
-        directory = await self.directory(node, path)
+        directory = await self.directory(node, where)
         if node_offset is None:
             return [(child, None) for child in directory.entries()]
         result: list[tuple[Node, int | None]] = []
         offset = node_offset + _DIRECTORY_HEAD
         for child in directory.entries():
             result.append((child, offset + _child_node_offset(child.name)))
-            offset += await self._entry_nar_size(child, path)
+            size = await self.nar_size(child, Where(where, child.name))
+            offset += _entry_nar_size(child.name, size)
         return result
 
     async def entry(
         self,
         node: Node,
         name: bytes,
-        path: tuple[bytes, ...],
+        where: Where | None,
         depth: int | None,
         node_offset: int | None,
     ) -> Entry:
         """Describe ``node``; expand directories while ``depth`` (levels left) allows."""
-        if isinstance(node, FileNode):
-            return Entry(
-                name,
-                EntryType.REGULAR,
-                size=node.size,
-                executable=node.executable,
-                digest=node.digest,
-                nar_offset=None if node_offset is None else node_offset + _contents_offset(node),
+        if not isinstance(node, DirectoryNode) or depth == 0:
+            return _leaf_entry(node, name, node_offset)
+        children = await self.children_with_offsets(node, where, node_offset)
+        stack = [_EntryFrame(name, node, where, depth, iter(children))]
+        while True:
+            frame = stack[-1]
+            step = next(frame.children, None)
+            if step is not None:
+                child, offset = step
+                below = None if frame.depth is None else frame.depth - 1
+                if isinstance(child, DirectoryNode) and below != 0:
+                    place = Where(frame.where, child.name)
+                    grandchildren = await self.children_with_offsets(child, place, offset)
+                    stack.append(_EntryFrame(child.name, child, place, below, iter(grandchildren)))
+                else:
+                    frame.done.append(_leaf_entry(child, child.name, offset))
+                continue
+            stack.pop()
+            described = Entry(
+                frame.name,
+                EntryType.DIRECTORY,
+                size=frame.node.size,
+                digest=frame.node.digest,
+                children=tuple(frame.done),
             )
-        if isinstance(node, SymlinkNode):
-            return Entry(name, EntryType.SYMLINK, target=node.target)
-        children = None
-        if depth is None or depth > 0:
-            below = None if depth is None else depth - 1
-            children = tuple(
-                [
-                    await self.entry(child, child.name, (*path, child.name), below, offset)
-                    for child, offset in await self.children_with_offsets(node, path, node_offset)
-                ]
-            )
+            if not stack:
+                return described
+            stack[-1].done.append(described)
+
+
+def _leaf_entry(node: Node, name: bytes, node_offset: int | None) -> Entry:
+    """A file, a symlink, or a directory described without its children."""
+    if isinstance(node, FileNode):
         return Entry(
-            name, EntryType.DIRECTORY, size=node.size, digest=node.digest, children=children
+            name,
+            EntryType.REGULAR,
+            size=node.size,
+            executable=node.executable,
+            digest=node.digest,
+            nar_offset=None if node_offset is None else node_offset + _contents_offset(node),
         )
+    if isinstance(node, SymlinkNode):
+        return Entry(name, EntryType.SYMLINK, target=node.target)
+    return Entry(name, EntryType.DIRECTORY, size=node.size, digest=node.digest)
 
 
 async def list_path(
@@ -338,20 +448,20 @@ async def list_path(
 
     name = bytes(node.name)
     offset = _MAGIC if nar_offsets else None
-    for i, part in enumerate(subpath):
-        here = subpath[:i]
+    here: Where | None = None
+    for part in subpath:
         if not isinstance(node, DirectoryNode):
             kind = "symlink" if isinstance(node, SymlinkNode) else "regular file"
-            where = path_text(store_path, here)
-            raise NotFoundError(f"path '{where}' is a {kind}, not a directory")
+            place = path_text(store_path, _parts(here))
+            raise NotFoundError(f"path '{place}' is a {kind}, not a directory")
         directory = await walker.directory(node, here)
         found = await walker.find_child(directory, part, here, offset)
+        here = Where(here, part)
         if found is None:
-            missing = path_text(store_path, subpath[: i + 1])
-            raise NotFoundError(f"path '{missing}' does not exist")
+            raise NotFoundError(f"path '{path_text(store_path, here.parts())}' does not exist")
         (node, offset), name = found, part
 
-    root = await walker.entry(node, name, subpath, depth, offset)
+    root = await walker.entry(node, name, here, depth, offset)
     return Listing(store_path, subpath, root, depth)
 
 
@@ -386,10 +496,26 @@ def to_nix_json(listing: Listing) -> dict[str, object]:
     directory's entries are empty objects. A depth limit generalises that:
     entries at the limit are empty objects, everything above it is described.
     """
-    return _json(listing.root, listing.depth)
+    root = _json_of(listing.root)
+    stack = [(listing.root, root, listing.depth)]
+    while stack:
+        entry, out, depth = stack.pop()
+        if entry.children is None:
+            continue
+        below = None if depth is None else depth - 1
+        entries: dict[str, object] = {}
+        out["entries"] = entries
+        for child in entry.children:
+            if below is None or below > 0:
+                described = entries[display_name(child.name)] = _json_of(child)
+                stack.append((child, described, below))
+            else:
+                entries[display_name(child.name)] = {}
+    return root
 
 
-def _json(entry: Entry, depth: int | None) -> dict[str, object]:
+def _json_of(entry: Entry) -> dict[str, object]:
+    """One entry's own fields; a directory's ``entries`` are filled in by the walk."""
     if entry.type is EntryType.REGULAR:
         out: dict[str, object] = {"type": "regular", "size": entry.size}
         if entry.executable:
@@ -399,12 +525,66 @@ def _json(entry: Entry, depth: int | None) -> dict[str, object]:
         return out
     if entry.type is EntryType.SYMLINK:
         return {"type": "symlink", "target": display_name(entry.target or b"")}
-    below = None if depth is None else depth - 1
-    entries: dict[str, object] = {}
-    for child in entry.children or ():
-        described = below is None or below > 0
-        entries[display_name(child.name)] = _json(child, below) if described else {}
-    return {"type": "directory", "entries": entries}
+    return {"type": "directory", "entries": {}}
+
+
+_SCALAR = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
+_KEY = json.encoder.encode_basestring  # keys are str, as in JSON
+_END = object()
+
+
+@dataclass(slots=True)
+class _JsonFrame:
+    items: Iterator[Any]
+    closer: str
+    is_object: bool
+    started: bool = False
+
+
+def _is_flat(value: dict[Any, Any] | list[Any]) -> bool:
+    """A container with no container inside: the C encoder takes it in one call."""
+    for inner in value.values() if isinstance(value, dict) else value:
+        if isinstance(inner, dict | list):
+            return False
+    return True
+
+
+def json_chunks(value: object) -> Iterator[str]:
+    """Compact JSON text, ``json.dumps(value, separators=(",", ":"), ensure_ascii=False)``.
+
+    Without recursion: ``json.dumps`` gives up on nesting deeper than about
+    a thousand levels, and a Nix listing nests two per directory level.
+    """
+    frames: list[_JsonFrame] = []
+    item = value
+    while True:
+        if isinstance(item, dict | list) and item and not _is_flat(item):
+            if isinstance(item, dict):
+                frames.append(_JsonFrame(iter(item.items()), "}", True))
+                yield "{"
+            else:
+                frames.append(_JsonFrame(iter(item), "]", False))
+                yield "["
+        else:
+            yield _SCALAR.encode(item)
+        while frames:
+            frame = frames[-1]
+            step: Any = next(frame.items, _END)
+            if step is _END:
+                frames.pop()
+                yield frame.closer
+                continue
+            separator = "," if frame.started else ""
+            frame.started = True
+            if frame.is_object:
+                key, item = step
+                yield f"{separator}{_KEY(key)}:"
+            else:
+                item = step
+                yield separator
+            break
+        else:
+            return
 
 
 def store_to_json(entries: list[StoreEntry]) -> list[dict[str, object]]:

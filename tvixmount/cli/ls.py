@@ -12,7 +12,13 @@ Three renderings of one listing (:mod:`tvixmount.listing`):
 Plain text columns: ``TYPE SIZE [DIGEST] PATH[ -> TARGET]`` where TYPE is
 ``directory``, ``regular``, ``executable`` or ``symlink``; SIZE is the file
 size for files (the NAR size in the store-wide listing) and ``-`` otherwise;
-DIGEST (``-l``) is the castore digest (``-`` for symlinks).
+DIGEST (``--digests``) is the castore digest (``-`` for symlinks).
+
+``-l`` prints what ``nix store ls -l`` prints, byte for byte: ``MODE SIZE
+PATH[ -> TARGET]`` with Nix's mode strings (``-r--r--r--``, ``-r-xr-xr-x``,
+``dr-xr-xr-x``, ``lrwxrwxrwx``), the size right-aligned in 20 columns (0 for
+directories and symlinks) and paths below a listed directory as ``./NAME``;
+in the store-wide listing SIZE is the NAR size and PATH the basename.
 """
 
 from __future__ import annotations
@@ -48,8 +54,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_store_argument(parser)
     parser.add_argument("-R", "--recursive", action="store_true", help="list recursively")
     parser.add_argument(
-        "-l", "--long", action="store_true", help="also show castore (BLAKE3) digests"
+        "-l",
+        "--long",
+        action="store_true",
+        help="mode bits and sizes, as `nix store ls -l` prints them",
     )
+    parser.add_argument("--digests", action="store_true", help="also show castore (BLAKE3) digests")
     parser.add_argument(
         "--json", action="store_true", help="JSON output, shaped like `nix store ls --json`"
     )
@@ -113,9 +123,9 @@ def run(args: argparse.Namespace) -> int:
         elif (console := _terminal_console()) is not None:
             from .ls_terminal import print_store_table
 
-            print_store_table(console, entries, args.long)
+            print_store_table(console, entries, args.long, args.digests)
         else:
-            write_lines(plain_store_lines(entries, args.long))
+            write_lines(plain_store_lines(entries, args.long, args.digests))
         return 0
     listing = trio.run(_listing, args)
     if args.json:
@@ -125,9 +135,9 @@ def run(args: argparse.Namespace) -> int:
     elif (console := _terminal_console()) is not None:
         from .ls_terminal import print_tree
 
-        print_tree(console, listing, args.long)
+        print_tree(console, listing, args.long, args.digests)
     else:
-        write_lines(plain_lines(listing, args.long))
+        write_lines(plain_lines(listing, args.long, args.digests))
     return 0
 
 

@@ -22,7 +22,7 @@ from ..listing import (
     display_name,
     summarize_store,
 )
-from .ls_render import kind_of, write_lines
+from .ls_render import kind_of, mode_of, write_lines
 
 _STYLES = {
     "directory": "bold blue",
@@ -50,55 +50,60 @@ class Painter:
         return Style.parse(style).render(text, color_system=ColorSystem.STANDARD)
 
 
-def print_tree(console: Console, listing: Listing, long: bool) -> None:
+def print_tree(console: Console, listing: Listing, long: bool, digests: bool) -> None:
     paint = Painter(console)
-    write_lines(tree_lines(listing, long, paint))
+    write_lines(tree_lines(listing, long, digests, paint))
     write_lines([paint(summary_line(listing.summary()), "bold")])
 
 
-def print_store_table(console: Console, entries: list[StoreEntry], long: bool) -> None:
+def print_store_table(
+    console: Console, entries: list[StoreEntry], long: bool, digests: bool
+) -> None:
     paint = Painter(console)
-    write_lines(table_lines(entries, long, paint))
+    write_lines(table_lines(entries, long, digests, paint))
     write_lines([paint(store_summary_line(summarize_store(entries)), "bold")])
 
 
-def _label(entry: Entry, name: str, long: bool, paint: Painter) -> str:
+def _label(entry: Entry, name: str, long: bool, digests: bool, paint: Painter) -> str:
     label = paint(name, _STYLES[kind_of(entry)])
     if entry.type is EntryType.REGULAR:
         label += paint(f"  {decimal(entry.size)}", "dim")
     if entry.target is not None:
         label += " -> " + paint(display_name(entry.target), "magenta")
-    if long and entry.digest is not None:
+    if digests and entry.digest is not None:
         label += paint(f"  {entry.digest}", "dim")
-    return label
+    return paint(mode_of(entry), "dim") + " " + label if long else label
 
 
-def tree_lines(listing: Listing, long: bool, paint: Painter) -> Iterator[str]:
+def tree_lines(listing: Listing, long: bool, digests: bool, paint: Painter) -> Iterator[str]:
     """The listed path, then its entries under tree guides, like ``tree``."""
-    yield _label(listing.root, listing.path, long, paint)
-    yield from _branches(listing.root, "", long, paint)
+    yield _label(listing.root, listing.path, long, digests, paint)
+    # The guides of the ancestors, one per level, cut back to the entry's level.
+    guides: list[str] = []
+    for level, last, entry in listing.root.walk_levels():
+        del guides[level - 1 :]
+        branch = paint("".join(guides) + ("└── " if last else "├── "), "dim")
+        label = _label(entry, display_name(entry.name), False, digests, paint)
+        yield (paint(mode_of(entry), "dim") + " " if long else "") + branch + label
+        guides.append("    " if last else "│   ")
 
 
-def _branches(entry: Entry, prefix: str, long: bool, paint: Painter) -> Iterator[str]:
-    children = entry.children or ()
-    for i, child in enumerate(children):
-        last = i == len(children) - 1
-        guides = paint(prefix + ("└── " if last else "├── "), "dim")
-        yield guides + _label(child, display_name(child.name), long, paint)
-        yield from _branches(child, prefix + ("    " if last else "│   "), long, paint)
-
-
-def table_lines(entries: list[StoreEntry], long: bool, paint: Painter) -> Iterator[str]:
-    """Store paths in aligned columns: name, type, human NAR size, then digest or target."""
+def table_lines(
+    entries: list[StoreEntry], long: bool, digests: bool, paint: Painter
+) -> Iterator[str]:
+    """Store paths in aligned columns: [mode,] name, type, human NAR size, then digest or target."""
     width = max([len("store path"), *(len(e.name) for e in entries)])
     sizes = [decimal(e.nar_size) for e in entries]
     size_width = max([len("NAR size"), *(len(size) for size in sizes)])
     header = f"{'store path':<{width}}  {'type':<10}  {'NAR size':>{size_width}}"
-    yield paint(header + ("  castore digest" if long else ""), "bold")
+    header = f"{'mode':<10} {header}" if long else header
+    yield paint(header + ("  castore digest" if digests else ""), "bold")
     for entry, size in zip(entries, sizes, strict=True):
         kind = kind_of(entry)
         line = f"{paint(f'{entry.name:<{width}}', _STYLES[kind])}  {kind:<10}  {size:>{size_width}}"
-        if long and entry.digest is not None:
+        if long:
+            line = f"{paint(mode_of(entry), 'dim')} {line}"
+        if digests and entry.digest is not None:
             line += paint(f"  {entry.digest}", "dim")
         if entry.target is not None:
             line += "  -> " + paint(display_name(entry.target), "magenta")
