@@ -165,6 +165,12 @@ def test_input_addressed_path_signed_by_copy_is_refused_under_another_key(
     nix_cache = tmp_path / "nix"
     nix_copy([path], nix_cache, "xz")
     dest = tmp_path / "dest"
+    unsigned = run_tvixmount(
+        "copy", "--from", f"file://{nix_cache}", "--cache-dir", tmp_path / "local",
+        "--to", f"file://{dest}", path,
+    )  # fmt: skip
+    assert unsigned.returncode == 1  # Nix's require-sigs: the source's path is not signed
+    assert not list(dest.glob("*.narinfo"))
     copy(
         "--from",
         f"file://{nix_cache}",

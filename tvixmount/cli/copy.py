@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .common import parse_store_paths
+from .common import parse_store_paths, store_options
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -60,7 +60,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--no-require-sigs",
-        action="store_true",
+        dest="require_sigs",
+        action="store_false",
         help="accept a source binary cache's paths without a trusted signature",
     )
     parser.add_argument(
@@ -78,14 +79,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _open_source(args: argparse.Namespace) -> Store:
-    from ..stores import StoreOptions, open_store
+    from ..stores import open_store
 
-    options = StoreOptions(
-        cache_dir=args.cache_dir, trusted_public_keys=tuple(args.trusted_public_key)
-    )
-    if args.no_require_sigs and hasattr(options, "require_sigs"):
-        options.require_sigs = False
-    return open_store(args.source, options)
+    return open_store(args.source, store_options(args))
 
 
 def _open_destination(url: str, keys: Sequence[SecretKey]) -> Destination:
