@@ -44,7 +44,7 @@ from pathlib import Path
 
 import trio
 
-from ..errors import IngestError
+from ..errors import IngestError, TvixmountError
 from ..nar import wire
 from .blobservice import BlobService, BlobWriter, put_stream
 from .digest import B3Digest
@@ -530,8 +530,10 @@ class _Storer:
                 self._progress(len(data))
 
 
-def _sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The only error inside ``group`` (nested groups flattened), else the group."""
+def sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error to report for ``group`` (nested groups flattened): its only one, or
+    the first when all are tvixmount's own (several blob writes failing on one
+    full disk say the same thing), else the group."""
     errors: list[BaseException] = []
     pending: list[BaseException] = [group]
     while pending:
@@ -540,7 +542,9 @@ def _sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
             pending.extend(error.exceptions)
         else:
             errors.append(error)
-    return errors[0] if len(errors) == 1 else group
+    if len(errors) == 1 or all(isinstance(error, TvixmountError) for error in errors):
+        return errors[0]
+    return group
 
 
 class _StorerStopped(Exception):
@@ -646,7 +650,7 @@ async def ingest_path(
             root_record = await trio.to_thread.run_sync(_produce, root, root_name, nar, handoff)
     except BaseExceptionGroup as group:
         # Callers expect the one error that stopped the import, not trio's wrapping.
-        raise _sole_error(group) from None
+        raise sole_error(group) from None
     assert root_record is not None, "the walk finished, so the storer did not fail"
     built: dict[B3Digest, Directory] = {}
     node = _build(root_record, built)

@@ -98,6 +98,7 @@ async def _import_all(args: argparse.Namespace) -> int | None:
     """Import every path; returns the number of a signal (SIGINT, SIGTERM) that stopped it."""
     import trio
 
+    from ..castore.ingest import sole_error
     from ..importer import import_path
 
     stopped_by: list[int] = []
@@ -118,6 +119,9 @@ async def _import_all(args: argparse.Namespace) -> int | None:
                         info = await import_path(store, path, progress=progress)
                     print(info.store_path.absolute, flush=True)
                 nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The one error that stopped the import, not trio's wrapping (it names the cause).
+        raise sole_error(group) from None
     finally:
         await store.aclose()
     return stopped_by[0] if stopped_by else None
