@@ -7,9 +7,10 @@ into an embedded tvixmount store (``tvixmount import``, served with
 file://DIR?compression=none``, into a binary cache directory that
 ``python -m http.server`` serves as static files. Each server then gets, in
 turn and for ``--seconds`` (default 30): 32 clients fetching narinfos and 8
-fetching NARs, over keep-alive connections where the server allows it (the
-static server speaks HTTP/1.0: one connection per request). Clients run in
-two processes of their own (narinfo, NAR), each a thread per client.
+fetching NARs (``--narinfo-clients``, ``--nar-clients``; 0 leaves a kind
+out), over keep-alive connections where the server allows it (the static
+server speaks HTTP/1.0: one connection per request). Clients run in two
+processes of their own (narinfo, NAR), each a thread per client.
 
 Reported per server: requests and errors, narinfo p50/p99 latency, NAR
 MB/s (all NAR clients together). For scale, nix-serve's published figures
@@ -43,8 +44,6 @@ from bench.measure import percentile
 T = TypeVar("T")
 MB = 1_000_000
 NIX_FLAGS = ("--extra-experimental-features", "nix-command")
-NARINFO_CLIENTS = 32
-NAR_CLIENTS = 8
 SMALL_PATHS = 60
 NAR_PATHS = 4
 NAR_BYTES = 32 << 20  # per NAR path: one file of random bytes
@@ -168,9 +167,12 @@ def _nar_client(base: str, urls: list[str], deadline: float, out: list[NarResult
 
 def _threads(
     client: Callable[..., None], base: str, targets: list[str], count: int, seconds: float
-) -> list[T]:
-    """``count`` threads running ``client`` for ``seconds``; what they appended."""
-    deadline = time.monotonic() + seconds
+) -> tuple[list[T], float]:
+    """``count`` threads running ``client`` for ``seconds``; what they appended, and the
+    seconds until the last finished (a NAR started before the deadline is read to its end).
+    """
+    started = time.monotonic()
+    deadline = started + seconds
     out: list[T] = []
     threads = [
         threading.Thread(target=client, args=(base, targets, deadline, out)) for _ in range(count)
@@ -179,16 +181,18 @@ def _threads(
         thread.start()
     for thread in threads:
         thread.join()
-    return out
+    return out, time.monotonic() - started
 
 
 def narinfo_clients(
     base: str, hashes: list[str], count: int, seconds: float
-) -> list[NarinfoResult]:
+) -> tuple[list[NarinfoResult], float]:
     return _threads(_narinfo_client, base, hashes, count, seconds)
 
 
-def nar_clients(base: str, urls: list[str], count: int, seconds: float) -> list[NarResult]:
+def nar_clients(
+    base: str, urls: list[str], count: int, seconds: float
+) -> tuple[list[NarResult], float]:
     return _threads(_nar_client, base, urls, count, seconds)
 
 
@@ -203,20 +207,28 @@ class Result:
     nar_mb_s: float
 
 
-def load(server: str, base: str, hashes: list[str], nar_urls: list[str], seconds: float) -> Result:
+@dataclass
+class Load:
+    seconds: float
+    narinfo_clients: int
+    nar_clients: int
+
+
+def load(server: str, base: str, hashes: list[str], nar_urls: list[str], run: Load) -> Result:
+    seconds = run.seconds
     with multiprocessing.Pool(2) as pool:
-        narinfos = pool.apply_async(narinfo_clients, (base, hashes, NARINFO_CLIENTS, seconds))
-        nars = pool.apply_async(nar_clients, (base, nar_urls, NAR_CLIENTS, seconds))
-        narinfo_results, nar_results = narinfos.get(), nars.get()
+        narinfos = pool.apply_async(narinfo_clients, (base, hashes, run.narinfo_clients, seconds))
+        nars = pool.apply_async(nar_clients, (base, nar_urls, run.nar_clients, seconds))
+        (narinfo_results, _), (nar_results, nar_seconds) = narinfos.get(), nars.get()
     latencies = [lat for lats, _ in narinfo_results for lat in lats]
     return Result(
         server=server,
         narinfo_requests=len(latencies),
         nar_requests=sum(r[1] for r in nar_results),
         errors=sum(e for _, e in narinfo_results) + sum(r[2] for r in nar_results),
-        narinfo_p50_ms=round(percentile(latencies, 50) * 1000, 2),
-        narinfo_p99_ms=round(percentile(latencies, 99) * 1000, 2),
-        nar_mb_s=round(sum(r[0] for r in nar_results) / MB / seconds, 1),
+        narinfo_p50_ms=round(percentile(latencies or [0.0], 50) * 1000, 2),
+        narinfo_p99_ms=round(percentile(latencies or [0.0], 99) * 1000, 2),
+        nar_mb_s=round(sum(r[0] for r in nar_results) / MB / nar_seconds, 1),
     )
 
 
@@ -239,6 +251,8 @@ def nar_urls(base: str, hashes: list[str]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--narinfo-clients", type=int, default=32, metavar="N")
+    parser.add_argument("--nar-clients", type=int, default=8, metavar="N")
     args = parser.parse_args()
     salt = os.urandom(6).hex()
     with tempfile.TemporaryDirectory(prefix="serve-http-bench-") as tmp:
@@ -246,7 +260,8 @@ def main() -> None:
         trees = build_trees(work / "trees", salt)
         paths = _run("nix-store", "--add", *trees).split()
         try:
-            results = _bench(work, trees, paths, args.seconds)
+            run = Load(args.seconds, args.narinfo_clients, args.nar_clients)
+            results = _bench(work, trees, paths, run)
         finally:
             subprocess.run(["nix-store", "--delete", *paths], capture_output=True, check=False)
     for result in results:
@@ -263,7 +278,7 @@ def main() -> None:
     print("nix-serve (published, 24 cores): narinfo ~0.1 ms, NAR 0.5 ms + 0.8 ms/MB")
 
 
-def _bench(work: Path, trees: list[Path], paths: list[str], seconds: float) -> list[Result]:
+def _bench(work: Path, trees: list[Path], paths: list[str], run: Load) -> list[Result]:
     cache = work / "cache"
     _run("nix", *NIX_FLAGS, "copy", "--to", f"file://{cache}?compression=none", *paths)
     store = work / "store"
@@ -282,15 +297,13 @@ def _bench(work: Path, trees: list[Path], paths: list[str], seconds: float) -> l
         if ready is None:
             raise SystemExit(f"tvixmount serve failed: {(work / 't.log').read_text()}")
         base = ready[1]
-        results.append(load("tvixmount", base, hashes, nar_urls(base, hashes[:NAR_PATHS]), seconds))
+        results.append(load("tvixmount", base, hashes, nar_urls(base, hashes[:NAR_PATHS]), run))
     port = free_port()
     static = [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(cache)]
     with process([*static, str(port)], work / "s.log"):
         wait_listening(port)
         base = f"http://127.0.0.1:{port}"
-        results.append(
-            load("http.server", base, hashes, nar_urls(base, hashes[:NAR_PATHS]), seconds)
-        )
+        results.append(load("http.server", base, hashes, nar_urls(base, hashes[:NAR_PATHS]), run))
     return results
 
 
