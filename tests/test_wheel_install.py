@@ -16,6 +16,7 @@ import sys
 import sysconfig
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -181,3 +182,10 @@ def test_the_demo_runs_from_the_wheel(installed: Installed, demo_mountpoint: Pat
     installed.run(python, "-m", "tvixmount.demo", "down", "mnt")
     assert not is_mounted(str(demo_mountpoint))
     assert not serving_pids(str(demo_mountpoint))
+
+
+def test_the_wheel_installs_the_mount_helper(installed: Installed, tmp_path: Path) -> None:
+    helper = installed.venv / "bin" / "mount.tvixmount"
+    # -f: mount(8)'s fake mode checks the options and mounts nothing.
+    installed.run(helper, tmp_path / "store", tmp_path, "-f", "-o", "ro,list-root,nofail")
+    assert installed.tvixmount("--version") == f"tvixmount {version('tvixmount')}\n"
