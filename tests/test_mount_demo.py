@@ -51,3 +51,10 @@ def test_demo_down_without_a_mount_is_a_no_op(tmp_path: Path) -> None:
     down = _demo("down", tmp_path / "mnt", tmp_path / "store")
     assert down.returncode == 0
     assert "nothing is mounted" in down.stdout
+
+
+def test_demo_up_on_a_file_is_one_error_line(tmp_path: Path) -> None:
+    (tmp_path / "file").touch()
+    up = _demo("up", tmp_path / "file", tmp_path / "store")
+    assert up.returncode == 1
+    assert up.stderr == f"tvixmount: error: {tmp_path / 'file'}: File exists\n"

@@ -163,6 +163,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TvixmountError as exc:
         print(f"tvixmount: error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # the mount point: cannot be created, or not a directory
+        print(f"tvixmount: error: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
