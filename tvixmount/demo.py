@@ -27,8 +27,8 @@ from pathlib import Path
 import trio
 
 from .errors import TvixmountError
-from .fs.mounttable import tvixmount_at
 from .fs.mountpoint import unmount
+from .fs.mounttable import tvixmount_at
 from .importer import import_path
 from .pathinfo.model import PathInfo
 from .stores import StoreOptions, default_store_url, open_store
