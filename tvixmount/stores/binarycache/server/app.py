@@ -61,6 +61,12 @@ class Response:
         body = text.encode()
         return cls(status, [(b"content-type", content_type.encode())], body)
 
+    def header_fields(self) -> list[tuple[bytes, bytes]]:
+        """The headers to send: a body's length is added here, a stream sets its own."""
+        if self.stream is not None:
+            return self.headers
+        return [*self.headers, (b"content-length", str(len(self.body)).encode())]
+
 
 def _error(status: int, message: str) -> Response:
     return Response.text(status, message + "\n")
@@ -112,7 +118,7 @@ class CacheApp:
             entry = await self._entry(hash_match[1]) if hash_match else None
             if entry is None or nixbase32.encode(entry.info.narinfo.nar_sha256) != match[1]:
                 return _error(404, "no such NAR")
-            return await self._nar(entry, compressed=bool(match[2]), headers=headers)
+            return self._nar(entry, compressed=bool(match[2]), headers=headers)
         if match := _LISTING.fullmatch(target):
             return await self._listing(match[1])
         if ".." in target or "%" in target or "//" in target or "\\" in target:
@@ -135,9 +141,7 @@ class CacheApp:
         body = json.dumps({"version": 1, "root": to_nix_json(listing)}, separators=(",", ":"))
         return Response.text(200, body, "application/json")
 
-    async def _nar(
-        self, entry: Entry, compressed: bool, headers: list[tuple[bytes, bytes]]
-    ) -> Response:
+    def _nar(self, entry: Entry, compressed: bool, headers: list[tuple[bytes, bytes]]) -> Response:
         size = entry.info.narinfo.nar_size
         wanted: ByteRange | None = None
         range_header = _header(headers, b"range")
@@ -188,19 +192,20 @@ async def _lifespan(receive: Receive, send: Send) -> None:
 
 async def _send_response(response: Response, head: bool, receive: Receive, send: Send) -> None:
     stream = response.stream
-    headers = response.headers
-    if stream is None:
-        headers = [*headers, (b"content-length", str(len(response.body)).encode())]
-    elif not head:
+    if stream is not None and not head:
         # Errors before the first byte still get a status: start the stream first.
         try:
             first = await anext(stream, b"")
         except TvixmountError as exc:
-            await stream.aclose()
             log.error("%s", exc)
             response, stream = _error(500, str(exc)), None
-            headers = [*response.headers, (b"content-length", str(len(response.body)).encode())]
-    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": response.status,
+            "headers": response.header_fields(),
+        }
+    )
     if head or stream is None:
         if stream is not None:
             await stream.aclose()
