@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from tests.grpc_serving import serving
 from tests.mounting import tvixmount_command
 from tests.nixcache import (
     NIX_FLAGS,
@@ -253,3 +254,48 @@ def test_run_shows_a_progress_bar_on_a_terminal(closure: Closure, tmp_path: Path
             status = process.wait(timeout=60)
             os.close(controller)
     assert status == 0
+
+
+SPEC = """
+[[path]]
+id = "lib"
+name = "greeting-lib-1.0"
+files."lib/greeting.sh" = { text = "greeting() { echo 'Hello, fixture!'; }\\n" }
+
+[[path]]
+id = "hello"
+name = "hello-1.0"
+
+[path.files."bin/hello"]
+executable = true
+text = \"\"\"#!/bin/sh
+. @{lib}/lib/greeting.sh
+greeting
+\"\"\"
+"""
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not os.path.exists("/dev/fuse"), reason="tvixmount run needs root"
+)
+def test_run_over_a_grpc_store_prefetches_references(tmp_path: Path) -> None:
+    (tmp_path / "spec.toml").write_text(SPEC)
+    store = tmp_path / "store"
+    built = subprocess.run(
+        tvixmount_command("fixture", "build", tmp_path / "spec.toml", "--store", store),
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    lib, hello = sorted(built, key=lambda path: "hello" in path)
+    with serving(str(store), tmp_path / "serve.log") as served:
+        done = subprocess.run(
+            tvixmount_command("-v", "run", "--store", served.url, "--", f"{hello}/bin/hello"),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "Hello, fixture!\n"
+    lib_name, hello_name = (path.removeprefix("/nix/store/") for path in (lib, hello))
+    assert f"prefetch: {lib_name} (a reference of {hello_name})" in done.stderr
