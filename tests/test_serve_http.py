@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import threading
@@ -525,11 +526,12 @@ async def _put_lying_pathinfo(store_dir: Path, original: str) -> StorePath:
         await store.aclose()
 
 
-def test_sigterm_stops_the_server_cleanly(embedded: Embedded, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_the_server_cleanly(embedded: Embedded, tmp_path: Path, sig: int) -> None:
     # The client keeps its connection alive while the server is told to stop.
     with serving_http(tmp_path, "--store", embedded.store) as served, httpx.Client() as client:
         assert client.get(f"{served.url}/nix-cache-info").status_code == 200
-        assert stop(served.process) == 0
+        assert stop(served.process, sig) == 0
     with pytest.raises(ProcessLookupError):
         os.kill(served.process.pid, 0)
 
