@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.mounting import run_tvixmount
+from tests.fixtures import castore as fx
+from tests.mounting import force_unmount, make_fixture_store, requires_fuse, run_tvixmount
 from tests.nixcache import NixCache, build_cache, generate_key, requires_nix, serve_directory
 from tvixmount.cli.main import build_parser
 from tvixmount.command_line import mount_arguments
@@ -37,6 +38,21 @@ def test_global_options_parse_before_and_after_the_command(
 def test_mount_command_lines_with_options_after_mount_are_still_mounts() -> None:
     argv = ["tvixmount", "mount", "/m", "-v", "--log-file", "/log"]
     assert mount_arguments(argv) == ["/m", "-v", "--log-file", "/log"]
+
+
+@requires_fuse
+def test_a_background_mount_takes_its_log_options_after_the_command(tmp_path: Path) -> None:
+    store = make_fixture_store(tmp_path / "store")
+    mountpoint, log = tmp_path / "mnt", tmp_path / "mount.log"
+    mountpoint.mkdir()
+    try:
+        result = run_tvixmount("mount", mountpoint, "--store", store, "--log-file", log, "-v")
+        assert (result.returncode, result.stderr) == (0, "")
+        name = fx.ROOT_HELLOWORLD_EXECUTABLE.decode()
+        assert (mountpoint / name).read_bytes() == fx.HELLOWORLD_BLOB
+        assert " DEBUG " in log.read_text()  # -v after the command, into --log-file's file
+    finally:
+        force_unmount(mountpoint)
 
 
 def test_version_prints_the_package_metadata_version() -> None:
