@@ -37,9 +37,13 @@ from tests.nixcache import (
     requires_nix,
     serve_directory,
 )
+from tests.test_plugin import STORE_SPEC
 from tvixmount.pathinfo.prefetch import ClosurePrefetcher
 
 pytestmark = requires_nix
+requires_run = pytest.mark.skipif(
+    os.geteuid() != 0 or not os.path.exists("/dev/fuse"), reason="tvixmount run needs root"
+)
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,23 @@ class Closure:
 
     def narinfo(self, name: str) -> str:
         return f"{self.paths[name].removeprefix('/nix/store/')[:32]}.narinfo"
+
+    def run(self, url: str, cache_dir: Path, script: str, *flags: str) -> list[str]:
+        """``tvixmount [FLAGS] run`` of ``sh -c SCRIPT`` over the cache at ``url``."""
+        return tvixmount_command(
+            *flags,
+            "run",
+            "--store",
+            url,
+            "--trusted-public-key",
+            self.key.public,
+            "--cache-dir",
+            cache_dir,
+            "--",
+            "sh",
+            "-c",
+            script,
+        )
 
 
 def _referring_to(name: str, dependencies: list[str], salt: str) -> str:
@@ -181,25 +202,11 @@ def test_without_run_the_layer_only_passes_lookups_through(
     trio.run(main)
 
 
-@pytest.mark.skipif(
-    os.geteuid() != 0 or not os.path.exists("/dev/fuse"), reason="tvixmount run needs root"
-)
+@requires_run
 def test_run_prefetches_and_logs_with_v(closure: Closure, tmp_path: Path) -> None:
     with serve_directory(closure.dir) as served:
-        argv = tvixmount_command(
-            "-v",
-            "run",
-            "--store",
-            served.url,
-            "--trusted-public-key",
-            closure.key.public,
-            "--cache-dir",
-            tmp_path / "local",
-            "--",
-            "sh",
-            "-c",
-            f"cat {closure.paths['top']} && cat {closure.paths['t0']}/hello.txt",
-        )
+        script = f"cat {closure.paths['top']} && cat {closure.paths['t0']}/hello.txt"
+        argv = closure.run(served.url, tmp_path / "local", script, "-v")
         done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.endswith("Hello World!\n")
@@ -220,26 +227,13 @@ def _read_until(fd: int, text: bytes, timeout: float = 60.0) -> bytes:
     return seen
 
 
-@pytest.mark.skipif(
-    os.geteuid() != 0 or not os.path.exists("/dev/fuse"), reason="tvixmount run needs root"
-)
+@requires_run
 def test_run_shows_a_progress_bar_on_a_terminal(closure: Closure, tmp_path: Path) -> None:
     controller, terminal = pty.openpty()
     with serve_directory(closure.dir) as served:
         gate = served.hold[closure.narinfo("t1")] = threading.Event()
-        argv = tvixmount_command(
-            "run",
-            "--store",
-            served.url,
-            "--trusted-public-key",
-            closure.key.public,
-            "--cache-dir",
-            tmp_path / "local",
-            "--",
-            "sh",
-            "-c",
-            f"cat {closure.paths['top']} > /dev/null && read line",
-        )
+        script = f"cat {closure.paths['top']} > /dev/null && read line"
+        argv = closure.run(served.url, tmp_path / "local", script)
         process = subprocess.Popen(argv, stdin=subprocess.PIPE, stderr=terminal)
         os.close(terminal)
         try:
@@ -256,30 +250,9 @@ def test_run_shows_a_progress_bar_on_a_terminal(closure: Closure, tmp_path: Path
     assert status == 0
 
 
-SPEC = """
-[[path]]
-id = "lib"
-name = "greeting-lib-1.0"
-files."lib/greeting.sh" = { text = "greeting() { echo 'Hello, fixture!'; }\\n" }
-
-[[path]]
-id = "hello"
-name = "hello-1.0"
-
-[path.files."bin/hello"]
-executable = true
-text = \"\"\"#!/bin/sh
-. @{lib}/lib/greeting.sh
-greeting
-\"\"\"
-"""
-
-
-@pytest.mark.skipif(
-    os.geteuid() != 0 or not os.path.exists("/dev/fuse"), reason="tvixmount run needs root"
-)
+@requires_run
 def test_run_over_a_grpc_store_prefetches_references(tmp_path: Path) -> None:
-    (tmp_path / "spec.toml").write_text(SPEC)
+    (tmp_path / "spec.toml").write_text(STORE_SPEC)
     store = tmp_path / "store"
     built = subprocess.run(
         tvixmount_command("fixture", "build", tmp_path / "spec.toml", "--store", store),
