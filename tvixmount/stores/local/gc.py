@@ -38,8 +38,9 @@ from .store import open_local, remove_dead_temps, temp_owner
 
 # A pack whose live blobs fill less than this share of it is rewritten.
 REWRITE_BELOW = 0.5
-# A database with at least this much free space, and a quarter of it free, is compacted.
-_VACUUM_MIN = 4 << 20
+# A database with at least this much free space, and a quarter of it free, is compacted
+# (VACUUM rewrites it whole: cheap for a small one, worth it only for much space).
+_VACUUM_MIN = 256 << 10
 _COPY_CHUNK = 8 << 20
 
 
