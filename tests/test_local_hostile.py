@@ -84,8 +84,8 @@ def test_read_only_commands_work_on_a_read_only_bind_mount(tmp_path: Path, store
             result = run_tvixmount(*command, "--store", view)
             assert result.returncode == 0, (command, result.stderr)
         (tmp_path / "new").write_bytes(b"new\n")
-        for command in (["import", tmp_path / "new"], ["gc"], ["delete", path]):
-            one_error_line(run_tvixmount(*command, "--store", view))
+        for writer in (["import", str(tmp_path / "new")], ["gc"], ["delete", path]):
+            one_error_line(run_tvixmount(*writer, "--store", view))
 
 
 def test_a_fifo_where_a_pack_should_be_is_one_line(tmp_path: Path, store: Path) -> None:

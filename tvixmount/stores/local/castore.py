@@ -73,6 +73,10 @@ _WRITE_BUFFER = 1 << 20
 _THREADED_WRITE_MIN = 64 << 10
 
 
+class _PackGone(StoreError):
+    """A recorded pack file is not there (gc removes packs whose blobs it moved)."""
+
+
 @dataclass(frozen=True)
 class BlobLocation:
     """Where a blob's bytes lie: ``size`` bytes at ``offset`` of the file at ``path``."""
@@ -390,6 +394,8 @@ class LocalBlobService:
         path = self.pack_dir / row[0]
         try:
             fd = open_regular(path)
+        except FileNotFoundError:
+            raise _PackGone(f"pack {path} is missing") from None
         except OSError as exc:
             raise StoreError(f"cannot open pack {path}: {exc.strerror}") from None
         pack = self._packs[pack_id] = _Pack(pack_id, path, fd)
@@ -413,9 +419,16 @@ class LocalBlobService:
             self._verified.move_to_end(digest)
             return LocalBlobReader.in_pack(known.pack, known.offset, known.size)
         row = self._packed_row(digest)
-        if row is not None:
+        if row is None:
+            return await self._open_file(digest)
+        try:
             return await self._open_packed(digest, *row)
-        return await self._open_file(digest)
+        except _PackGone:
+            # gc may have moved the blob to a new pack and removed the old one meanwhile.
+            moved = self._packed_row(digest)
+            if moved is None or moved[0] == row[0]:
+                raise
+            return await self._open_packed(digest, *moved)
 
     async def _open_packed(
         self, digest: B3Digest, pack_id: int, offset: int, size: int
