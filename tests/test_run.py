@@ -10,11 +10,16 @@ statuses, signals, the upper directory, and a host left as it was.
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pty
 import secrets
+import select
 import shutil
 import signal
 import subprocess
+import sys
+import termios
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -177,6 +182,20 @@ def _processes_naming(marker: str) -> list[int]:
         if marker.encode() in cmdline:
             found.append(int(entry.name))
     return found
+
+
+def _read_until(fd: int, text: bytes, timeout: float = 60.0) -> bytes:
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while text not in seen:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise AssertionError(f"no {text!r} on the terminal; saw {seen!r}")
+        try:
+            seen += os.read(fd, 4096)
+        except OSError as exc:  # EIO: every process let go of the terminal
+            raise AssertionError(f"no {text!r} on the terminal; saw {seen!r}") from exc
+    return seen
 
 
 def _wait_until_gone(marker: str, timeout: float = 30.0) -> list[int]:
@@ -359,3 +378,43 @@ def test_a_command_that_does_not_exist_is_one_line(build: Build) -> None:
     assert done.stderr.strip().splitlines() == [
         "tvixmount: error: cannot run '/nix/store/no-such-command': not found"
     ]
+
+
+# Standard signals do not queue: a second SIGINT is seen only if it comes after
+# the first was taken.
+COUNT_SIGINTS = (
+    "import signal\n"
+    "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})\n"
+    "print('ready', flush=True)\n"
+    "signal.sigwaitinfo({signal.SIGINT})\n"
+    "again = signal.sigtimedwait({signal.SIGINT}, 3.0)\n"
+    "print('interrupts', 1 if again is None else 2, flush=True)\n"
+)
+
+
+def test_ctrl_c_on_a_terminal_reaches_the_command(build: Build) -> None:
+    """The terminal signals the whole foreground group, the command included; run does not
+    send it a second one (though a second sent at once would mostly merge with the first)."""
+    controller, terminal = pty.openpty()
+
+    def take_the_terminal() -> None:
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    process = subprocess.Popen(
+        build.run(sys.executable, "-c", COUNT_SIGINTS),
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        start_new_session=True,
+        preexec_fn=take_the_terminal,
+    )
+    os.close(terminal)
+    try:
+        _read_until(controller, b"ready")
+        os.write(controller, b"\x03")  # ^C: the terminal sends SIGINT to its foreground group
+        _read_until(controller, b"interrupts 1\r\n")
+        assert process.wait(timeout=60) == 0
+    finally:
+        process.kill()
+        process.wait()
+        os.close(controller)
