@@ -241,8 +241,27 @@ def _mounted(setup: str, store: Path, native: Path, image: Path, mnt: Path) -> I
             stack.enter_context(peers.tvixmount_mounted(store, mnt))
         else:
             served = stack.enter_context(serving(str(store), DATA / "serve.log"))
-            stack.enter_context(peers.tvixmount_mounted(served.url, mnt))
+            stack.enter_context(_mount_retrying(served.url, mnt))
         yield mnt
+
+
+@contextmanager
+def _mount_retrying(url: str, mnt: Path) -> Iterator[None]:
+    """Mount ``url``; on a loaded machine a fresh server's first handshake can fail."""
+    for attempt in range(3):
+        try:
+            cm = peers.tvixmount_mounted(url, mnt)
+            cm.__enter__()
+        except subprocess.CalledProcessError:
+            if attempt == 2:
+                raise
+            time.sleep(1)
+            continue
+        try:
+            yield
+        finally:
+            cm.__exit__(None, None, None)
+        return
 
 
 def measure(

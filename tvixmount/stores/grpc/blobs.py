@@ -35,6 +35,7 @@ import trio
 
 from ..._proto import rpc_blobstore_pb2 as pb
 from ..._proto import rpc_blobstore_pb2_grpc as pb_grpc
+from ...castore.blobservice import BlobReader, BlobWriter
 from ...castore.digest import B3Digest
 from ...errors import (
     DigestError,
@@ -46,6 +47,7 @@ from ...errors import (
 )
 from ...lru import ByteLRU
 from ..memory.castore import MemoryBlobReader
+from .cache import LocalCache
 from .hints import BlobHints
 from .transport import REMOTE_THREADS, GrpcTransport, Ticket
 
@@ -187,8 +189,10 @@ class GrpcBlobService:
         transport: GrpcTransport,
         hints: BlobHints | None = None,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
+        cache_dir: LocalCache | None = None,
     ) -> None:
         self._transport = transport
+        self._cache_dir = cache_dir
         self._stub = pb_grpc.BlobServiceStub(transport.channel)
         self.hints = hints if hints is not None else BlobHints()
         self._cache: ByteLRU[B3Digest] = ByteLRU(cache_bytes)
@@ -237,10 +241,14 @@ class GrpcBlobService:
             chunks.append((chunk_digest, meta.size))
         return chunks
 
-    async def open_read(self, digest: B3Digest) -> MemoryBlobReader | GrpcChunkedBlobReader | None:
+    async def open_read(self, digest: B3Digest) -> BlobReader | None:
         cached = self._cache.get(digest)
         if cached is not None:
             return MemoryBlobReader(cached)
+        if self._cache_dir is not None:
+            kept = await self._cache_dir.blob(digest)
+            if kept is not None:
+                return kept
         size = self.hints.size_of(digest)
         if size is not None and size <= DIRECT_READ_MAX:
             # Small enough to fetch whole: no Stat round trip first (a Read of
@@ -253,6 +261,10 @@ class GrpcBlobService:
                 return None
             if chunks:
                 await self._verify_list(digest, chunks)
+                if self._cache_dir is not None:
+                    kept = await self._cache_dir.blob(digest)
+                    if kept is not None:
+                        return kept
         if chunks:
             self._lists.move_to_end(digest)
             return GrpcChunkedBlobReader(self, digest, chunks)
@@ -263,23 +275,49 @@ class GrpcBlobService:
             data = await self.fetch_verified(digest, size)
         except NotFoundError:
             return None
+        if self._cache_dir is not None:
+            self._cache_dir.keep_blob(digest, data)
         if len(data) <= PREFETCH_MAX_BLOB:
             self._prefetch_neighbours(digest)
         return MemoryBlobReader(data)
 
     async def _verify_list(self, digest: B3Digest, chunks: list[tuple[B3Digest, int]]) -> None:
-        """Trust ``chunks`` as ``digest``'s only once their bytes hash to it."""
+        """Trust ``chunks`` as ``digest``'s only once their bytes hash to it.
+
+        With a cache, the bytes go to it on the way (kept only if they verify).
+        """
         total = sum(size for _, size in chunks)
         expected = self.hints.size_of(digest)
         if expected is not None and total != expected:
             raise IntegrityError(
                 f"blob {digest}: its chunk list adds up to {total} bytes, not {expected}"
             )
+        writer = await self._cache_dir.blobs.open_write() if self._cache_dir else None
+        try:
+            actual = await self._hash_chunks(digest, chunks, writer)
+            if actual != digest:
+                err = IntegrityError(
+                    f"blob {digest}: the server's chunk list makes a blob hashing to {actual}"
+                )
+                log.warning("%s", err)
+                raise err
+        except BaseException:
+            if writer is not None:
+                await writer.abort()
+            raise
+        if writer is not None:
+            await writer.finish()
+        self._lists[digest] = chunks
+        while len(self._lists) > _VERIFIED_LISTS:
+            self._lists.popitem(last=False)
+
+    async def _hash_chunks(
+        self, digest: B3Digest, chunks: list[tuple[B3Digest, int]], writer: BlobWriter | None
+    ) -> B3Digest:
         hasher = blake3.blake3()
         for start in range(0, len(chunks), _CHUNK_FETCHES):
             window = chunks[start : start + _CHUNK_FETCHES]
             fetched: list[bytes] = [b""] * len(window)
-
             try:
                 async with trio.open_nursery() as nursery:
                     for i, (chunk, size) in enumerate(window):
@@ -288,16 +326,9 @@ class GrpcBlobService:
                 raise _first_error(group) from None
             for data in fetched:
                 hasher.update(data)
-        actual = B3Digest(hasher.digest())
-        if actual != digest:
-            err = IntegrityError(
-                f"blob {digest}: the server's chunk list makes a blob hashing to {actual}"
-            )
-            log.warning("%s", err)
-            raise err
-        self._lists[digest] = chunks
-        while len(self._lists) > _VERIFIED_LISTS:
-            self._lists.popitem(last=False)
+                if writer is not None:
+                    await writer.write(data)
+        return B3Digest(hasher.digest())
 
     async def _fetch_into(
         self, out: list[bytes], i: int, blob: B3Digest, chunk: B3Digest, size: int
@@ -383,10 +414,16 @@ class GrpcBlobService:
     async def _prefetch(self, nodes: list[Any]) -> None:
         async def one(node: Any) -> None:
             async with self._prefetch_limiter:
-                if self._cache.get(node.digest) is not None:
+                if node.digest in self._cache:
                     return
                 try:
-                    await self.fetch_verified(node.digest, node.size)
+                    if self._cache_dir is not None:
+                        if await self._cache_dir.blobs.has(node.digest):
+                            return
+                        data = await self.fetch_verified(node.digest, node.size)
+                        self._cache_dir.keep_blob(node.digest, data)
+                    else:
+                        await self.fetch_verified(node.digest, node.size)
                 except TvixmountError as exc:  # the open that needs it reports it
                     log.debug("prefetching blob %s: %s", node.digest, exc)
 

@@ -30,6 +30,7 @@ from ...castore.digest import B3Digest
 from ...castore.directory import Directory
 from ...castore.directoryservice import walk_breadth_first
 from ...errors import IntegrityError, NotFoundError, StoreError, ValidationError
+from .cache import LocalCache
 from .hints import BlobHints
 from .transport import GrpcTransport, Ticket
 
@@ -164,27 +165,41 @@ class DirectoryCache:
 
 
 class GrpcDirectoryService:
-    def __init__(self, transport: GrpcTransport, hints: BlobHints | None = None) -> None:
+    def __init__(
+        self,
+        transport: GrpcTransport,
+        hints: BlobHints | None = None,
+        cache_dir: LocalCache | None = None,
+    ) -> None:
         self._transport = transport
+        self._cache_dir = cache_dir
         self._stub = pb_grpc.DirectoryServiceStub(transport.channel)
         self.hints = hints if hints is not None else BlobHints()
         self._cache = DirectoryCache()
         self.get_calls = 0  # Get calls made: lets tests and benchmarks count round trips
 
-    def _keep(self, directories: list[Directory]) -> None:
+    def _keep(self, directories: list[Directory], complete: bool) -> None:
         for directory in directories:
             digest = directory.digest()
             self._cache.put(digest, directory)
             self.hints.note_directory(digest, directory)
+        if complete and self._cache_dir is not None:
+            self._cache_dir.keep_directories(directories)
 
     async def get(self, digest: B3Digest) -> Directory | None:
         cached = self._cache.get(digest)
         if cached is not None:
             return cached
+        if self._cache_dir is not None:
+            kept = await self._cache_dir.directory(digest)
+            if kept is not None:
+                self._cache.put(digest, kept)
+                self.hints.note_directory(digest, kept)
+                return kept
         self.get_calls += 1
         what = f"get directory {digest}"
         try:
-            directories, _ = await self._transport.call(
+            directories, complete = await self._transport.call(
                 what,
                 lambda ticket: _read_recursive(
                     self._stub, digest, PREFETCH_DIRECTORIES, PREFETCH_BYTES, False, ticket
@@ -198,7 +213,7 @@ class GrpcDirectoryService:
             raise
         if not directories:
             return None
-        self._keep(directories)
+        self._keep(directories, complete)
         return directories[0]
 
     async def get_recursive(self, root: B3Digest) -> AsyncIterator[Directory]:
@@ -221,7 +236,7 @@ class GrpcDirectoryService:
         except (IntegrityError, ValidationError) as exc:
             log.warning("%s", exc)
             raise
-        self._keep(directories)
+        self._keep(directories, True)
         for directory in directories:
             yield directory
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ...nar.signing import parse_public_keys
 from .. import Store, StoreOptions
 from .blobs import GrpcBlobService
+from .cache import LocalCache
 from .directories import GrpcDirectoryService
 from .hints import BlobHints
 from .pathinfo import GrpcPathInfoService
@@ -12,19 +13,31 @@ from .transport import GrpcTransport
 
 
 def open_grpc(url: str, options: StoreOptions) -> Store:
-    """Connect to ``url``; PathInfos must be signed by ``options.trusted_public_keys`` if given."""
+    """Connect to ``url``; PathInfos must be signed by ``options.trusted_public_keys`` if given.
+
+    ``options.cache_dir`` keeps verified Blobs and Directories on disk (:mod:`.cache`).
+    """
     keys = parse_public_keys(options.trusted_public_keys)
     transport = GrpcTransport(url)
     transport.connect()
     # The three clients share what the Directories and PathInfos received say
     # about blob sizes: it bounds every blob stream.
     hints = BlobHints()
+    closers = [transport.close]
+    cache = None
+    if options.cache_dir is not None:
+        try:
+            cache = LocalCache(options.cache_dir)
+        except BaseException:
+            transport.close()
+            raise
+        closers.append(cache.close)
     return Store(
         url,
-        GrpcBlobService(transport, hints),
-        GrpcDirectoryService(transport, hints),
+        GrpcBlobService(transport, hints, cache_dir=cache),
+        GrpcDirectoryService(transport, hints, cache),
         GrpcPathInfoService(transport, keys, hints),
-        [transport.close],
+        closers,
     )
 
 
