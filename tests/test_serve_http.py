@@ -582,3 +582,30 @@ def _dump(tree: Path) -> bytes:
     return subprocess.run(
         ["nix-store", "--dump", str(tree)], capture_output=True, check=True
     ).stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--listen", "127.0.0.1:0", "--secret-key", "/k"], "--secret-key and --priority apply"),
+        (["--priority", "10"], "--secret-key and --priority apply to --http only"),
+        (["--http", "127.0.0.1:0", "--writable"], "--writable applies to --listen (gRPC) only"),
+        (["--http", "127.0.0.1:0", "--secret-key", "/no/such/key"], "cannot read secret key"),
+    ],
+)
+def test_flags_that_do_not_fit_are_one_line(
+    embedded: Embedded, args: list[str], message: str
+) -> None:
+    done = run_tvixmount("serve", *args, "--store", embedded.store)
+    assert done.returncode == 1
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("tvixmount: error: ") and message in line
+
+
+def test_a_secret_key_that_is_not_one_is_one_line(embedded: Embedded, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.secret"
+    bad.write_text(embedded.key.public)  # a public key where the secret one belongs
+    done = run_tvixmount("serve", "--http", "127.0.0.1:0", "--secret-key", bad)
+    assert done.returncode == 1
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("tvixmount: error: invalid ed25519 secret key 'test-1'")

@@ -86,6 +86,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.http is None and (args.secret_key or args.priority is not None):
         raise TvixmountError("--secret-key and --priority apply to --http only")
+    if args.writable and args.http is not None and args.listen is None:
+        raise TvixmountError(
+            "--writable applies to --listen (gRPC) only; the HTTP cache is read-only"
+        )
     keys = [_secret_key(path) for path in args.secret_key]
     # A server may receive Puts, so like `import` it creates the embedded store.
     store = open_store_from_args(args, create=True)
