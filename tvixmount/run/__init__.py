@@ -126,9 +126,13 @@ def _in_namespace(
             lower, open_store, MountOptions(list_root=True), options.prefetch, options.progress
         )
 
+        reported = False
+
         def check_server() -> None:
-            if server.exited():
+            nonlocal reported
+            if not reported and server.exited():
                 log.error("the store's server exited: the command now gets I/O errors")
+                reported = True
 
         try:
             _mount(
