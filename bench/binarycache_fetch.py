@@ -41,6 +41,7 @@ import trio
 
 from tvixmount.storepath import StorePath
 from tvixmount.stores import StoreOptions, open_store
+from tvixmount.testing.mounts import mounted
 
 MB = 1_000_000
 NIX_FLAGS = ("--extra-experimental-features", "nix-command")
@@ -97,18 +98,8 @@ def service_get(url: str, cache_dir: Path, digest: bytes) -> float:
 def mount_stat(url: str, cache_dir: Path, basename: str, work: Path) -> float:
     """Seconds for the first ``stat`` of the path through a fresh background mount."""
     mnt = work / "mnt"
-    mnt.mkdir(exist_ok=True)
-    cli = [sys.executable, "-m", "tvixmount"]
-    command = [*cli, "--log-file", str(work / "mount.log"), "mount", str(mnt)]
-    subprocess.run([*command, "--store", url, "--cache-dir", str(cache_dir)], check=True)
-    try:
+    with mounted(url, mnt, "--cache-dir", cache_dir, log_file=work / "mount.log"):
         return timed(lambda: os.stat(mnt / basename))
-    finally:
-        subprocess.run([*cli, "umount", str(mnt)], check=False)
-        # The serving process exits on its own after the unmount; wait for it.
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and str(mnt) in Path("/proc/mounts").read_text():
-            time.sleep(0.05)
 
 
 def summary(values: list[float]) -> str:
