@@ -69,7 +69,9 @@ def test_unsigned_cache_serves_nothing_by_default(unsigned: NixCache, tmp_path: 
     code, printed, stderr = path_info(unsigned, tmp_path)
     assert code == 1 and printed == []
     assert "is not signed" in stderr[0] and "not serving it" in stderr[0]
-    assert stderr[-1] == f"tvixmount: error: path '{unsigned.paths[0]}' is not in the store"
+    assert stderr[-1] in {
+        f"tvixmount: error: path '{p}' is not in the store" for p in unsigned.paths
+    }
     listing = run_tvixmount(
         "ls", "--store", unsigned.url, "--cache-dir", tmp_path / "l", unsigned.paths[0]
     )

@@ -11,18 +11,30 @@ from ..castore.directoryservice import DirectoryService
 from ..castore.nodes import DirectoryNode, FileNode, Node, SymlinkNode
 from .reader import read_nar
 
+# Directories held before they are put: beyond this many entries in all, the finished
+# subtrees are put (leaves first) and let go, so memory follows the open directories.
+_PENDING_ENTRIES = 1 << 16
+
 
 class _CastoreBuilder:
-    """A NarVisitor that stores files as blobs and collects Directories leaves-first."""
+    """A NarVisitor that stores files as blobs and puts Directories leaves-first."""
 
-    def __init__(self, blobs: BlobService) -> None:
+    def __init__(self, blobs: BlobService, directories: DirectoryService) -> None:
         self._blobs = blobs
+        self._directories = directories
         # dict keeps first-insertion order: children always precede parents.
-        self.directories: dict[B3Digest, Directory] = {}
+        self.pending: dict[B3Digest, Directory] = {}
+        self._pending_entries = 0
+        self._put: set[B3Digest] = set()
+        # Every empty file is the same blob: storing it once spares a NAR of a million
+        # empty files a million blob writes.
+        self._empty: B3Digest | None = None
 
     async def regular(
         self, name: bytes, executable: bool, size: int, contents: AsyncIterator[bytes]
     ) -> Node:
+        if size == 0 and self._empty is not None:
+            return FileNode(name, self._empty, 0, executable)
         writer = await self._blobs.open_write()
         try:
             async for chunk in contents:
@@ -30,7 +42,10 @@ class _CastoreBuilder:
         except BaseException:
             await writer.abort()
             raise
-        return FileNode(name, await writer.finish(), size, executable)
+        digest = await writer.finish()
+        if size == 0:
+            self._empty = digest
+        return FileNode(name, digest, size, executable)
 
     async def symlink(self, name: bytes, target: bytes) -> Node:
         return SymlinkNode(name, target)
@@ -38,8 +53,19 @@ class _CastoreBuilder:
     async def directory(self, name: bytes, children: list[Node]) -> Node:
         directory = Directory.from_nodes(children)
         digest = directory.digest()
-        self.directories.setdefault(digest, directory)
+        if digest not in self._put and digest not in self.pending:
+            self.pending[digest] = directory
+            self._pending_entries += len(children)
+            if self._pending_entries > _PENDING_ENTRIES:
+                await self.flush()
         return DirectoryNode(name, digest, directory.size())
+
+    async def flush(self) -> None:
+        if self.pending:
+            await self._directories.put_many(list(self.pending.values()))
+            self._put.update(self.pending)
+            self.pending.clear()
+            self._pending_entries = 0
 
 
 async def ingest_nar(
@@ -51,12 +77,13 @@ async def ingest_nar(
     """Ingest a NAR stream; returns the root node named ``name``.
 
     Raises :class:`~tvixmount.errors.NarError` for a malformed or
-    non-canonical NAR. Directories are put (leaves first, in one batch) only
-    after the whole archive parsed; blobs written before an error stay, as
-    they are content-addressed and referenced by nothing.
+    non-canonical NAR. Directories are put leaves first: in one batch once
+    the whole archive parsed, or, for a NAR of very many entries, finished
+    subtrees along the way (a batch is then a forest). Blobs and Directories
+    written before an error stay, as they are content-addressed and
+    referenced by nothing.
     """
-    builder = _CastoreBuilder(blobs)
+    builder = _CastoreBuilder(blobs, directories)
     root = await read_nar(chunks, builder, root_name=name)
-    if builder.directories:
-        await directories.put_many(list(builder.directories.values()))
+    await builder.flush()
     return root

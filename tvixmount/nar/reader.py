@@ -6,8 +6,9 @@ a stream), each symlink, and each directory once all its entries are done.
 It accepts exactly the canonical NARs ``nix-store --dump`` produces and
 raises :class:`~tvixmount.errors.NarError` for anything else: bad magic,
 unknown or misplaced tokens, non-zero padding, strings over their limit,
-invalid, unsorted or duplicate entry names, a truncated stream, or bytes
-after the archive.
+invalid, unsorted or duplicate entry names, a directory of more than
+:data:`MAX_DIRECTORY_ENTRIES` entries, a truncated stream, or bytes after
+the archive.
 
 Memory stays bounded: file contents are handed on as they arrive, the only
 buffer is one input chunk, and directories are tracked with an explicit
@@ -27,6 +28,15 @@ from . import wire
 N = TypeVar("N")
 
 _MAX_TOKEN_LEN = 64
+_ENCODED_TOKENS = {
+    token: wire.string(token)
+    for token in (b"(", b")", b"type", b"entry", b"name", b"node", b"target", b"")
+}
+# Entries of one directory: each costs the visitor about 1 KB until the directory
+# closes, and a NAR of a million empty files is 91 KB of xz. Nix sets no limit; real
+# store paths stay far below this one (the biggest directories seen hold tens of
+# thousands of entries).
+MAX_DIRECTORY_ENTRIES = 100_000
 # File contents are handed to the visitor in pieces of at most this size.
 CONTENTS_CHUNK = 1 << 20
 
@@ -68,6 +78,13 @@ class _Source:
         return False
 
     async def read_exact(self, count: int) -> bytes:
+        pos = self._pos
+        end = pos + count
+        if end <= len(self._buf):
+            # The common case (tokens, names, small files): one slice, no await.
+            self._pos = end
+            self.offset += count
+            return self._buf[pos:end]
         start = self.offset
         parts: list[bytes] = []
         need = count
@@ -95,6 +112,19 @@ class _Source:
         self._pos += len(data)
         self.offset += len(data)
         return data
+
+    async def peek(self, count: int) -> bytes:
+        """Up to ``count`` bytes ahead, without consuming them (fewer at the stream's end)."""
+        while len(self._buf) - self._pos < count:
+            rest = self._buf[self._pos :]
+            async for chunk in self._chunks:
+                if chunk:
+                    self._buf = rest + bytes(chunk)
+                    self._pos = 0
+                    break
+            else:
+                return self._buf[self._pos :]
+        return self._buf[self._pos : self._pos + count]
 
     async def at_end(self) -> bool:
         return self._pos == len(self._buf) and not await self._fill()
@@ -156,12 +186,23 @@ class _Parser(Generic[N]):
         return start, await self._string(_MAX_TOKEN_LEN, "token")
 
     async def _expect(self, token: bytes) -> None:
-        start, got = await self._token()
-        if got != token:
-            raise NarError(f"expected {token.decode()!r} at byte {start}, got {got!r}")
+        # One read of the token's whole encoding; only a mismatch is parsed to say what it is.
+        encoded = _ENCODED_TOKENS.get(token) or wire.string(token)
+        start = self._src.offset
+        got = await self._src.peek(len(encoded))
+        if got == encoded:
+            await self._src.read_exact(len(encoded))
+            return
+        start, found = await self._token()
+        raise NarError(f"expected {token.decode()!r} at byte {start}, got {found!r}")
 
     async def _entry_name(self, parent: _Dir[N]) -> bytes:
         start = self._src.offset
+        if len(parent.children) >= MAX_DIRECTORY_ENTRIES:
+            raise NarError(
+                f"directory {parent.name!r} has more than {MAX_DIRECTORY_ENTRIES} entries "
+                f"(at byte {start})"
+            )
         name = await self._string(MAX_NAME_LEN, "entry name")
         if not name or name in (b".", b"..") or b"/" in name or b"\0" in name:
             raise NarError(f"invalid entry name {name!r} at byte {start}")

@@ -22,8 +22,9 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
+from typing import TypeVar
 
 import trio
 
@@ -48,7 +49,16 @@ from .url import CacheURL, default_cache_dir
 
 log = logging.getLogger(__name__)
 
+_T = TypeVar("_T")
+
 _MAX_METADATA_SIZE = 1 << 20  # a narinfo or nix-cache-info is a few hundred bytes
+
+
+async def within(seconds: float, where: str, work: Awaitable[_T]) -> _T:
+    """``await work``, or a :class:`StoreError` once ``seconds`` have passed."""
+    with trio.move_on_after(seconds):
+        return await work
+    raise StoreError(f"{where}: not received in full within {seconds:g}s")
 
 
 class _Measured:
@@ -170,7 +180,9 @@ class BinaryCachePathInfoService:
         hash_text = nixbase32.encode(digest)
         name = f"{hash_text}.narinfo"
         where = self._transport.describe(name)
-        raw = await fetch(self._transport, name, _MAX_METADATA_SIZE)
+        raw = await within(
+            self.cache.deadline(), where, fetch(self._transport, name, _MAX_METADATA_SIZE)
+        )
         if raw is None:
             log.debug("%s: absent", where)
             return None
@@ -187,7 +199,9 @@ class BinaryCachePathInfoService:
         if not signed and narinfo.ca is None:
             self._refuse(narinfo, where, "")
             return None
-        node = await self._fetch_nar(narinfo)
+        size = narinfo.file_size if narinfo.file_size is not None else narinfo.nar_size
+        nar_where = self._transport.describe(narinfo.url)
+        node = await within(self.cache.deadline(size), nar_where, self._fetch_nar(narinfo))
         try:
             info = narinfo.to_pathinfo(node)
         except ValidationError as exc:
@@ -282,8 +296,10 @@ class BinaryCachePathInfoService:
 
 async def check_cache_info(transport: Transport, cache: CacheURL) -> None:
     """The cache answers, is a Nix binary cache, and holds paths for /nix/store."""
-    text = await fetch(transport, "nix-cache-info", _MAX_METADATA_SIZE)
     where = transport.describe("nix-cache-info")
+    text = await within(
+        cache.deadline(), where, fetch(transport, "nix-cache-info", _MAX_METADATA_SIZE)
+    )
     if text is None:
         raise StoreError(f"{cache.base} is not a Nix binary cache: no {where}")
     for line in text.decode(errors="replace").splitlines():

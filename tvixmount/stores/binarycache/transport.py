@@ -23,12 +23,11 @@ import trio
 from ...errors import IntegrityError, StoreError, StoreURLError
 from .decompress import CONTENT_CODINGS, READ_SIZE, decompressed
 from .threads import run_remote
-from .url import CacheURL
+from .url import BACKOFF_MAX, CacheURL
 
 log = logging.getLogger(__name__)
 
 _BACKOFF_BASE = 0.25  # seconds; doubles per retry
-_BACKOFF_MAX = 5.0
 _ABSENT_STATUS = (403, 404, 410)  # S3 answers 403 for a missing key
 
 
@@ -55,9 +54,10 @@ class Transport(Protocol):
     - Absent means absent (404/410/403, no such file); anything else that
       goes wrong (unreachable, 5xx after the retries, a stalled read) raises
       :class:`~tvixmount.errors.StoreError` with one line naming the key's
-      location (``describe(key)``). Deadlines over a whole fetch are the
-      caller's (trio cancel scopes); a transport must stop promptly when
-      cancelled.
+      location (``describe(key)``). Each network operation is bounded by the
+      URL's ``timeout``; the deadline over a whole fetch
+      (:meth:`~.url.CacheURL.deadline`) is the caller's, a trio cancel scope,
+      so a transport must stop promptly when cancelled.
     - ``aclose()`` releases connections; the transport is not used after.
     """
 
@@ -215,7 +215,7 @@ class HttpTransport:
         problem = ""
         for attempt in range(self._retries + 1):
             if attempt:
-                delay = min(_BACKOFF_BASE * 2 ** (attempt - 1), _BACKOFF_MAX)
+                delay = min(_BACKOFF_BASE * 2 ** (attempt - 1), BACKOFF_MAX)
                 log.debug("%s: %s; retrying in %.2fs", url, problem, delay)
                 await trio.sleep(delay)
             try:

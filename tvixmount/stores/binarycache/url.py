@@ -32,6 +32,7 @@ SCHEMES = ("file", "http", "https", "s3")
 COMPRESSIONS = ("none", "xz", "bzip2", "zstd", "br")
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_RETRIES = 3
+BACKOFF_MAX = 5.0  # seconds between two tries at most
 DEFAULT_COMPRESSION = "xz"  # what Nix writes when a cache URL names none
 BEARER_TOKEN_ENV = "TVIXMOUNT_BEARER_TOKEN"
 _KNOWN_PARAMS = frozenset(
@@ -72,6 +73,18 @@ class CacheURL:
     endpoint: str | None = None
     endpoint_scheme: str = "https"
     profile: str | None = None
+
+    def deadline(self, size: int = 0) -> float:
+        """Seconds one whole fetch of ``size`` bytes may take, retries included.
+
+        ``timeout`` bounds each network operation, but a server that trickles
+        a byte now and then never trips it: the whole fetch gets ``timeout``
+        per try and one more (so a single stalled operation reports itself
+        first), plus ``timeout`` per MiB (at least 1 MiB per ``timeout``
+        seconds on average, 35 KB/s by default).
+        """
+        tries = self.retries + 1
+        return self.timeout * (tries + 1 + size / (1 << 20)) + BACKOFF_MAX * self.retries
 
     @property
     def scheme(self) -> str:
