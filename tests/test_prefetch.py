@@ -39,6 +39,7 @@ from tests.nixcache import (
 )
 from tests.test_plugin import STORE_SPEC
 from tvixmount.pathinfo.prefetch import ClosurePrefetcher
+from tvixmount.testing.mounts import mounted
 
 pytestmark = requires_nix
 requires_run = pytest.mark.skipif(
@@ -272,3 +273,17 @@ def test_run_over_a_grpc_store_prefetches_references(tmp_path: Path) -> None:
     assert done.stdout == "Hello, fixture!\n"
     lib_name, hello_name = (path.removeprefix("/nix/store/") for path in (lib, hello))
     assert f"prefetch: {lib_name} (a reference of {hello_name})" in done.stderr
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="mounting needs /dev/fuse")
+def test_a_mount_of_a_remote_store_prefetches_too(closure: Closure, tmp_path: Path) -> None:
+    with serve_directory(closure.dir) as served:
+        extra = ("--trusted-public-key", closure.key.public, "--cache-dir", tmp_path / "local")
+        with mounted(served.url, tmp_path / "mnt", *extra) as mount:
+            top = closure.paths["top"].removeprefix("/nix/store/")
+            assert (mount / top).read_text().startswith(closure.paths["top"][-12:])
+            deadline = time.monotonic() + 60
+            rest = [closure.narinfo(name) for name in ("mid", "t0", "t1", "t2")]
+            while not all(served.requests[n] for n in rest) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert [served.requests[n] for n in rest] == [1, 1, 1, 1]
