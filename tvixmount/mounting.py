@@ -10,10 +10,13 @@ process.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
 from collections.abc import Awaitable, Callable
 
 import trio
 
+from .errors import MountError, TvixmountError
 from .fs.mount import (
     Mounted,
     MountOptions,
@@ -25,6 +28,8 @@ from .fs.mount import (
 from .pathinfo.prefetch import DEFAULT_PARALLEL, ClosurePrefetcher, PrefetchStats
 from .pathinfo.root_nodes import PathInfoRootNodes
 from .stores import Store
+
+log = logging.getLogger(__name__)
 
 
 def _nothing() -> None:
@@ -87,3 +92,58 @@ def serve_store(
                 await store.aclose()
 
     trio.run(serve_then_close)
+
+
+def fork_server(serve: Callable[[Callable[[], None]], None], what: str) -> int:
+    """Fork a process running ``serve(ready)``; its pid once it called ``ready()``.
+
+    Fork *before* anything creates threads, gRPC channels or a trio loop (none
+    of them survive a fork): ``serve`` opens the store and mounts in the
+    child. The child reports over a pipe: ``ready()`` once the mount answers,
+    or the one line of the error that kept it from mounting, which is raised
+    here as :class:`MountError` (the child reaped). ``what`` names the
+    process in messages.
+    """
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_fd)
+        code = 1
+        try:
+            code = _serve_reporting(write_fd, serve, what)
+        finally:
+            logging.shutdown()
+            os._exit(code)
+    os.close(write_fd)
+    parts = []
+    try:
+        while chunk := os.read(read_fd, 4096):
+            parts.append(chunk)
+    finally:
+        os.close(read_fd)
+    report = b"".join(parts)
+    if report != b"ok":
+        os.waitpid(pid, 0)
+        raise MountError(report.decode(errors="replace") or f"{what} died before mounting")
+    return pid
+
+
+def _serve_reporting(report_fd: int, serve: Callable[[Callable[[], None]], None], what: str) -> int:
+    reported = False
+
+    def ready() -> None:
+        nonlocal reported
+        os.write(report_fd, b"ok")
+        os.close(report_fd)
+        reported = True
+
+    try:
+        serve(ready)
+    except Exception as exc:
+        if reported:
+            log.exception("%s failed", what)
+        else:
+            message = str(exc) if isinstance(exc, TvixmountError) else f"cannot mount: {exc}"
+            os.write(report_fd, message.encode())
+        return 1
+    return 0

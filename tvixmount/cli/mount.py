@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
-import logging.handlers
 import os
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..errors import MountError, TvixmountError
+from ..errors import MountError
 from .common import add_store_argument, open_store_from_args
 
 if TYPE_CHECKING:
@@ -116,11 +115,10 @@ def _serve_foreground(mountpoint: str, open_store: StoreOpener, options: MountOp
 
 # -- background mode ----------------------------------------------------------
 #
-# The serving process is forked *before* anything creates threads, gRPC channels
-# or a trio loop (none of them survive a fork). The child starts a new session,
-# leaves the caller's terminal, opens the store, mounts, and tells the parent over
-# a pipe once the mount answers (and its readahead is set); the parent then
-# returns, and the child serves until unmounted or signalled.
+# The serving process (mounting.fork_server) starts a new session, leaves the
+# caller's terminal, opens the store, mounts, and tells the parent once the mount
+# answers (and its readahead is set); the parent then returns, and the child
+# serves until unmounted or signalled.
 
 
 def _detach_stdio() -> None:
@@ -146,6 +144,8 @@ def _log_away_from_the_terminal() -> None:
 
     A ``--log-file`` handler stays as it is.
     """
+    import logging.handlers
+
     root = logging.getLogger()
     kept = [h for h in root.handlers if not _writes_to_terminal(h)]
     if len(kept) == len(root.handlers):
@@ -165,70 +165,23 @@ def _log_away_from_the_terminal() -> None:
     root.handlers[:] = [*kept, handler]
 
 
-def _background_child(
-    report_fd: int, mountpoint: str, open_store: StoreOpener, options: MountOptions
-) -> int:
-    from ..mounting import serve_store
-
-    os.setsid()
-    _detach_stdio()
-    _log_away_from_the_terminal()
-    reported = False
-
-    def ready() -> None:
-        nonlocal reported
-        log.info("serving %s (pid %d)", mountpoint, os.getpid())
-        os.write(report_fd, b"ok")
-        os.close(report_fd)
-        reported = True
-
-    try:
-        serve_store(open_store, mountpoint, options, ready)
-    except Exception as exc:
-        if reported:
-            log.exception("serving %s failed", mountpoint)
-        else:
-            message = (
-                str(exc)
-                if isinstance(exc, TvixmountError)
-                else f"cannot mount at {mountpoint}: {exc}"
-            )
-            os.write(report_fd, message.encode())
-        return 1
-    return 0
-
-
-def _read_report(fd: int) -> bytes:
-    parts = []
-    while chunk := os.read(fd, 4096):
-        parts.append(chunk)
-    return b"".join(parts)
-
-
 def _mount_background(mountpoint: str, open_store: StoreOpener, options: MountOptions) -> int:
     """Fork a serving process; return its pid once the mount answers."""
     from ..fs.mountpoint import statvfs_with_timeout
+    from ..mounting import fork_server, serve_store
 
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read_fd)
-        code = 1
-        try:
-            code = _background_child(write_fd, mountpoint, open_store, options)
-        finally:
-            logging.shutdown()
-            os._exit(code)
-    os.close(write_fd)
-    try:
-        report = _read_report(read_fd)
-    finally:
-        os.close(read_fd)
-    if report != b"ok":
-        os.waitpid(pid, 0)
-        raise MountError(
-            report.decode(errors="replace") or "the serving process died before mounting"
-        )
+    def serve(ready: Callable[[], None]) -> None:
+        os.setsid()
+        _detach_stdio()
+        _log_away_from_the_terminal()
+
+        def serving() -> None:
+            log.info("serving %s (pid %d)", mountpoint, os.getpid())
+            ready()
+
+        serve_store(open_store, mountpoint, options, serving)
+
+    pid = fork_server(serve, "the serving process")
     # The kernel holds requests until the server's loop runs; one statfs
     # answered proves the mount is live.
     probe = statvfs_with_timeout(mountpoint, _ANSWER_TIMEOUT)
