@@ -90,6 +90,30 @@ async def _read_range(blobs: BlobService, blob: B3Digest, offset: int, size: int
     return data
 
 
+async def _open_and_read(
+    blobs: BlobService, digest: B3Digest, length: int
+) -> tuple[BlobReader | None, bytes] | None:
+    """The first ``length`` bytes of a blob, and its reader if there is more (else closed).
+
+    ``None`` if the blob is absent.
+    """
+    reader = await blobs.open_read(digest)
+    if reader is None:
+        return None
+    try:
+        wanted = min(length, reader.size)
+        data = bytes(await reader.pread(0, wanted))
+        if len(data) != wanted:
+            raise StoreError(f"blob {digest}: short read at offset 0")
+    except BaseException:
+        await reader.aclose()
+        raise
+    if reader.size <= length:
+        await reader.aclose()
+        return None, data
+    return reader, data
+
+
 def _abort(context: Any, exc: Exception) -> NoReturn:
     if isinstance(exc, TvixmountError):
         code, message = status_of(exc)
@@ -241,9 +265,17 @@ class BlobServicer(blob_grpc.BlobServiceServicer):  # type: ignore[misc]
                 raise NotFoundError(f"blob {located[0]} (holding chunk {digest}) not found")
             yield blob_pb.BlobChunk(data=data)
             return
-        reader = self._open(digest)
+        # Most blobs fit one message: one trip to the loop opens, reads and closes.
+        opened = self._loop.run(_open_and_read, self._blobs, digest, READ_MESSAGE_BYTES)
+        if opened is None:
+            raise NotFoundError(f"blob {digest} not found")
+        reader, first = opened
+        if reader is None:
+            yield blob_pb.BlobChunk(data=first)
+            return
         try:
-            for offset in range(0, reader.size, READ_MESSAGE_BYTES):
+            yield blob_pb.BlobChunk(data=first)
+            for offset in range(READ_MESSAGE_BYTES, reader.size, READ_MESSAGE_BYTES):
                 yield blob_pb.BlobChunk(
                     data=self._read_exactly(reader, offset, READ_MESSAGE_BYTES, digest)
                 )
