@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import signal
 import subprocess
@@ -317,3 +318,28 @@ def test_copy_into_a_grpc_store_and_from_it_to_a_cache(source: NixCache, tmp_pat
     assert source.key is not None
     read = nix_reads(f"file://{dest}", tmp_path / "chroot", [referrer], source.key.public)
     assert read.returncode == 0, read.stderr
+
+
+def test_memory_stays_flat_whatever_the_nar_size(tmp_path: Path):
+    tree = tmp_path / "big"
+    tree.mkdir()
+    size = 384 << 20
+    with (tree / "random").open("wb") as handle:
+        for _ in range(size >> 24):
+            handle.write(secrets.token_bytes(1 << 24))
+    store = tmp_path / "store"
+    imported = run_tvixmount("import", tree, "--store", store, timeout=300)
+    assert imported.returncode == 0, imported.stderr
+    (tree / "random").unlink()
+    process = subprocess.Popen(
+        tvixmount_command(
+            "copy", "--from", store, "--to", f"file://{tmp_path}/dest?compression=zstd",
+            imported.stdout.strip(),
+        ),
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    assert process.returncode == 0
+    peak = usage.ru_maxrss << 10
+    assert peak < size // 3, f"peak RSS {peak >> 20} MiB for a {size >> 20} MiB NAR"
