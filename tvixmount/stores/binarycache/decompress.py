@@ -206,4 +206,21 @@ async def decompressed(
         raise consumer_error
 
 
-__all__ = ["CONTENT_CODINGS", "READ_SIZE", "decompressed"]
+@asynccontextmanager
+async def content_decoded(
+    chunks: AsyncIterator[bytes], content_encoding: str | None, where: str
+) -> AsyncIterator[AsyncIterator[bytes]]:
+    """A response body decoded as its ``Content-Encoding`` header says (``None``: identity).
+
+    Transports use this rather than their client's transparent decoding, which
+    expands a whole received chunk at once.
+    """
+    encoding = (content_encoding or "identity").strip().lower()
+    coding = CONTENT_CODINGS.get(encoding)
+    if coding is None:
+        raise StoreError(f"{where}: unsupported Content-Encoding {encoding!r}")
+    async with decompressed(chunks, coding, where) as decoded:
+        yield decoded
+
+
+__all__ = ["CONTENT_CODINGS", "READ_SIZE", "content_decoded", "decompressed"]

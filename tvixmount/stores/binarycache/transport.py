@@ -21,7 +21,7 @@ import httpx
 import trio
 
 from ...errors import IntegrityError, StoreError, StoreURLError
-from .decompress import CONTENT_CODINGS, READ_SIZE, decompressed
+from .decompress import READ_SIZE, content_decoded
 from .threads import run_remote
 from .url import BACKOFF_MAX, CacheURL
 
@@ -47,8 +47,9 @@ class Transport(Protocol):
       an async iterator of chunks of at most :data:`~.decompress.READ_SIZE`
       bytes, or ``None`` when the key is absent. The bytes are the stored
       object's own: a transport that receives them encoded (HTTP
-      ``Content-Encoding``) decodes them with :func:`~.decompress.decompressed`,
-      which never expands more than one chunk at a time. Leaving the
+      ``Content-Encoding``) decodes them with
+      :func:`~.decompress.content_decoded`, which never expands more than one
+      chunk at a time. Leaving the
       context releases the connection; the caller may stop reading early.
     - ``exists(key)``: whether the key is present, without its bytes.
     - Absent means absent (404/410/403, no such file); anything else that
@@ -246,12 +247,9 @@ class HttpTransport:
             yield None
             return
         url = self._url(key)
+        encoding = response.headers.get("Content-Encoding")
         try:
-            encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
-            coding = CONTENT_CODINGS.get(encoding)
-            if coding is None:
-                raise StoreError(f"{url}: unsupported Content-Encoding {encoding!r}")
-            async with decompressed(self._raw(response, url), coding, url) as chunks:
+            async with content_decoded(self._raw(response, url), encoding, url) as chunks:
                 yield chunks
         finally:
             await response.aclose()
