@@ -7,14 +7,14 @@ each object appears whole (a rename on a file system, one PUT on S3), so a
 reader never finds a narinfo whose NAR is missing or half-written, whenever
 the writer stops.
 
-A NAR is streamed: the trio side produces and hashes it and hands it to
-an encoder that writes the compressed bytes, hashed as they go, into a
-spool file, so memory stays flat whatever the NAR's size. Compression
-runs beside the NAR's production, on both cores: zstd in libzstd's worker
-threads; xz as ``xz -T2`` with 4 MiB blocks (a 52 MB NAR: 26.7 s with one
-thread, as Nix compresses, 10.6 s so, for 4% more bytes; Python's lzma has
-no threaded encoder); bzip2 as the ``bzip2`` program. Without those
-programs, Python's lzma and bz2 compress inline.
+A NAR is streamed: the trio side produces it and a worker thread hashes
+and compresses it, batch by batch, into a spool file whose bytes are hashed
+as they are written, so memory stays flat whatever the NAR's size.
+Compression runs beside the NAR's production, on both cores: zstd in
+libzstd's worker threads; xz as ``xz -T2`` with 4 MiB blocks (a 52 MB NAR:
+26.7 s with one thread, as Nix compresses, 10.6 s so, for 4% more bytes;
+Python's lzma has no threaded encoder); bzip2 as the ``bzip2`` program.
+Without those programs, Python's lzma and bz2 compress in the worker.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import fcntl
 import hashlib
 import lzma
 import os
+import queue
 import shutil
 import subprocess
 import tempfile
@@ -64,6 +65,7 @@ _PROGRAMS = {
 # flight (RSS 231 MB copying a 96 MB NAR), 2 MiB jobs hold 64 MB for 0.4% more bytes.
 _ZSTD = zstandard.ZstdCompressionParameters.from_level(3, threads=-1, job_size=2 << 20)
 _COPY_SIZE = 1 << 20
+_BATCH = 4 << 20  # NAR bytes per hand-over to the compressing thread
 _PIPE_SIZE = 1 << 20  # the NAR pipe's buffer: fewer wake-ups between the two sides
 
 Progress = Callable[[int], None]
@@ -163,26 +165,16 @@ class FileSink:
 class _HashingWriter:
     """The spool file, hashed and counted as the compressor writes it."""
 
-    def __init__(self, handle: BinaryIO) -> None:
+    def __init__(self, handle: BinaryIO, hashed: bool = True) -> None:
         self._handle = handle
-        self.sha256 = hashlib.sha256()
+        self.sha256 = hashlib.sha256() if hashed else None
         self.size = 0
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: bytes) -> None:
         self._handle.write(data)
-        self.sha256.update(data)
+        if self.sha256 is not None:
+            self.sha256.update(data)
         self.size += len(data)
-        return len(data)
-
-
-class _Encoder(Protocol):
-    async def write(self, data: bytes) -> None: ...
-
-    async def finish(self) -> None:
-        """Everything written so far reaches the spool file."""
-        ...
-
-    def abort(self) -> None: ...
 
 
 class _Compressobj(Protocol):
@@ -191,8 +183,22 @@ class _Compressobj(Protocol):
     def flush(self) -> bytes: ...
 
 
-class _InlineEncoder:
-    """Compression called on the trio side: none, and zstd (whose own worker threads compress)."""
+class _Encoder(Protocol):
+    """Compresses into the spool file; called from one worker thread at a time."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def finish(self) -> None:
+        """Everything written so far reaches the spool file."""
+        ...
+
+    def abort(self) -> None:
+        """Stop at once (from any thread); the spool file is then garbage."""
+        ...
+
+
+class _LibraryEncoder:
+    """None, zstd (libzstd's own worker threads compress), and Python's lzma/bz2 as fallbacks."""
 
     def __init__(self, compression: str, out: _HashingWriter) -> None:
         self._out = out
@@ -204,10 +210,10 @@ class _InlineEncoder:
         elif compression == "bzip2":
             self._encoder = bz2.BZ2Compressor(9)
 
-    async def write(self, data: bytes) -> None:
+    def write(self, data: bytes) -> None:
         self._out.write(data if self._encoder is None else self._encoder.compress(data))
 
-    async def finish(self) -> None:
+    def finish(self) -> None:
         if self._encoder is not None:
             self._out.write(self._encoder.flush())
 
@@ -216,28 +222,17 @@ class _InlineEncoder:
 
 
 class _ProcessEncoder:
-    """A compressor program (xz, bzip2) on the other core, fed through a pipe.
-
-    A thread copies its output into the spool file. A program rather than a
-    thread of this process: the two sides then never wait for each other's
-    GIL (with a worker thread reading the NAR from a pipe, ``none`` alone
-    took 1.5 s for a 52 MB NAR that streams in 0.9 s).
-    """
+    """A compressor program (xz, bzip2) fed through a pipe; a thread copies its output."""
 
     def __init__(self, argv: Sequence[str], out: _HashingWriter) -> None:
         self._name = argv[0]
         self._process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        assert self._process.stdin is not None and self._process.stdout is not None
-        stdin = self._process.stdin.fileno()
+        assert self._process.stdin is not None
         with contextlib.suppress(OSError):  # a smaller pipe only costs wake-ups
-            fcntl.fcntl(stdin, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
-        self._stdin = trio.lowlevel.FdStream(os.dup(stdin))
-        self._process.stdin.close()
+            fcntl.fcntl(self._process.stdin.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
         self._out = out
         self._error: BaseException | None = None
-        self._thread = threading.Thread(
-            target=self._drain, name=f"{self._name} output", daemon=True
-        )
+        self._thread = threading.Thread(target=self._drain, name=argv[0], daemon=True)
         self._thread.start()
 
     def _drain(self) -> None:
@@ -251,21 +246,22 @@ class _ProcessEncoder:
             self._error = exc
             self._process.kill()  # its writer must not wait on a full pipe
 
-    async def write(self, data: bytes) -> None:
+    def write(self, data: bytes) -> None:
+        assert self._process.stdin is not None
         try:
-            await self._stdin.send_all(data)
-        except trio.BrokenResourceError:
-            await self._stdin.aclose()
-            await self._wait()  # says why it stopped reading
+            self._process.stdin.write(data)
+        except BrokenPipeError:
+            self._wait()  # says why it stopped reading
             raise StoreError(f"{self._name} stopped reading its input") from None
 
-    async def finish(self) -> None:
-        await self._stdin.aclose()
-        await self._wait()
+    def finish(self) -> None:
+        assert self._process.stdin is not None
+        self._process.stdin.close()
+        self._wait()
 
-    async def _wait(self) -> None:
-        await trio.to_thread.run_sync(self._thread.join, abandon_on_cancel=True)
-        status = await trio.to_thread.run_sync(self._process.wait, abandon_on_cancel=True)
+    def _wait(self) -> None:
+        self._thread.join()
+        status = self._process.wait()
         if self._error is not None:
             raise StoreError(f"writing the {self._name} output: {self._error}") from self._error
         if status != 0:
@@ -276,15 +272,13 @@ class _ProcessEncoder:
             self._process.kill()
         self._thread.join()
         self._process.wait()
-        with contextlib.suppress(OSError):
-            os.close(self._stdin.fileno())
 
 
 def _encoder(compression: str, out: _HashingWriter) -> _Encoder:
     program = _PROGRAMS.get(compression)
     if program is not None and shutil.which(program[0]) is not None:
         return _ProcessEncoder(program, out)
-    return _InlineEncoder(compression, out)
+    return _LibraryEncoder(compression, out)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -298,34 +292,101 @@ class Spooled:
     file_size: int
 
 
+class _Spooler:
+    """A worker thread that hashes the NAR and compresses it into the spool file, by batches."""
+
+    def __init__(self, compression: str, handle: BinaryIO) -> None:
+        # An uncompressed NAR's file hash is its NAR hash: one SHA-256 pass, not two.
+        self._out = _HashingWriter(handle, hashed=compression != "none")
+        self._encoder = _encoder(compression, self._out)
+        self._nar_sha256 = hashlib.sha256()
+        self._nar_size = 0
+        self._error: BaseException | None = None
+        self._token = trio.lowlevel.current_trio_token()
+        self._queue: queue.SimpleQueue[tuple[list[bytes], trio.Event] | None] = queue.SimpleQueue()
+        self._pending: trio.Event | None = None
+        self._thread = threading.Thread(target=self._run, name="spool", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (work := self._queue.get()) is not None:
+            batch, done = work
+            if self._error is None:
+                try:
+                    for chunk in batch:
+                        self._nar_sha256.update(chunk)
+                        self._nar_size += len(chunk)
+                        self._encoder.write(chunk)
+                except BaseException as exc:
+                    self._error = exc
+            with contextlib.suppress(trio.RunFinishedError):  # the run ended: nobody waits
+                self._token.run_sync_soon(done.set)
+
+    async def _settle(self) -> None:
+        if self._pending is not None:
+            await self._pending.wait()
+            self._pending = None
+        if self._error is not None:
+            raise self._error
+
+    async def feed(self, batch: list[bytes]) -> None:
+        """Hand a batch over once the previous one is done (one in the works at a time)."""
+        await self._settle()
+        self._pending = trio.Event()
+        self._queue.put((batch, self._pending))
+
+    async def finish(self, path: Path) -> Spooled:
+        await self._settle()
+        self._queue.put(None)
+        await trio.to_thread.run_sync(self._thread.join)
+        await trio.to_thread.run_sync(self._encoder.finish, abandon_on_cancel=True)
+        nar_sha256 = self._nar_sha256.digest()
+        file_sha256 = self._out.sha256.digest() if self._out.sha256 is not None else nar_sha256
+        return Spooled(path, nar_sha256, self._nar_size, file_sha256, self._out.size)
+
+    def abort(self) -> None:
+        """Stop the encoder and the thread; then nothing writes to the spool file."""
+        self._encoder.abort()
+        self._queue.put(None)
+        self._thread.join()
+
+
 async def spool_nar(
     nar: AsyncIterable[bytes], compression: str, spool_dir: Path, progress: Progress
 ) -> Spooled:
-    """Compress the NAR stream into a new file in ``spool_dir`` (removed again on any failure)."""
+    """Compress the NAR stream into a new file in ``spool_dir`` (removed again on any failure).
+
+    The trio side gathers the NAR into batches of :data:`_BATCH` bytes and
+    the worker hashes and compresses one batch while the next is produced:
+    SHA-256, libzstd and file writes release the GIL, so the two overlap on
+    two cores, at one thread hand-over per batch.
+    """
     fd, name = tempfile.mkstemp(prefix=".tmp-", suffix=".nar", dir=spool_dir)
     spool = Path(name)
     done = False
     try:
         with open(fd, "wb") as handle:
-            out = _HashingWriter(handle)
-            encoder = _encoder(compression, out)
+            spooler = _Spooler(compression, handle)
             try:
-                nar_sha256 = hashlib.sha256()
-                nar_size = 0
+                batch: list[bytes] = []
+                size = 0
                 async for chunk in nar:
-                    nar_sha256.update(chunk)
-                    nar_size += len(chunk)
-                    await encoder.write(chunk)
+                    batch.append(chunk)
+                    size += len(chunk)
                     progress(len(chunk))
-                await encoder.finish()
+                    if size >= _BATCH:
+                        await spooler.feed(batch)
+                        batch, size = [], 0
+                await spooler.feed(batch)
+                spooled = await spooler.finish(spool)
                 done = True
             finally:
                 if not done:
-                    encoder.abort()
+                    spooler.abort()
     finally:
         if not done:
             spool.unlink(missing_ok=True)
-    return Spooled(spool, nar_sha256.digest(), nar_size, out.sha256.digest(), out.size)
+    return spooled
 
 
 # -- the writer -----------------------------------------------------------------------------
