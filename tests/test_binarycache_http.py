@@ -23,9 +23,10 @@ from tests.nixcache import (
     requires_nix,
     serve_directory,
 )
-from tvixmount.errors import StoreError
+from tvixmount.errors import IntegrityError, StoreError
 from tvixmount.stores import StoreOptions, open_store
-from tvixmount.stores.binarycache.url import BEARER_TOKEN_ENV
+from tvixmount.stores.binarycache.transport import fetch, open_transport
+from tvixmount.stores.binarycache.url import BEARER_TOKEN_ENV, CacheURL
 
 pytestmark = requires_nix
 
@@ -200,3 +201,49 @@ async def test_cached_path_is_served_without_any_request(cache: NixCache, tmp_pa
             await assert_served_as_nix_wrote(store, cache, path)
         # Opening asks for nix-cache-info; the path itself costs no request.
         assert served.requests - before == Counter({"nix-cache-info": 1})
+
+
+async def test_netrc_file_from_nix_conf_is_used(
+    cache: NixCache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    netrc = tmp_path / "nix-netrc"
+    netrc.write_text("machine 127.0.0.1 login bob password builder\n")
+    netrc.chmod(0o600)
+    conf_dir = tmp_path / "etc-nix"
+    conf_dir.mkdir()
+    (conf_dir / "nix.conf").write_text(f"netrc-file = {netrc}\nrequire-sigs = false\n")
+    monkeypatch.setenv("NIX_CONF_DIR", str(conf_dir))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "none"))
+    monkeypatch.setenv("XDG_CONFIG_DIRS", str(tmp_path / "none"))
+    monkeypatch.delenv("NIX_CONFIG", raising=False)
+    monkeypatch.delenv("NETRC", raising=False)
+    monkeypatch.delenv(BEARER_TOKEN_ENV, raising=False)
+    with serve_directory(cache.dir) as served:
+        store = open_store(served.url, StoreOptions(cache_dir=tmp_path / "local"))
+        try:
+            await assert_served_as_nix_wrote(store, cache, cache.paths[0])
+        finally:
+            await store.aclose()
+    expected = "Basic " + base64.b64encode(b"bob:builder").decode()
+    assert all(headers["Authorization"] == expected for headers in served.headers)
+
+
+@pytest.mark.parametrize("over_http", [False, True])
+async def test_transport_tells_present_from_absent_keys(
+    cache: NixCache, tmp_path: Path, over_http: bool
+):
+    path = cache.paths[0]
+    with serve_directory(cache.dir) as served:
+        url = served.url if over_http else cache.url
+        transport = open_transport(CacheURL.parse(url))
+        try:
+            assert await transport.exists("nix-cache-info")
+            assert await transport.exists(narinfo_name(path))
+            assert not await transport.exists(narinfo_name(ABSENT))
+            assert await fetch(transport, narinfo_name(path), 1 << 20) == (
+                cache.narinfo_file(path).read_bytes()
+            )
+            with pytest.raises(IntegrityError, match="larger than 10 bytes"):
+                await fetch(transport, narinfo_name(path), 10)
+        finally:
+            await transport.aclose()

@@ -344,13 +344,7 @@ def _trust_policy(cache: CacheURL, options: StoreOptions) -> tuple[TrustPolicy, 
             else f"require-sigs = false in {config.require_sigs_source}"
         )
     keys = parse_public_keys([*texts, *cache.trusted_public_keys])
-    if not require:
-        log.warning(
-            "%s: signatures are not required (%s): serving paths whose signatures are not checked",
-            cache.base,
-            off_by,
-        )
-    return TrustPolicy(keys, require), netrc_file
+    return TrustPolicy(keys, require, off_by), netrc_file
 
 
 def open_binary_cache(url: str, options: StoreOptions) -> Store:
@@ -363,6 +357,12 @@ def open_binary_cache(url: str, options: StoreOptions) -> Store:
     cache = CacheURL.parse(url)
     policy, netrc_file = _trust_policy(cache, options)
     _check_now(cache, netrc_file)
+    if not policy.require_sigs:
+        log.warning(
+            "%s: signatures are not required (%s): serving paths whose signatures are not checked",
+            cache.base,
+            policy.off_by,
+        )
     blobs, directories, local, db = open_local(
         options.cache_dir or default_cache_dir(cache), create=True
     )

@@ -29,6 +29,7 @@ _READ = 1 << 20
 class TrustPolicy:
     keys: tuple[PublicKey, ...]
     require_sigs: bool = True
+    off_by: str = ""  # what turned require-sigs off, for the warning
     # (root node name, NarInfo) pairs already found trusted: all the check reads, so each
     # cached path costs one ed25519 verify (or CA hash) per service.
     _trusted: set[tuple[bytes, NarInfo]] = field(default_factory=set, repr=False)
