@@ -79,7 +79,7 @@ class ClosurePrefetcher:
         self._seen: set[bytes] = set()  # every digest asked for, by a lookup or a prefetch
         self._flights: dict[bytes, _Flight] = {}
         self._ready: dict[bytes, PathInfo] = {}  # prefetched, not yet looked up
-        self._busy_since = 0.0
+        self._busy_since = (0.0, 0, 0)  # when prefetches last started, finished and failed then
         self.stats = PrefetchStats()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -158,11 +158,12 @@ class ClosurePrefetcher:
                 stats.scheduled,
             )
         if not stats.busy:
+            since, finished, failed = self._busy_since
             log.info(
                 "prefetched %d paths (%d failed) in %.2fs",
-                stats.finished,
-                stats.failed,
-                time.monotonic() - self._busy_since,
+                stats.finished - finished,
+                stats.failed - failed,
+                time.monotonic() - since,
             )
 
     def _schedule_references(self, info: PathInfo) -> None:
@@ -173,7 +174,7 @@ class ClosurePrefetcher:
             self._seen.add(digest)
             flight = self._flights[digest] = _Flight(reference)
             if not self.stats.busy:
-                self._busy_since = time.monotonic()
+                self._busy_since = (time.monotonic(), self.stats.finished, self.stats.failed)
             self.stats.scheduled += 1
             log.debug("prefetch: %s (a reference of %s)", reference, info.store_path)
             assert self._nursery is not None
