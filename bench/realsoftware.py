@@ -278,16 +278,18 @@ def measure(
     results: dict[str, dict[str, dict[str, list[float]]]] = {
         w: {s: {"cold": [], "warm": []} for s in SETUPS} for w in WORKLOADS
     }
-    for setup in SETUPS:
-        for workload in WORKLOADS:
-            for _ in range(RUNS):
+    # Setups take turns within each run: on a shared machine, load that comes
+    # and goes then weighs on every setup alike instead of on whichever ran then.
+    for workload in WORKLOADS:
+        for _ in range(RUNS):
+            for setup in SETUPS:
                 with _mounted(setup, store, native, image, mnt) as root:
                     peers.drop_caches()
                     cold = _timed(workload, root, names)
                     warm = _timed(workload, root, names)
                 results[workload][setup]["cold"].append(cold)
                 results[workload][setup]["warm"].append(warm)
-            print(f"  {setup:<10} {workload:<8} done", file=sys.stderr)
+        print(f"  {workload:<8} done", file=sys.stderr)
     return results
 
 
