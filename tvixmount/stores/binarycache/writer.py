@@ -295,7 +295,8 @@ class Spooled:
 class _Spooler:
     """A worker thread that hashes the NAR and compresses it into the spool file, by batches."""
 
-    def __init__(self, compression: str, handle: BinaryIO) -> None:
+    def __init__(self, compression: str, handle: BinaryIO, progress: Progress) -> None:
+        self._progress = progress
         # An uncompressed NAR's file hash is its NAR hash: one SHA-256 pass, not two.
         self._out = _HashingWriter(handle, hashed=compression != "none")
         self._encoder = _encoder(compression, self._out)
@@ -305,6 +306,7 @@ class _Spooler:
         self._token = trio.lowlevel.current_trio_token()
         self._queue: queue.SimpleQueue[tuple[list[bytes], trio.Event] | None] = queue.SimpleQueue()
         self._pending: trio.Event | None = None
+        self._pending_size = 0
         self._thread = threading.Thread(target=self._run, name="spool", daemon=True)
         self._thread.start()
 
@@ -328,11 +330,15 @@ class _Spooler:
             self._pending = None
         if self._error is not None:
             raise self._error
+        # Progress is what the compressor took, not what was produced ahead of it.
+        self._progress(self._pending_size)
+        self._pending_size = 0
 
-    async def feed(self, batch: list[bytes]) -> None:
+    async def feed(self, batch: list[bytes], size: int) -> None:
         """Hand a batch over once the previous one is done (one in the works at a time)."""
         await self._settle()
         self._pending = trio.Event()
+        self._pending_size = size
         self._queue.put((batch, self._pending))
 
     async def finish(self, path: Path) -> Spooled:
@@ -366,18 +372,17 @@ async def spool_nar(
     done = False
     try:
         with open(fd, "wb") as handle:
-            spooler = _Spooler(compression, handle)
+            spooler = _Spooler(compression, handle, progress)
             try:
                 batch: list[bytes] = []
                 size = 0
                 async for chunk in nar:
                     batch.append(chunk)
                     size += len(chunk)
-                    progress(len(chunk))
                     if size >= _BATCH:
-                        await spooler.feed(batch)
+                        await spooler.feed(batch, size)
                         batch, size = [], 0
-                await spooler.feed(batch)
+                await spooler.feed(batch, size)
                 spooled = await spooler.finish(spool)
                 done = True
             finally:
