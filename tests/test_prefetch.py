@@ -287,3 +287,26 @@ def test_a_mount_of_a_remote_store_prefetches_too(closure: Closure, tmp_path: Pa
             while not all(served.requests[n] for n in rest) and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert [served.requests[n] for n in rest] == [1, 1, 1, 1]
+
+
+@requires_run
+def test_run_prefetches_the_paths_its_command_names_before_any_lookup(
+    closure: Closure, tmp_path: Path
+) -> None:
+    with serve_directory(closure.dir) as served:
+        argv = closure.run(served.url, tmp_path / "local", "read line")
+        environment = {**os.environ, "input": closure.paths["mid"]}
+        process = subprocess.Popen(argv, stdin=subprocess.PIPE, env=environment)
+        try:
+            # The command only waits on its stdin: mid and t0 come by the hint alone.
+            deadline = time.monotonic() + 60
+            wanted = [closure.narinfo("mid"), closure.narinfo("t0")]
+            while not all(served.requests[n] for n in wanted) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert [served.requests[n] for n in wanted] == [1, 1]
+            assert served.requests[closure.narinfo("top")] == 0
+        finally:
+            assert process.stdin is not None
+            process.stdin.write(b"\n")
+            process.stdin.close()
+            assert process.wait(timeout=60) == 0

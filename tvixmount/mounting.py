@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
@@ -27,6 +27,7 @@ from .fs.mount import (
 )
 from .pathinfo.prefetch import DEFAULT_PARALLEL, ClosurePrefetcher, PrefetchStats
 from .pathinfo.root_nodes import PathInfoRootNodes
+from .storepath import StorePath
 from .stores import Store
 
 log = logging.getLogger(__name__)
@@ -57,18 +58,19 @@ def serve_store(
     stopping: Callable[[], None] = _nothing,
     prefetch: int = DEFAULT_PARALLEL,
     progress: Callable[[PrefetchStats], Awaitable[None]] | None = None,
+    hints: Sequence[StorePath] = (),
 ) -> None:
     """Open the store, mount it, serve until unmounted or signalled, close the store.
 
     A remote store gets closure prefetch in front of its PathInfos, ``prefetch``
-    paths at a time (0: none), shown by ``progress`` if given; the prefetches
-    live as long as the mount. Errors before ``ready()`` is called mean nothing
-    was mounted.
+    paths at a time (0: none), shown by ``progress`` if given, the closures of
+    ``hints`` from the start; the prefetches live as long as the mount. Errors
+    before ``ready()`` is called mean nothing was mounted.
     """
     store = open_store()
     prefetcher = None
     if prefetch and not store.inline:
-        prefetcher = ClosurePrefetcher(store.pathinfos, prefetch)
+        prefetcher = ClosurePrefetcher(store.pathinfos, prefetch, hints)
         store = dataclasses.replace(store, pathinfos=prefetcher)
     hold_stop_signals()
     try:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
 import trio
@@ -69,11 +69,19 @@ class _Flight:
 class ClosurePrefetcher:
     """A PathInfoService that prefetches the references of every path looked up."""
 
-    def __init__(self, inner: PathInfoService, parallel: int = DEFAULT_PARALLEL) -> None:
+    def __init__(
+        self,
+        inner: PathInfoService,
+        parallel: int = DEFAULT_PARALLEL,
+        hints: Iterable[StorePath] = (),
+    ) -> None:
+        """``hints``: paths known to be wanted soon (a command's arguments); their closures
+        are prefetched as soon as :meth:`run` starts, before any lookup."""
         if parallel < 1:
             raise ValueError("a prefetcher needs at least one fetch at a time")
         self._inner = inner
         self._parallel = parallel
+        self._hints = tuple(hints)
         self._nursery: trio.Nursery | None = None
         self._limiter: trio.CapacityLimiter | None = None
         self._seen: set[bytes] = set()  # every digest asked for, by a lookup or a prefetch
@@ -88,6 +96,7 @@ class ClosurePrefetcher:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                self._schedule(self._hints, "named by the command")
                 task_status.started()
                 await trio.sleep_forever()
         finally:
@@ -141,7 +150,8 @@ class ClosurePrefetcher:
         if flight.result is not None:
             if not flight.taken:
                 self._ready[digest] = flight.result
-            self._schedule_references(flight.result)
+            info = flight.result
+            self._schedule(info.reference_paths, f"a reference of {info.store_path}")
 
     def _count(self, flight: _Flight, seconds: float) -> None:
         stats = self.stats
@@ -166,8 +176,8 @@ class ClosurePrefetcher:
                 time.monotonic() - since,
             )
 
-    def _schedule_references(self, info: PathInfo) -> None:
-        for reference in info.reference_paths:
+    def _schedule(self, store_paths: Iterable[StorePath], why: str) -> None:
+        for reference in store_paths:
             digest = reference.digest
             if digest in self._seen:
                 continue
@@ -176,7 +186,7 @@ class ClosurePrefetcher:
             if not self.stats.busy:
                 self._busy_since = (time.monotonic(), self.stats.finished, self.stats.failed)
             self.stats.scheduled += 1
-            log.debug("prefetch: %s (a reference of %s)", reference, info.store_path)
+            log.debug("prefetch: %s (%s)", reference, why)
             assert self._nursery is not None
             self._nursery.start_soon(self._prefetch, digest, flight)
 

@@ -23,23 +23,24 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import MountError, TvixmountError
+from ..errors import MountError, StorePathError, TvixmountError
 from ..fs.mount import MountOptions
 from ..pathinfo.prefetch import DEFAULT_PARALLEL
-from ..storepath import STORE_DIR
+from ..storepath import STORE_DIR, StorePath
 from ..stores import Store
 from . import daemon, namespace
 from .supervise import exit_status, supervise
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RunOptions", "check_can_run", "exit_status", "run"]
+__all__ = ["RunOptions", "check_can_run", "exit_status", "named_store_paths", "run"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,25 @@ class RunOptions:
     upper: Path | None = None  # None: a temporary upper directory, gone afterwards
     prefetch: int = DEFAULT_PARALLEL  # closure prefetches at a time; 0: none
     progress: bool = True  # a progress bar when stderr is a terminal
+
+
+_MENTION = re.compile(rf"{STORE_DIR}/([0-9a-z]{{32}}-[A-Za-z0-9+\-_?=.]+)")
+
+
+def named_store_paths(argv: Sequence[str], environment: dict[str, str]) -> list[StorePath]:
+    """The store paths a command's arguments and environment name (a builder's inputs).
+
+    The server prefetches their closures from the start instead of waiting
+    for the command to look each one up.
+    """
+    found: dict[StorePath, None] = {}
+    for text in (*argv, *environment.values()):
+        for match in _MENTION.finditer(text):
+            try:
+                found[StorePath.from_basename(match.group(1))] = None
+            except StorePathError:
+                continue
+    return list(found)
 
 
 def check_can_run() -> None:
@@ -123,7 +143,12 @@ def _in_namespace(
             os.mkdir(upper, 0o755)
             os.mkdir(work)
         server = daemon.start(
-            lower, open_store, MountOptions(list_root=True), options.prefetch, options.progress
+            lower,
+            open_store,
+            MountOptions(list_root=True),
+            options.prefetch,
+            options.progress,
+            named_store_paths(argv, dict(os.environ)),
         )
 
         reported = False

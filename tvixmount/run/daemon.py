@@ -15,11 +15,12 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ..errors import MountError, TvixmountError
+from ..errors import MountError
 from ..fs.mount import MountOptions
+from ..storepath import StorePath
 from ..stores import Store
 from .namespace import die_with_parent
 
@@ -56,85 +57,40 @@ class Daemon:
             time.sleep(0.01)
 
 
-def _read_report(fd: int) -> bytes:
-    parts = []
-    while chunk := os.read(fd, 4096):
-        parts.append(chunk)
-    return b"".join(parts)
-
-
 def start(
     mountpoint: str,
     open_store: Callable[[], Store],
     options: MountOptions,
     prefetch: int,
     progress: bool,
+    hints: Sequence[StorePath],
 ) -> Daemon:
-    """Fork the server; return once its mount at ``mountpoint`` answers."""
+    """Fork the server; return once its mount at ``mountpoint`` answers.
+
+    ``hints``: store paths the command names, prefetched from the start.
+    """
+    from ..mounting import fork_server, serve_store
+
     parent = os.getpid()
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read_fd)
-        code = 1
-        try:
-            code = _serve(parent, write_fd, mountpoint, open_store, options, prefetch, progress)
-        finally:
-            logging.shutdown()
-            os._exit(code)
-    os.close(write_fd)
-    try:
-        report = _read_report(read_fd)
-    finally:
-        os.close(read_fd)
-    daemon = Daemon(pid)
-    if report != b"ok":
-        daemon.stop()
-        raise MountError(report.decode(errors="replace") or "the store's server died")
-    return daemon
 
+    def serve(ready: Callable[[], None]) -> None:
+        die_with_parent(signal.SIGTERM)
+        if os.getppid() != parent:
+            raise MountError("tvixmount run exited before its store was mounted")
+        os.setsid()
+        # Not the command's stdin and stdout: a reader waiting for their end must
+        # not wait for this process.
+        devnull = os.open(os.devnull, os.O_RDWR)
+        os.dup2(devnull, 0)
+        os.dup2(devnull, 1)
+        os.close(devnull)
+        show = None
+        if progress and sys.stderr.isatty():
+            from .progress import show_progress  # rich: only for a terminal
 
-def _serve(
-    parent: int,
-    report_fd: int,
-    mountpoint: str,
-    open_store: Callable[[], Store],
-    options: MountOptions,
-    prefetch: int,
-    progress: bool,
-) -> int:
-    from ..mounting import serve_store
+            show = show_progress
+        serve_store(
+            open_store, mountpoint, options, ready, prefetch=prefetch, progress=show, hints=hints
+        )
 
-    die_with_parent(signal.SIGTERM)
-    if os.getppid() != parent:
-        return 1
-    os.setsid()
-    # Not the command's stdin and stdout: a reader waiting for their end must not
-    # wait for this process.
-    devnull = os.open(os.devnull, os.O_RDWR)
-    os.dup2(devnull, 0)
-    os.dup2(devnull, 1)
-    os.close(devnull)
-    reported = False
-
-    def ready() -> None:
-        nonlocal reported
-        os.write(report_fd, b"ok")
-        os.close(report_fd)
-        reported = True
-
-    show = None
-    if progress and sys.stderr.isatty():
-        from .progress import show_progress  # rich: only for a terminal
-
-        show = show_progress
-    try:
-        serve_store(open_store, mountpoint, options, ready, prefetch=prefetch, progress=show)
-    except Exception as exc:
-        if reported:
-            log.exception("serving %s failed", mountpoint)
-        else:
-            message = str(exc) if isinstance(exc, TvixmountError) else f"cannot mount: {exc!r}"
-            os.write(report_fd, message.encode())
-        return 1
-    return 0
+    return Daemon(fork_server(serve, "the store's server"))
