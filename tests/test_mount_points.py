@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -237,3 +238,31 @@ def test_a_store_paths_executable_runs_from_a_nix_store_mounted_over_the_hosts(
     _passed(result)
     assert result.stdout.splitlines() == [f"hello from {store_path}/bin/hello", "True", "True"]
     assert os.path.isdir("/nix/store")  # the host's store is untouched
+
+
+@pytest.mark.skipif(shutil.which("squashfuse") is None, reason="needs squashfuse")
+def test_a_stale_fuse_mount_of_another_kind_is_refused_with_how_to_clear_it(
+    store: str, tmp_path: Path
+) -> None:
+    (tmp_path / "tree").mkdir()
+    image, mountpoint = tmp_path / "tree.squashfs", tmp_path / "squash"
+    subprocess.run(["mksquashfs", tmp_path / "tree", image, "-quiet", "-no-progress"], check=True)
+    mountpoint.mkdir()
+    server = subprocess.Popen(["squashfuse", "-f", image, mountpoint])
+    try:
+        while not is_mounted(str(mountpoint)):
+            assert server.poll() is None, "squashfuse did not mount"
+            time.sleep(0.01)
+        server.kill()
+        server.wait()
+        line = _one_line_error(run_tvixmount("mount", mountpoint, "--store", store))
+        assert line.endswith(
+            f"{mountpoint} is a stale FUSE mount (its serving process is gone); "
+            f"clear it with `fusermount3 -u {mountpoint}`"
+        )
+    finally:
+        if server.poll() is None:
+            server.kill()
+        server.wait()
+        subprocess.run(["fusermount3", "-u", mountpoint], check=False)
+    assert not is_mounted(str(mountpoint))
