@@ -194,3 +194,29 @@ def test_unreachable_endpoint_is_one_clear_line(nix_cache: NixCache, tmp_path: P
     assert done.returncode == 1
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "cannot reach" in done.stderr
+
+
+def test_without_credentials_requests_go_unsigned(
+    s3: S3Server, bucket: str, nix_cache: NixCache, tmp_path: Path
+):
+    """A public bucket reads with no credentials anywhere in the chain."""
+    s3.upload_dir(nix_cache.dir, bucket)
+    public = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": "*",
+                "Action": "s3:GetObject",
+                "Resource": f"arn:aws:s3:::{bucket}/*",
+            }
+        ],
+    }
+    s3.client().put_bucket_policy(Bucket=bucket, Policy=json.dumps(public))
+    with aws_credentials(tmp_path / "aws", profile="someone-else"):
+        done = run_tvixmount(
+            "path-info", "--store", s3.url(bucket), "--cache-dir", tmp_path / "local",
+            *key_args(nix_cache), *nix_cache.paths,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert set(done.stdout.split()) == set(nix_cache.paths)

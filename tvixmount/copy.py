@@ -12,10 +12,10 @@ last (:mod:`tvixmount.stores.binarycache.writer`).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Protocol
 
-from .castore.blobservice import BlobService
+from .castore.blobservice import BlobService, put_stream
 from .castore.digest import B3Digest
 from .castore.directory import Directory
 from .castore.nodes import DirectoryNode, FileNode
@@ -181,21 +181,19 @@ async def _copy_blob(
     reader = await source.open_read(file.digest)
     if reader is None:
         raise NotFoundError(f"blob {file.digest} of {file.name!r} not found in the source store")
+
+    async def chunks() -> AsyncIterator[bytes]:
+        offset = 0
+        while offset < reader.size:
+            data = await reader.pread(offset, min(_BLOB_CHUNK, reader.size - offset))
+            if not data:
+                raise IntegrityError(f"blob {file.digest} ended early at byte {offset}")
+            yield bytes(data)
+            offset += len(data)
+            progress(len(data))
+
     try:
-        writer = await dest.open_write()
-        try:
-            offset = 0
-            while offset < reader.size:
-                data = await reader.pread(offset, min(_BLOB_CHUNK, reader.size - offset))
-                if not data:
-                    raise IntegrityError(f"blob {file.digest} ended early at byte {offset}")
-                await writer.write(data)
-                offset += len(data)
-                progress(len(data))
-        except BaseException:
-            await writer.abort()
-            raise
-        digest = await writer.finish()
+        digest = await put_stream(dest, chunks())
     finally:
         await reader.aclose()
     if digest != file.digest:
