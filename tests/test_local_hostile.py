@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shlex
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -15,7 +17,7 @@ import pytest
 
 from tests.fixtures.local_tree import make_tree, nix_dump, requires_nix
 from tests.housekeeping import import_paths, nar_of, one_error_line
-from tests.mounting import run_tvixmount
+from tests.mounting import run_tvixmount, tvixmount_command
 
 requires_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounts need root")
 
@@ -86,6 +88,23 @@ def test_read_only_commands_work_on_a_read_only_bind_mount(tmp_path: Path, store
         (tmp_path / "new").write_bytes(b"new\n")
         for writer in (["import", str(tmp_path / "new")], ["gc"], ["delete", path]):
             one_error_line(run_tvixmount(*writer, "--store", view))
+
+
+@requires_root
+@pytest.mark.skipif(shutil.which("capsh") is None, reason="needs capsh")
+def test_read_only_commands_work_on_a_store_of_another_owner(tmp_path: Path, store: Path) -> None:
+    tree = make_tree(tmp_path / "tree")
+    (path,) = import_paths(store, tree)
+    for entry in [store, *store.rglob("*")]:
+        os.chown(entry, 1000, 1000, follow_symlinks=False)
+    # Root without the capabilities that override file permissions: like any other user.
+    drop = "--drop=cap_dac_override,cap_dac_read_search,cap_fowner,cap_chown"
+    for command in (["path-info", path], ["verify"], ["info"], ["nar", path]):
+        argv = shlex.join([*tvixmount_command(*command, "--store", store)])
+        result = subprocess.run(
+            ["capsh", drop, "--", "-c", f"{argv} > /dev/null"], capture_output=True, text=True
+        )
+        assert result.returncode == 0, (command, result.stderr)
 
 
 def test_a_fifo_where_a_pack_should_be_is_one_line(tmp_path: Path, store: Path) -> None:
