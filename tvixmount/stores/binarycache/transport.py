@@ -12,9 +12,9 @@ import contextlib
 import logging
 import os
 import stat
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from pathlib import Path, PurePosixPath
-from typing import Protocol
+from typing import Protocol, cast
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -45,7 +45,9 @@ class Transport(Protocol):
       :class:`~tvixmount.errors.IntegrityError`.
     - ``open(key)`` is an async context manager giving the object's bytes as
       an async iterator of chunks of at most :data:`~.decompress.READ_SIZE`
-      bytes, or ``None`` when the key is absent. The bytes are the stored
+      bytes, or ``None`` when the key is absent (an async generator behind
+      it is closed with ``contextlib.aclosing`` when the context ends, however
+      far the caller read). The bytes are the stored
       object's own: a transport that receives them encoded (HTTP
       ``Content-Encoding``) decodes them with
       :func:`~.decompress.content_decoded`, which never expands more than one
@@ -134,11 +136,12 @@ class FileTransport:
             yield None
             return
         try:
-            yield self._chunks(fd, key)
+            async with contextlib.aclosing(self._chunks(fd, key)) as chunks:
+                yield chunks
         finally:
             os.close(fd)
 
-    async def _chunks(self, fd: int, key: str) -> AsyncIterator[bytes]:
+    async def _chunks(self, fd: int, key: str) -> AsyncGenerator[bytes, None]:
         while True:
             try:
                 data = await run_remote(lambda: os.read(fd, READ_SIZE))
@@ -249,15 +252,21 @@ class HttpTransport:
         url = self._url(key)
         encoding = response.headers.get("Content-Encoding")
         try:
-            async with content_decoded(self._raw(response, url), encoding, url) as chunks:
+            async with (
+                contextlib.aclosing(self._raw(response, url)) as raw,
+                content_decoded(raw, encoding, url) as chunks,
+            ):
                 yield chunks
         finally:
             await response.aclose()
 
-    async def _raw(self, response: httpx.Response, url: str) -> AsyncIterator[bytes]:
+    async def _raw(self, response: httpx.Response, url: str) -> AsyncGenerator[bytes, None]:
         try:
-            async for chunk in response.aiter_raw(READ_SIZE):
-                yield chunk
+            # An async generator in fact; typed as an iterator.
+            raw = cast("AsyncGenerator[bytes, None]", response.aiter_raw(READ_SIZE))
+            async with contextlib.aclosing(raw) as body:
+                async for chunk in body:
+                    yield chunk
         except httpx.TimeoutException as exc:
             raise StoreError(f"{url}: stalled for {self._timeout:g}s ({exc!r})") from exc
         except httpx.HTTPError as exc:
