@@ -365,23 +365,6 @@ class _Collector:
         return total
 
 
-def _dead_temps(tmp_dir: Path) -> int:
-    """Bytes the temp files of gone processes hold (for a dry run)."""
-    total = 0
-    try:
-        entries = list(os.scandir(tmp_dir))
-    except FileNotFoundError:
-        return 0
-    for entry in entries:
-        owner = temp_owner(entry.name)
-        if owner is None or not process_alive(owner):
-            try:
-                total += _blocks(entry.stat(follow_symlinks=False))
-            except FileNotFoundError:
-                continue
-    return total
-
-
 def collect(root: Path, dry_run: bool = False, max_freed: int | None = None) -> GcReport:
     """Collect the garbage of the embedded store at ``root``; see the module docstring."""
     blobs, _, _, db = open_local(root, create=False)
@@ -391,7 +374,7 @@ def collect(root: Path, dry_run: bool = False, max_freed: int | None = None) -> 
             raise StoreError(f"{root}: the store is read-only; gc needs write access")
         collector = _Collector(root, db, report, max_freed)
         if dry_run:
-            report.temp_files_bytes = _dead_temps(root / "tmp")
+            report.temp_files_bytes = remove_dead_temps(root / "tmp", dry_run=True)
             collector.freed(report.temp_files_bytes)
             db.execute("BEGIN")
             try:

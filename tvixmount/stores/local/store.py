@@ -224,8 +224,11 @@ def temp_owner(name: str) -> int | None:
     return int(first) if first.isdigit() else None
 
 
-def remove_dead_temps(tmp_dir: Path) -> int:
-    """Delete temp files whose writing process is gone; returns the bytes freed."""
+def remove_dead_temps(tmp_dir: Path, dry_run: bool = False) -> int:
+    """Delete temp files whose writing process is gone; returns the bytes freed.
+
+    With ``dry_run``, only counts them.
+    """
     freed = 0
     try:
         entries = list(os.scandir(tmp_dir))
@@ -237,9 +240,9 @@ def remove_dead_temps(tmp_dir: Path) -> int:
             continue
         try:
             size = entry.stat(follow_symlinks=False).st_blocks * 512
-            if entry.is_dir(follow_symlinks=False):
+            if not dry_run and entry.is_dir(follow_symlinks=False):
                 shutil.rmtree(entry.path)
-            else:
+            elif not dry_run:
                 os.unlink(entry.path)
         except OSError:
             continue
