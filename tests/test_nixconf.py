@@ -6,12 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tvixmount.nixconf import (
-    DEFAULT_TRUSTED_PUBLIC_KEYS,
-    NixConfigError,
-    config_files,
-    read_nix_config,
-)
+from tvixmount.errors import NixConfigError
+from tvixmount.nixconf import DEFAULT_TRUSTED_PUBLIC_KEYS, config_files, read_nix_config
 
 
 @pytest.fixture

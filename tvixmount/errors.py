@@ -55,6 +55,10 @@ class StoreURLError(StoreError, ValueError):
     """A store URL that cannot be opened (unknown scheme, bad form)."""
 
 
+class NixConfigError(StoreError):
+    """A nix.conf that Nix itself would refuse."""
+
+
 class NotFoundError(TvixmountError, LookupError):
     """A requested object is absent from a store that otherwise answered."""
 

@@ -24,17 +24,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import StoreError
+from .errors import NixConfigError
 
 # Nix's built-in default (libstore/globals.hh).
 DEFAULT_TRUSTED_PUBLIC_KEYS = ("cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=",)
 _TRUE = ("true", "yes", "1")
 _FALSE = ("false", "no", "0")
 _MAX_INCLUDE_DEPTH = 32  # a file that includes itself must not recurse forever
-
-
-class NixConfigError(StoreError):
-    """A nix.conf that Nix itself would refuse."""
 
 
 @dataclass(frozen=True)
@@ -132,4 +128,4 @@ def read_nix_config(environ: Mapping[str, str] | None = None) -> NixConfig:
     )
 
 
-__all__ = ["NixConfig", "NixConfigError", "config_files", "read_nix_config"]
+__all__ = ["NixConfig", "config_files", "read_nix_config"]
