@@ -285,3 +285,29 @@ async def test_import_path_records_a_path_gc_keeps(tmp_path: Path, store: Path) 
     report = await trio.to_thread.run_sync(collect, store)
     assert report.blobs == 0
     assert info.narinfo.nar_size > 0
+
+
+def test_a_corrupt_directory_stops_gc_before_it_removes_anything(
+    tmp_path: Path, store: Path
+) -> None:
+    import sqlite3
+
+    (kept,) = import_paths(store, make_tree(tmp_path / "tree"))
+    (doomed,) = import_paths(store, small_files(tmp_path / "dead", 5, "dead"))
+    run_tvixmount("delete", doomed, "--store", store)
+    db = sqlite3.connect(store / "store.sqlite")
+    with db:
+        # Flip a bit inside one digest a Directory names: it still decodes, but
+        # no longer says what it really refers to.
+        rowid, data = db.execute(
+            "SELECT rowid, data FROM directories ORDER BY length(data) DESC LIMIT 1"
+        ).fetchone()
+        damaged = bytearray(data)
+        damaged[-3] ^= 0x01
+        db.execute("UPDATE directories SET data = ? WHERE rowid = ?", (bytes(damaged), rowid))
+    db.close()
+    usage = disk_bytes(store)
+    assert "is corrupt" in one_error_line(run_tvixmount("gc", "--store", store))
+    assert disk_bytes(store) == usage
+    assert run_tvixmount("verify", "--store", store).returncode == 1
+    assert kept

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..._proto import castore_pb2
+from ...castore.digest import B3Digest
 from ...castore.nodes import DirectoryNode, FileNode
 from ...errors import StoreError
 from ...pathinfo.model import PathInfo
@@ -99,16 +100,20 @@ def _exclusive(root: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _children(data: bytes) -> tuple[list[bytes], list[bytes]]:
-    """Digests of a stored Directory's subdirectories and files (no digest check: gc
-    must learn what a damaged Directory refers to, not judge it)."""
-    msg = castore_pb2.Directory()
-    try:
-        msg.ParseFromString(data)
-    except Exception as exc:  # protobuf raises several types for garbage
+def _children(digest: bytes, data: bytes) -> tuple[list[bytes], list[bytes]]:
+    """Digests of a stored Directory's subdirectories and files.
+
+    A Directory whose bytes do not hash to its digest stops the collection:
+    what it really refers to is unknown, and collecting by what the damaged
+    bytes say could take a live subtree.
+    """
+    if B3Digest.of(data) != digest:
         raise StoreError(
-            f"a stored Directory does not decode ({exc}); run tvixmount verify"
-        ) from None
+            f"directory {B3Digest(digest)} is corrupt: gc stops; "
+            "run tvixmount verify and delete the damaged paths"
+        )
+    msg = castore_pb2.Directory()
+    msg.ParseFromString(data)  # it hashed right, so it was validated when stored
     return [d.digest for d in msg.directories], [f.digest for f in msg.files]
 
 
@@ -145,7 +150,7 @@ def _mark(db: sqlite3.Connection, cutoff: int) -> _Marked:
         row = db.execute(query, (digest,)).fetchone()
         if row is None:
             continue  # missing: verify reports it; nothing below it can be marked
-        directories, files = _children(row[0])
+        directories, files = _children(digest, row[0])
         pending.extend(directories)
         marked.blobs.update(files)
     return marked
