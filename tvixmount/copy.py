@@ -60,8 +60,6 @@ class Copied:
 
 
 class Destination(Protocol):
-    def describe(self) -> str: ...
-
     async def prepare(self) -> None: ...
 
     async def has(self, info: PathInfo) -> bool: ...
@@ -74,12 +72,8 @@ class Destination(Protocol):
 class CacheDestination:
     """A binary cache (``file://``, ``s3://``)."""
 
-    def __init__(self, url: str, writer: BinaryCacheWriter) -> None:
-        self._url = url
+    def __init__(self, writer: BinaryCacheWriter) -> None:
         self._writer = writer
-
-    def describe(self) -> str:
-        return self._url
 
     async def prepare(self) -> None:
         await self._writer.prepare()
@@ -101,9 +95,6 @@ class StoreDestination:
     def __init__(self, store: Store, keys: Sequence[SecretKey]) -> None:
         self._store = store
         self._keys = tuple(keys)
-
-    def describe(self) -> str:
-        return self._store.url
 
     async def prepare(self) -> None:
         pass
@@ -207,6 +198,9 @@ async def closure(
     ordered: list[PathInfo] = []
     infos: dict[StorePath, PathInfo] = {}
     placed: set[StorePath] = set()
+    # Paths whose references are being placed: a reference cycle (which Nix never makes,
+    # but a castore store can hold) must not send the walk round forever.
+    visiting: set[StorePath] = set()
 
     async def lookup(path: StorePath, wanted_by: StorePath | None) -> PathInfo:
         info = infos.get(path)
@@ -222,13 +216,14 @@ async def closure(
         stack: list[tuple[StorePath, StorePath | None, bool]] = [(root, None, False)]
         while stack:
             path, wanted_by, references_done = stack.pop()
-            if path in placed:
+            if path in placed or (path in visiting and not references_done):
                 continue
             info = await lookup(path, wanted_by)
             if references_done or not recursive:
                 placed.add(path)
                 ordered.append(info)
                 continue
+            visiting.add(path)
             stack.append((path, wanted_by, True))
             for ref in sorted(info.reference_paths, reverse=True):
                 if ref != path and ref not in placed:

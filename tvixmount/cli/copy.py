@@ -92,7 +92,7 @@ def _open_destination(url: str, keys: Sequence[SecretKey]) -> Destination:
 
     scheme = scheme_of(url)
     if scheme in ("file", "s3"):
-        return CacheDestination(url, open_writer(url, keys))
+        return CacheDestination(open_writer(url, keys))
     if scheme in ("http", "https"):
         raise StoreURLError(f"{url}: cannot copy to an http(s) binary cache; use file:// or s3://")
     return StoreDestination(open_store(url, StoreOptions(create=True)), keys)
