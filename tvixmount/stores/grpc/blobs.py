@@ -15,9 +15,8 @@ named it (:mod:`.hints`), or the chunk list's total, or
 ``MAX_UNHINTED_BYTES``; a server sending more is cut off at once and the
 call cancelled.
 
-Opening a small file that had to be fetched also fetches, in the
-background, the other small files of its Directory (a few at a time): a walk,
-a build or an interpreter reads its neighbours next.
+Opening a small file also fetches, in the background, the next few small
+files of its Directory (a few at a time): a walk or a build reads them next.
 """
 
 from __future__ import annotations
@@ -63,10 +62,9 @@ _CHUNK_FETCHES = 4  # chunks of one blob fetched at once while verifying it
 _VERIFIED_LISTS = 4096  # chunk lists remembered once verified
 # Blobs a FileNode says are this small are read without a Stat first.
 DIRECT_READ_MAX = 1 << 20
-PREFETCH_MAX_BLOB = 128 << 10  # neighbours up to this size are fetched ahead
-_PREFETCH_BYTES = 8 << 20  # neighbours fetched ahead per Directory, in bytes
+PREFETCH_MAX_BLOB = 128 << 10  # files up to this size are read ahead
+READ_AHEAD_FILES = 16  # files after the one opened that are read ahead
 _PREFETCH_FETCHES = 8  # of them at once
-_PREFETCHED_DIRECTORIES = 4096  # Directories whose neighbours were fetched, remembered
 
 
 @dataclass
@@ -198,7 +196,7 @@ class GrpcBlobService:
         self._cache: ByteLRU[B3Digest] = ByteLRU(cache_bytes)
         self._lists: OrderedDict[B3Digest, list[tuple[B3Digest, int]]] = OrderedDict()
         self._inflight: dict[B3Digest, trio.Event] = {}
-        self._prefetched: OrderedDict[B3Digest, None] = OrderedDict()
+        self._ahead: set[B3Digest] = set()  # being read ahead
         self._prefetch_limiter = trio.CapacityLimiter(_PREFETCH_FETCHES)
         self._limiter = trio.CapacityLimiter(REMOTE_THREADS)
         self.stats = TransferStats()
@@ -242,6 +240,9 @@ class GrpcBlobService:
         return chunks
 
     async def open_read(self, digest: B3Digest) -> BlobReader | None:
+        size = self.hints.size_of(digest)
+        if size is not None and size <= PREFETCH_MAX_BLOB:
+            self._read_ahead(digest)
         cached = self._cache.get(digest)
         if cached is not None:
             return MemoryBlobReader(cached)
@@ -249,7 +250,6 @@ class GrpcBlobService:
             kept = await self._cache_dir.blob(digest)
             if kept is not None:
                 return kept
-        size = self.hints.size_of(digest)
         if size is not None and size <= DIRECT_READ_MAX:
             # Small enough to fetch whole: no Stat round trip first (a Read of
             # the blob digest is answered whole even by a server that chunks it).
@@ -277,8 +277,6 @@ class GrpcBlobService:
             return None
         if self._cache_dir is not None:
             self._cache_dir.keep_blob(digest, data)
-        if len(data) <= PREFETCH_MAX_BLOB:
-            self._prefetch_neighbours(digest)
         return MemoryBlobReader(data)
 
     async def _verify_list(self, digest: B3Digest, chunks: list[tuple[B3Digest, int]]) -> None:
@@ -392,24 +390,25 @@ class GrpcBlobService:
         self._cache.put(digest, data)
         return data
 
-    def _prefetch_neighbours(self, digest: B3Digest) -> None:
-        """Fetch the small files next to ``digest``'s in the background (once per Directory)."""
-        siblings = self.hints.siblings_of(digest)
-        if not siblings:
-            return
-        key = B3Digest(blake3.blake3(b"".join(bytes(n.digest) for n in siblings)).digest())
-        if key in self._prefetched:
-            return
-        self._prefetched[key] = None
-        while len(self._prefetched) > _PREFETCHED_DIRECTORIES:
-            self._prefetched.popitem(last=False)
-        wanted, budget = [], _PREFETCH_BYTES
-        for node in siblings:
-            if 0 < node.size <= min(PREFETCH_MAX_BLOB, budget) and node.digest != digest:
+    def _read_ahead(self, digest: B3Digest) -> None:
+        """Fetch the next few small files after ``digest``'s in its Directory, in the background.
+
+        Called on every open of a small file, so a walk in name order (tar, a
+        build reading a directory) keeps a window of files fetched ahead of it,
+        while a program picking single files costs at most the window each.
+        """
+        wanted = []
+        for node in self.hints.after(digest, READ_AHEAD_FILES):
+            if (
+                0 < node.size <= PREFETCH_MAX_BLOB
+                and node.digest not in self._cache
+                and node.digest not in self._inflight
+                and node.digest not in self._ahead
+            ):
                 wanted.append(node)
-                budget -= node.size
+                self._ahead.add(node.digest)
         if wanted:
-            trio.lowlevel.spawn_system_task(self._prefetch, wanted, name="prefetch blobs")
+            trio.lowlevel.spawn_system_task(self._prefetch, wanted, name="read blobs ahead")
 
     async def _prefetch(self, nodes: list[Any]) -> None:
         async def one(node: Any) -> None:
@@ -427,9 +426,12 @@ class GrpcBlobService:
                 except TvixmountError as exc:  # the open that needs it reports it
                     log.debug("prefetching blob %s: %s", node.digest, exc)
 
-        async with trio.open_nursery() as nursery:
-            for node in nodes:
-                nursery.start_soon(one, node)
+        try:
+            async with trio.open_nursery() as nursery:
+                for node in nodes:
+                    nursery.start_soon(one, node)
+        finally:
+            self._ahead.difference_update(node.digest for node in nodes)
 
     async def upload(self, digest: B3Digest, spool: Any) -> None:
         """Put the spooled bytes; the server must answer with the same digest."""
