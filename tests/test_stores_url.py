@@ -22,7 +22,7 @@ def test_unknown_scheme_is_a_store_url_error() -> None:
 
 def test_unknown_scheme_error_lists_every_known_scheme() -> None:
     with pytest.raises(StoreURLError) as info:
-        check_store_url("s3://bucket")
+        check_store_url("ftp://host/cache")
     message = str(info.value)
     assert "a directory path" in message
     for scheme in OPENERS:
