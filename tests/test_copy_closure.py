@@ -5,14 +5,19 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tvixmount.castore.nodes import SymlinkNode
-from tvixmount.copy import StoreDestination, closure, copy_paths
+import pytest
+
+from tvixmount.castore.digest import B3Digest
+from tvixmount.castore.nodes import FileNode, SymlinkNode
+from tvixmount.copy import CacheDestination, StoreDestination, closure, copy_paths
+from tvixmount.errors import NotFoundError
 from tvixmount.importer import import_path
 from tvixmount.nar.signing import SecretKey, pathinfo_signers
 from tvixmount.nar.writer import calculate_nar
 from tvixmount.pathinfo.model import NarInfo, PathInfo
 from tvixmount.storepath import StorePath
 from tvixmount.stores import Store, open_store
+from tvixmount.stores.binarycache.writer import BinaryCacheWriter, FileSink
 
 
 def store_path(name: str) -> StorePath:
@@ -75,3 +80,19 @@ async def test_a_directory_shared_at_two_depths_copies_between_castore_stores(tm
     assert pathinfo_signers(got, [key.public_key()]) == ["copy-test-1"]
     again = await copy_paths(source, StoreDestination(dest, [key]), [info.store_path])
     assert [entry.copied for entry in again] == [False]
+
+
+async def test_a_failing_path_stops_the_copy_with_its_own_error_and_no_referrer(tmp_path: Path):
+    source = open_store("memory://")
+    lost, user = store_path("lost"), store_path("user")
+    node = FileNode(str(lost).encode(), B3Digest(os.urandom(32)), 5, False)
+    await source.pathinfos.put(
+        PathInfo(node=node, references=(), narinfo=NarInfo(nar_size=1, nar_sha256=bytes(32)))
+    )
+    await put(source, user, [lost])
+    cache = tmp_path / "cache"
+    destination = CacheDestination(BinaryCacheWriter(FileSink(cache), "zstd", []))
+    with pytest.raises(NotFoundError, match="blob"):
+        await copy_paths(source, destination, [user])
+    assert not list(cache.glob("*.narinfo"))
+    assert not list(cache.rglob(".tmp-*"))

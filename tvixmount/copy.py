@@ -15,9 +15,12 @@ import dataclasses
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Protocol
 
+import trio
+
 from .castore.blobservice import BlobService, put_stream
 from .castore.digest import B3Digest
 from .castore.directory import Directory
+from .castore.ingest import sole_error
 from .castore.nodes import DirectoryNode, FileNode
 from .errors import IntegrityError, NotFoundError
 from .nar.narinfo import Narinfo, fingerprint
@@ -30,6 +33,9 @@ from .stores import Store
 from .stores.binarycache.writer import BinaryCacheWriter
 
 _BLOB_CHUNK = 1 << 20
+# Paths copied at once: the two cores each compress one (more multiplies the
+# compressors' memory), and a remote store's round trips overlap.
+JOBS = 2
 
 Progress = Callable[[int], None]
 
@@ -237,16 +243,40 @@ async def copy_paths(
     paths: Sequence[StorePath],
     recursive: bool = True,
     progress: Callable[[Sequence[PathInfo]], Callable[[PathInfo], Progress]] | None = None,
+    jobs: int = JOBS,
 ) -> list[Copied]:
-    """Copy ``paths`` (with their closure unless ``recursive`` is false); what each became."""
+    """Copy ``paths`` (with their closure unless ``recursive`` is false); what each became.
+
+    Up to ``jobs`` paths are copied at once, each only after the references
+    it has in the closure (a reader of the destination never sees a path
+    whose references are missing).
+    """
     await destination.prepare()  # a destination that cannot be written fails before any fetch
     infos = await closure(source, paths, recursive)
     missing = [info for info in infos if not await destination.has(info)]
     start = progress(missing) if progress is not None else None
+    # A path waits only for references placed before it: the closure's order breaks cycles.
+    landed = {info.store_path: trio.Event() for info in missing}
     done: dict[StorePath, Narinfo | None] = {}
-    for info in missing:
-        advance = start(info) if start is not None else _ignore
-        done[info.store_path] = await destination.add(info, source, advance)
+    limiter = trio.CapacityLimiter(jobs)
+
+    position = {info.store_path: index for index, info in enumerate(missing)}
+
+    async def copy_one(info: PathInfo, index: int) -> None:
+        for ref in info.reference_paths:
+            if position.get(ref, index) < index:
+                await landed[ref].wait()
+        async with limiter:
+            advance = start(info) if start is not None else _ignore
+            done[info.store_path] = await destination.add(info, source, advance)
+        landed[info.store_path].set()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            for index, info in enumerate(missing):
+                nursery.start_soon(copy_one, info, index)
+    except BaseExceptionGroup as group:
+        raise sole_error(group) from None
     return [Copied(info, info.store_path in done, done.get(info.store_path)) for info in infos]
 
 
