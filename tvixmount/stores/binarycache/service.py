@@ -43,6 +43,7 @@ from ...storepath import STORE_DIR
 from .. import Store, StoreOptions
 from ..local.store import open_local
 from .decompress import decompressed
+from .threads import REMOTE_THREADS
 from .transport import Transport, fetch, open_transport
 from .trust import TrustPolicy, ca_mismatch
 from .url import CacheURL, default_cache_dir
@@ -52,6 +53,8 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 _MAX_METADATA_SIZE = 1 << 20  # a narinfo or nix-cache-info is a few hundred bytes
+# Chunks from this size on are hashed in a worker thread; below it the hop costs more.
+_THREADED_HASH_MIN = 64 << 10
 
 
 async def within(seconds: float, where: str, work: Awaitable[_T]) -> _T:
@@ -86,7 +89,13 @@ class _Measured:
         if self._limit is not None and self.size > self._limit:
             raise IntegrityError(self._too_long)
         if self.hasher is not None:
-            self.hasher.update(chunk)
+            if len(chunk) >= _THREADED_HASH_MIN:
+                # SHA-256 releases the GIL: in a worker thread it runs on the other core,
+                # alongside decompression and ingest, instead of stalling the trio loop
+                # (and with it every other fetch and FUSE request).
+                await trio.to_thread.run_sync(self.hasher.update, chunk, limiter=REMOTE_THREADS)
+            else:
+                self.hasher.update(chunk)
         return chunk
 
     async def drain(self) -> None:

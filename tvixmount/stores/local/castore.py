@@ -581,22 +581,26 @@ class LocalBlobService:
     async def _commit(self, batch: _Batch) -> None:
         """Wait until ``batch`` is committed, committing pending batches if no one else is.
 
-        The first caller becomes the leader and commits batches until none is
-        pending (shielded from cancellation: others wait on those batches); if
-        it fails unexpectedly, a waiter whose batch is still pending takes over.
+        The first caller becomes the leader and commits the pending batch, its
+        own (shielded from cancellation: others wait on it), then steps down,
+        which wakes the waiters: those whose batch is still pending, the blobs
+        finished meanwhile, choose a new leader among them. A leader committing
+        until nothing was pending kept every waiter waiting for as long as
+        concurrent writers kept finishing blobs (fetches of 8 paths at once all
+        waited for the slowest). If it fails unexpectedly, the same happens.
         """
         while not batch.done.is_set():
             if self._leader_gone is not None:
                 await self._leader_gone.wait()
             else:
-                await self._lead()
+                await self._lead(batch)
         if batch.error is not None:
             raise batch.error
 
-    async def _lead(self) -> None:
+    async def _lead(self, batch: _Batch) -> None:
         self._leader_gone = gone = trio.Event()
         try:
-            while not self._batch.empty():
+            while not batch.done.is_set() and not self._batch.empty():
                 current, self._batch = self._batch, _Batch()
                 with trio.CancelScope(shield=True):
                     await self._commit_batch(current)
