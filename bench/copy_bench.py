@@ -7,7 +7,7 @@ compression is timed ``--rounds`` times per tool, interleaved, into a fresh
 cache directory each time; the best round counts. Throughput is NAR bytes
 per second of wall time.
 
-    .venv/bin/python bench/copy_bench.py [--tree DIR] [--rounds N] [--compression xz zstd]
+    .venv/bin/python bench/copy_bench.py [--tree DIR] [--split] [--rounds N] [--compression xz zstd]
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ def run(argv: list[str]) -> str:
 
 def timed(argv: list[str]) -> float:
     start = time.perf_counter()
-    subprocess.run(argv, check=True, capture_output=True)
+    done = subprocess.run(argv, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed: {done.stderr.strip()}")
     return time.perf_counter() - start
 
 
@@ -39,19 +41,29 @@ def main() -> int:
     parser.add_argument("--tree", type=Path, default=Path("/usr/lib/python3.11"))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--compression", nargs="+", default=["zstd", "xz"])
+    parser.add_argument("--split", action="store_true", help="one store path per subdirectory")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="copy-bench-"))
     try:
         tree = work / args.tree.name
         shutil.copytree(args.tree, tree, symlinks=True)
-        nix_path = run(["nix-store", "--add", str(tree)])
+        # --split: every subdirectory its own store path, as a closure of many paths.
+        trees = [d for d in sorted(tree.iterdir()) if d.is_dir() and not d.is_symlink()]
+        trees = trees if args.split else [tree]
         store = work / "store"
         tvix = [sys.executable, "-m", "tvixmount"]
-        ours_path = run([*tvix, "import", str(tree), "--store", str(store)])
-        assert ours_path == nix_path, (ours_path, nix_path)
-        [info] = json.loads(run([*NIX, "path-info", "--json", nix_path]))
-        nar_size = int(info["narSize"])
-        print(f"path {nix_path}: NAR {nar_size / 1e6:.1f} MB")
+        paths = []
+        for index, part in enumerate(trees):
+            nix_path = run(["nix-store", "--add", str(part)])
+            # A root, so a garbage collection elsewhere on the machine cannot take it mid-run.
+            root = work / f"root-{index}"
+            run(["nix-store", "--realise", nix_path, "--add-root", str(root), "--indirect"])
+            ours_path = run([*tvix, "import", str(part), "--store", str(store)])
+            assert ours_path == nix_path, (ours_path, nix_path)
+            paths.append(nix_path)
+        infos = json.loads(run([*NIX, "path-info", "--json", *paths]))
+        nar_size = sum(int(info["narSize"]) for info in infos)
+        print(f"{len(paths)} paths from {args.tree}: NAR {nar_size / 1e6:.1f} MB")
         for compression in args.compression:
             best = {"nix": float("inf"), "tvixmount": float("inf")}
             for round_ in range(args.rounds):
@@ -59,9 +71,9 @@ def main() -> int:
                     dest = work / f"{tool}-{compression}-{round_}"
                     url = f"file://{dest}?compression={compression}"
                     if tool == "nix":
-                        argv = [*NIX, "copy", "--to", url, nix_path]
+                        argv = [*NIX, "copy", "--to", url, *paths]
                     else:
-                        argv = [*tvix, "copy", "--from", str(store), "--to", url, nix_path]
+                        argv = [*tvix, "copy", "--from", str(store), "--to", url, *paths]
                     best[tool] = min(best[tool], timed(argv))
                     shutil.rmtree(dest)
             rates = {tool: nar_size / seconds / 1e6 for tool, seconds in best.items()}

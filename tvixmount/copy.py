@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
@@ -24,13 +24,15 @@ from .castore.ingest import sole_error
 from .castore.nodes import DirectoryNode, FileNode
 from .errors import IntegrityError, NotFoundError
 from .nar.narinfo import Narinfo, fingerprint
-from .nar.signing import SecretKey
 from .nar.writer import write_nar
 from .pathinfo.lookup import find_path_info
 from .pathinfo.model import PathInfo
 from .storepath import StorePath
 from .stores import Store
 from .stores.binarycache.writer import BinaryCacheWriter
+
+if TYPE_CHECKING:  # cryptography costs 100 ms to import; only signing needs it
+    from .nar.signing import SecretKey
 
 _BLOB_CHUNK = 1 << 20
 # Paths copied at once: the two cores each compress one (more multiplies the

@@ -33,7 +33,7 @@ import tempfile
 import threading
 from collections.abc import AsyncIterable, Callable, Sequence
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Protocol, TypeVar
+from typing import TYPE_CHECKING, BinaryIO, Protocol, TypeVar
 
 import trio
 import zstandard
@@ -41,10 +41,12 @@ import zstandard
 from ... import nixbase32
 from ...errors import IntegrityError, SigningKeyError, StoreError, StoreURLError
 from ...nar.narinfo import Narinfo, NixHash
-from ...nar.signing import SecretKey, sign_narinfo
 from ...pathinfo.model import PathInfo
 from ...storepath import STORE_DIR, StorePath
 from .url import CacheURL
+
+if TYPE_CHECKING:  # cryptography costs 100 ms to import; only signing needs it
+    from ...nar.signing import SecretKey
 
 EXTENSIONS = {"none": "", "xz": ".xz", "zstd": ".zst", "bzip2": ".bz2"}
 CACHE_INFO = "nix-cache-info"
@@ -420,6 +422,10 @@ def narinfo_of(info: PathInfo, spooled: Spooled, url: str, compression: str) -> 
 
 
 def sign_all(narinfo: Narinfo, keys: Sequence[SecretKey]) -> Narinfo:
+    if not keys:
+        return narinfo
+    from ...nar.signing import sign_narinfo
+
     for key in keys:
         narinfo = sign_narinfo(narinfo, key)
     return narinfo
@@ -489,6 +495,8 @@ class BinaryCacheWriter:
 
 def read_secret_key(path: Path) -> SecretKey:
     """A Nix secret key file (``NAME:BASE64``)."""
+    from ...nar.signing import SecretKey
+
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
