@@ -241,15 +241,17 @@ class GrpcBlobService:
 
     async def open_read(self, digest: B3Digest) -> BlobReader | None:
         size = self.hints.size_of(digest)
-        if size is not None and size <= PREFETCH_MAX_BLOB:
-            self._read_ahead(digest)
         cached = self._cache.get(digest)
         if cached is not None:
+            if size is not None and size <= PREFETCH_MAX_BLOB:
+                self._read_ahead(digest)
             return MemoryBlobReader(cached)
         if self._cache_dir is not None:
             kept = await self._cache_dir.blob(digest)
             if kept is not None:
-                return kept
+                return kept  # its neighbours are most likely on disk too: no read-ahead
+        if size is not None and size <= PREFETCH_MAX_BLOB:
+            self._read_ahead(digest)
         if size is not None and size <= DIRECT_READ_MAX:
             # Small enough to fetch whole: no Stat round trip first (a Read of
             # the blob digest is answered whole even by a server that chunks it).
