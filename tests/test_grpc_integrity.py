@@ -16,6 +16,7 @@ from tvixmount.pathinfo.lookup import find_path_info
 from tvixmount.pathinfo.model import NarInfo, PathInfo
 from tvixmount.storepath import StorePath
 from tvixmount.stores import Store, open_store
+from tvixmount.stores.grpc.directories import GrpcDirectoryService
 
 COMPLICATED = bytes(fx.DIRECTORY_COMPLICATED.digest())
 WITH_KEEP = bytes(fx.DIRECTORY_WITH_KEEP.digest())
@@ -201,3 +202,17 @@ async def test_invalid_pathinfo_is_refused(client: Store, backend: FakeBackend) 
     backend.pathinfos[digest] = msg
     with pytest.raises(ValidationError, match="invalid PathInfo"):
         await client.pathinfos.get(digest)
+
+
+async def test_a_directory_miss_fetches_its_closure_in_one_get(
+    client: Store, backend: FakeBackend
+) -> None:
+    backend.directories[COMPLICATED] = [
+        _msg(fx.DIRECTORY_COMPLICATED),
+        _msg(fx.DIRECTORY_WITH_KEEP),
+    ]
+    directories = client.directories
+    assert isinstance(directories, GrpcDirectoryService)
+    assert await directories.get(B3Digest(COMPLICATED)) == fx.DIRECTORY_COMPLICATED
+    assert await directories.get(B3Digest(WITH_KEEP)) == fx.DIRECTORY_WITH_KEEP
+    assert directories.get_calls == 1
