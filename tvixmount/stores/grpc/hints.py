@@ -15,8 +15,10 @@ from ...castore.digest import B3Digest
 from ...castore.directory import Directory
 from ...castore.nodes import FileNode
 
-# Blobs remembered (about 200 bytes each); the oldest are forgotten first.
-MAX_HINTS = 1 << 20
+# Blobs remembered (about 200 bytes each, so at most about 50 MiB); the
+# oldest are forgotten first, and a blob without a hint is only bounded by
+# the chunk list or MAX_UNHINTED_BYTES.
+MAX_HINTS = 1 << 18
 
 
 class BlobHints:
@@ -38,7 +40,7 @@ class BlobHints:
             self.note_file(node, digest, index)
         if directory.files:
             self._siblings[digest] = directory.files
-            while len(self._siblings) > self._max // 64:
+            while len(self._siblings) > self._max // 16:
                 self._siblings.popitem(last=False)
 
     def size_of(self, digest: B3Digest) -> int | None:
