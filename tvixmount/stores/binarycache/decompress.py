@@ -9,8 +9,8 @@ memory holds one chunk and the consumer, counting what it gets, stops the
 stream as soon as it exceeds what it expects.
 
 Decompressing is CPU work: it runs in one worker thread per stream, on
-the remote-fetch thread limiter, pulling compressed chunks from the trio
-side and handing decompressed ones back through a small channel.
+the limiter of its stage (``threads.py``), pulling compressed chunks from
+the trio side and handing decompressed ones back through a small channel.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import trio
 import zstandard
 
 from ...errors import IntegrityError, StoreError
-from .threads import REMOTE_THREADS
+from .threads import BODY_DECODE_THREADS
 
 READ_SIZE = 1 << 20
 _CHANNEL_DEPTH = 4  # decompressed chunks in flight between the worker thread and the consumer
@@ -165,9 +165,15 @@ def _pump(
 
 @asynccontextmanager
 async def decompressed(
-    chunks: AsyncIterator[bytes], compression: str, where: str
+    chunks: AsyncIterator[bytes],
+    compression: str,
+    where: str,
+    threads: trio.CapacityLimiter = BODY_DECODE_THREADS,
 ) -> AsyncIterator[AsyncIterator[bytes]]:
     """``chunks`` decompressed with ``compression`` (``none``, xz, bzip2, gzip, zstd, br).
+
+    ``threads``: the limiter of the decoding stage (a response body's
+    encoding, by default; a NAR's Compression has its own).
 
     Errors (the source's, or undecodable input as
     :class:`~tvixmount.errors.IntegrityError`) are raised by the iterator.
@@ -185,7 +191,7 @@ async def decompressed(
         with send:
             try:
                 await trio.to_thread.run_sync(
-                    _pump, compression, chunks, where, send.send, limiter=REMOTE_THREADS
+                    _pump, compression, chunks, where, send.send, limiter=threads
                 )
             except trio.BrokenResourceError:
                 pass  # the consumer stopped reading

@@ -11,9 +11,9 @@ FileHash/FileSize where given) matched. Anything else is an
 :class:`~tvixmount.errors.IntegrityError` or
 :class:`~tvixmount.errors.StoreError`, logged once, with nothing recorded.
 
-Network I/O is async on the trio loop; decompression and file reads run in
-worker threads on the remote-fetch limiter (``threads.py``), so a slow
-cache never stalls other requests. Concurrent gets of one path share a
+Network I/O is async on the trio loop; decompression, hashing and file
+reads run in worker threads on limiters of their own (``threads.py``), so
+a slow cache never stalls other requests. Concurrent gets of one path share a
 single fetch, which goes on when a caller gives up waiting (a deadline).
 """
 
@@ -43,7 +43,7 @@ from ...storepath import STORE_DIR
 from .. import Store, StoreOptions
 from ..local.store import open_local
 from .decompress import decompressed
-from .threads import REMOTE_THREADS
+from .threads import NAR_DECODE_THREADS, REMOTE_THREADS
 from .transport import Transport, fetch, open_transport
 from .trust import TrustPolicy, ca_mismatch
 from .url import CacheURL, default_cache_dir
@@ -251,7 +251,8 @@ class BinaryCachePathInfoService:
                 narinfo.file_hash.hasher() if narinfo.file_hash is not None else None,
                 f"{where}: longer than its FileSize {narinfo.file_size}",
             )
-            async with decompressed(file, narinfo.compression, where) as decoded:
+            decoding = decompressed(file, narinfo.compression, where, NAR_DECODE_THREADS)
+            async with decoding as decoded:
                 nar = _Measured(
                     decoded,
                     narinfo.nar_size,
