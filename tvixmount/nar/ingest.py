@@ -20,6 +20,8 @@ from .reader import read_nar
 _PENDING_ENTRIES = 1 << 16
 # Blobs written but still being made durable, at most; each may hold an open temp file.
 _FINISHING = 64
+# Chunks from this size on are hashed in a worker thread; below it the hop costs more.
+_THREADED_HASH_MIN = 64 << 10
 
 
 class _CastoreBuilder:
@@ -59,7 +61,11 @@ class _CastoreBuilder:
         hasher = blake3.blake3()
         try:
             async for chunk in contents:
-                hasher.update(chunk)
+                if len(chunk) >= _THREADED_HASH_MIN:
+                    # BLAKE3 releases the GIL: off the trio loop, it runs beside parsing.
+                    await trio.to_thread.run_sync(hasher.update, chunk)
+                else:
+                    hasher.update(chunk)
                 await writer.write(chunk)
         except BaseException:
             self._finishing.release()
