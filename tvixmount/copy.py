@@ -29,6 +29,7 @@ from .pathinfo.lookup import find_path_info
 from .pathinfo.model import PathInfo
 from .storepath import StorePath
 from .stores import Store
+from .stores.binarycache.compress import Progress
 from .stores.binarycache.writer import BinaryCacheWriter
 
 if TYPE_CHECKING:  # cryptography costs 100 ms to import; only signing needs it
@@ -38,8 +39,6 @@ _BLOB_CHUNK = 1 << 20
 # Paths copied at once: the two cores each compress one (more multiplies the
 # compressors' memory), and a remote store's round trips overlap.
 JOBS = 2
-
-Progress = Callable[[int], None]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,10 +21,11 @@ from .common import parse_store_paths, store_options
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from ..copy import Copied, Destination, Progress
+    from ..copy import Copied, Destination
     from ..nar.signing import SecretKey
     from ..pathinfo.model import PathInfo
     from ..stores import Store
+    from ..stores.binarycache.compress import Progress
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
