@@ -261,18 +261,25 @@ def test_copy_into_an_embedded_store_serves_the_same_nar(source: NixCache, tmp_p
     assert read.returncode == 0, read.stderr
 
 
-def test_interrupted_copy_leaves_no_narinfo_without_its_nar(tmp_path: Path):
+def random_path(tmp_path: Path, size: int) -> tuple[Path, str]:
+    """An embedded store holding one path: a file of ``size`` random bytes; the path."""
     tree = tmp_path / "big"
     tree.mkdir()
-    (tree / "random").write_bytes(secrets.token_bytes(48 << 20))  # xz takes seconds on it
+    with (tree / "random").open("wb") as handle:
+        for start in range(0, size, 1 << 24):
+            handle.write(secrets.token_bytes(min(1 << 24, size - start)))
     store = tmp_path / "store"
-    imported = run_tvixmount("import", tree, "--store", store)
+    imported = run_tvixmount("import", tree, "--store", store, timeout=300)
     assert imported.returncode == 0, imported.stderr
+    (tree / "random").unlink()
+    return store, imported.stdout.strip()
+
+
+def test_interrupted_copy_leaves_no_narinfo_without_its_nar(tmp_path: Path):
+    store, path = random_path(tmp_path, 48 << 20)  # xz takes seconds on it
     dest = tmp_path / "dest"
     process = subprocess.Popen(
-        tvixmount_command(
-            "copy", "--from", store, "--to", f"file://{dest}", imported.stdout.strip()
-        ),
+        tvixmount_command("copy", "--from", store, "--to", f"file://{dest}", path),
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -321,20 +328,11 @@ def test_copy_into_a_grpc_store_and_from_it_to_a_cache(source: NixCache, tmp_pat
 
 
 def test_memory_stays_flat_whatever_the_nar_size(tmp_path: Path):
-    tree = tmp_path / "big"
-    tree.mkdir()
     size = 512 << 20
-    with (tree / "random").open("wb") as handle:
-        for _ in range(size >> 24):
-            handle.write(secrets.token_bytes(1 << 24))
-    store = tmp_path / "store"
-    imported = run_tvixmount("import", tree, "--store", store, timeout=300)
-    assert imported.returncode == 0, imported.stderr
-    (tree / "random").unlink()
+    store, path = random_path(tmp_path, size)
     process = subprocess.Popen(
         tvixmount_command(
-            "copy", "--from", store, "--to", f"file://{tmp_path}/dest?compression=zstd",
-            imported.stdout.strip(),
+            "copy", "--from", store, "--to", f"file://{tmp_path}/dest?compression=zstd", path,
         ),
         stdout=subprocess.DEVNULL,
     )  # fmt: skip

@@ -12,7 +12,6 @@ import pytest
 
 from tests.mounting import mounted, requires_fuse, run_tvixmount, tvixmount_command
 from tests.nixcache import (
-    NIX_FLAGS,
     NixCache,
     build_cache,
     generate_key,
@@ -20,6 +19,7 @@ from tests.nixcache import (
     requires_nix,
 )
 from tests.s3server import S3Server, aws_credentials, requires_moto, s3_server
+from tests.test_copy import nix_reads
 from tvixmount import nixbase32
 from tvixmount.storepath import StorePath
 
@@ -78,27 +78,7 @@ def test_copied_to_a_bucket_and_downloaded_nix_reads_it(
     head = s3.client().head_object(Bucket=bucket, Key=narinfo_key)
     assert head["ContentType"] == "text/x-nix-narinfo"
     chroot = tmp_path / "chroot"
-    read = subprocess.run(
-        [
-            "nix",
-            *NIX_FLAGS,
-            "copy",
-            "--from",
-            f"file://{downloaded}",
-            "--to",
-            str(chroot),
-            referrer,
-            "--option",
-            "trusted-public-keys",
-            ours.public,
-            "--option",
-            "require-sigs",
-            "true",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    read = nix_reads(f"file://{downloaded}", chroot, [referrer], ours.public)
     assert read.returncode == 0, read.stderr
     tree = nix_cache.paths[0]
     assert nix_hash(chroot / tree.lstrip("/")) == nix_hash(nix_cache.trees[tree])

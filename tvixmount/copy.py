@@ -24,6 +24,7 @@ from .castore.ingest import sole_error
 from .castore.nodes import DirectoryNode, FileNode
 from .errors import IntegrityError, NotFoundError
 from .nar.narinfo import Narinfo, fingerprint
+from .nar.writer import _file_contents as file_contents
 from .nar.writer import write_nar
 from .pathinfo.lookup import find_path_info
 from .pathinfo.model import PathInfo
@@ -35,7 +36,6 @@ from .stores.binarycache.writer import BinaryCacheWriter
 if TYPE_CHECKING:  # cryptography costs 100 ms to import; only signing needs it
     from .nar.signing import SecretKey
 
-_BLOB_CHUNK = 1 << 20
 # Paths copied at once: the two cores each compress one (more multiplies the
 # compressors' memory), and a remote store's round trips overlap.
 JOBS = 2
@@ -176,24 +176,13 @@ async def _copy_blob(
     if await dest.has(file.digest):
         progress(file.size)
         return
-    reader = await source.open_read(file.digest)
-    if reader is None:
-        raise NotFoundError(f"blob {file.digest} of {file.name!r} not found in the source store")
 
     async def chunks() -> AsyncIterator[bytes]:
-        offset = 0
-        while offset < reader.size:
-            data = await reader.pread(offset, min(_BLOB_CHUNK, reader.size - offset))
-            if not data:
-                raise IntegrityError(f"blob {file.digest} ended early at byte {offset}")
-            yield bytes(data)
-            offset += len(data)
+        async for data in file_contents(file, source):
+            yield data
             progress(len(data))
 
-    try:
-        digest = await put_stream(dest, chunks())
-    finally:
-        await reader.aclose()
+    digest = await put_stream(dest, chunks())
     if digest != file.digest:
         raise IntegrityError(f"blob {file.digest} of {file.name!r} arrived as {digest}")
 
