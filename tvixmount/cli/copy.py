@@ -143,7 +143,7 @@ class _Bar:
 
 async def _copy(args: argparse.Namespace) -> list[Copied]:
     from ..copy import copy_paths
-    from ..stores.binarycache.writer import read_secret_key
+    from ..nar.signing import read_secret_key
 
     paths = parse_store_paths(args.store_paths)
     keys = [read_secret_key(path) for path in args.secret_key]

@@ -71,16 +71,6 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def _secret_key(path: Path) -> SecretKey:
-    from ..nar.signing import SecretKey
-
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TvixmountError(f"cannot read secret key file {str(path)!r}: {exc}") from None
-    return SecretKey.parse(text)
-
-
 def run(args: argparse.Namespace) -> int:
     import trio  # here: the parser for every command imports this module
 
@@ -90,7 +80,9 @@ def run(args: argparse.Namespace) -> int:
         raise TvixmountError(
             "--writable applies to --listen (gRPC) only; the HTTP cache is read-only"
         )
-    keys = [_secret_key(path) for path in args.secret_key]
+    from ..nar.signing import read_secret_key
+
+    keys = [read_secret_key(path) for path in args.secret_key]
     # A server may receive Puts, so like `import` it creates the embedded store.
     store = open_store_from_args(args, create=True)
     return trio.run(_serve, store, args, keys)

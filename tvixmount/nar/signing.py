@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -90,6 +91,15 @@ class SecretKey:
 
     def sign(self, fingerprint: bytes) -> Signature:
         return Signature(self.name, self.key.sign(fingerprint))
+
+
+def read_secret_key(path: Path) -> SecretKey:
+    """The secret key in a Nix key file (what ``--generate-binary-cache-key`` writes)."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SigningKeyError(f"cannot read secret key file {str(path)!r}: {exc}") from None
+    return SecretKey.parse(text)
 
 
 def parse_public_keys(texts: Iterable[str]) -> tuple[PublicKey, ...]:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 import trio
 
 from ... import nixbase32
-from ...errors import IntegrityError, SigningKeyError, StoreError, StoreURLError
+from ...errors import IntegrityError, StoreError, StoreURLError
 from ...nar.narinfo import Narinfo, NixHash
 from ...pathinfo.model import PathInfo
 from ...storepath import STORE_DIR, StorePath
@@ -227,17 +227,6 @@ class BinaryCacheWriter:
         await self.sink.aclose()
 
 
-def read_secret_key(path: Path) -> SecretKey:
-    """A Nix secret key file (``NAME:BASE64``)."""
-    from ...nar.signing import SecretKey
-
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SigningKeyError(f"cannot read secret key file {str(path)!r}: {exc}") from None
-    return SecretKey.parse(text)
-
-
 def open_writer(url: str, keys: Sequence[SecretKey] = ()) -> BinaryCacheWriter:
     """A writer for the ``file://`` or ``s3://`` cache at ``url``, signing with ``keys``
     and the key file its ``secret-key=`` names; ``compression=`` as Nix takes it."""
@@ -253,8 +242,10 @@ def open_writer(url: str, keys: Sequence[SecretKey] = ()) -> BinaryCacheWriter:
         raise StoreURLError(f"{url}: tvixmount writes file:// and s3:// binary caches only")
     all_keys = list(keys)
     if cache.secret_key is not None:
+        from ...nar.signing import read_secret_key
+
         all_keys.append(read_secret_key(cache.secret_key))
     return BinaryCacheWriter(sink, cache.compression, all_keys)
 
 
-__all__ = ["BinaryCacheWriter", "CacheSink", "FileSink", "open_writer", "read_secret_key"]
+__all__ = ["BinaryCacheWriter", "CacheSink", "FileSink", "open_writer"]
