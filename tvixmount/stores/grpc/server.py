@@ -16,6 +16,10 @@ fixed-size chunks whose digests the server computes once and indexes, and
 and ours) then fetch only the chunks a positioned read needs instead of the
 whole blob. The index lives in memory; a client that hits a forgotten chunk
 after a restart re-Stats the blob, which rebuilds it.
+
+Writes: every Put is refused (PERMISSION_DENIED) unless the server was
+started ``writable``; then a PathInfo is kept only once :mod:`.admission`
+found it safe (docs/serve.md says what an exposed server lets others do).
 """
 
 from __future__ import annotations
