@@ -156,3 +156,14 @@ async def test_a_content_address_must_check_out_as_nix_computes_it(
 
 def _nar_of(info: PathInfo) -> tuple[int, bytes]:
     return info.narinfo.nar_size, info.narinfo.nar_sha256
+
+
+async def test_a_directory_path_whose_content_is_all_there_is_kept(client: Store) -> None:
+    for blob in fx.BLOBS:
+        await put_stream(client.blobs, [blob])
+    await client.directories.put_many(fx.DIRECTORIES)
+    root = fx.DIRECTORY_COMPLICATED
+    node = DirectoryNode(fx.ROOT_DIRECTORY_COMPLICATED, root.digest(), root.size())
+    info = PathInfo(node, (), await _nar(node, list(fx.BLOBS), list(fx.DIRECTORIES)))
+    assert await client.pathinfos.put(info) == info
+    assert await client.pathinfos.get(info.store_path.digest) == info
