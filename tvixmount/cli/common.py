@@ -33,7 +33,7 @@ def add_store_argument(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         type=Path,
         default=None,
-        help="local castore cache for binary-cache stores",
+        help="local castore cache for remote stores (binary caches, gRPC)",
     )
     parser.add_argument(
         "--trusted-public-key",
