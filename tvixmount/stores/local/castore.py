@@ -295,6 +295,10 @@ class _Batch:
     moves: list[tuple[Path, Path]] = field(default_factory=list)
     rows: dict[B3Digest, tuple[int, int, int]] = field(default_factory=dict)
     packs: set[_Pack] = field(default_factory=set)
+    # Packed blobs' bytes, written when the batch is committed, just before
+    # the sync: one pwrite per run of appends instead of one per blob.
+    # (pack, offset, bytes); consecutive appends to one pack extend one run.
+    writes: list[tuple[_Pack, int, bytearray]] = field(default_factory=list)
     sync_pack_dir: bool = False
 
     def empty(self) -> bool:
@@ -507,7 +511,6 @@ class LocalBlobService:
                 raise StoreError(f"cannot store blob {digest}: {exc}") from exc
             batch = self._in_flight[digest] = self._batch
             batch.rows[digest] = (pack.id, offset, len(data))
-            batch.packs.add(pack)
         await self._commit(batch)
 
     async def _reuse(self, digest: B3Digest) -> bool:
@@ -553,14 +556,18 @@ class LocalBlobService:
         return True
 
     def _append(self, data: bytes) -> tuple[_Pack, int]:
-        """Write ``data`` at the end of this service's current pack."""
+        """Reserve room for ``data`` at the end of this service's current pack;
+        the current batch writes it there when it is committed."""
         pack = self._appending
         if pack is None or self._append_at + len(data) > PACK_ROLLOVER:
             pack = self._new_pack()
         offset = self._append_at
-        view = memoryview(data)
-        while view:
-            view = view[os.pwrite(pack.fd, view, offset + len(data) - len(view)) :]
+        writes = self._batch.writes
+        if writes and writes[-1][0] is pack and writes[-1][1] + len(writes[-1][2]) == offset:
+            writes[-1][2].extend(data)
+        else:
+            writes.append((pack, offset, bytearray(data)))
+            self._batch.packs.add(pack)
         self._append_at = offset + len(data)
         return pack, offset
 
@@ -645,7 +652,11 @@ class LocalBlobService:
             batch.done.set()
 
     def _make_durable(self, batch: _Batch) -> None:
-        """Sync the batch's bytes, then rename its files into place (in a worker thread)."""
+        """Write and sync the batch's bytes, then rename its files into place (worker thread)."""
+        for pack, offset, data in batch.writes:
+            view = memoryview(data)
+            while view:
+                view = view[os.pwrite(pack.fd, view, offset + len(data) - len(view)) :]
         synced = bool(batch.moves) and _syncfs(self.tmp_dir, [tmp for tmp, _ in batch.moves])
         if not synced:
             for pack in batch.packs:
