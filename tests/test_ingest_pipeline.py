@@ -186,8 +186,9 @@ async def test_prefetcher_visits_files_in_the_order_the_walker_reads_them(
 async def test_tree_read_with_the_prefetcher_running_matches_nix(
     tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Every read counts as cold, and the prefetcher may run one file ahead only.
+    # Every read counts as cold (slow, then not cached); the prefetcher may run one file ahead.
     monkeypatch.setattr(ingest_module, "_COLD_READ", -1.0)
+    monkeypatch.setattr(ingest_module, "_in_page_cache", lambda path: False)
     monkeypatch.setattr(ingest_module, "_PREFETCH_AHEAD", 1)
     tree = _boundary_tree(tmp_path / "tree")
     make_tree(tree / "sub")
@@ -198,6 +199,7 @@ async def test_prefetcher_is_stopped_when_the_ingest_returns(
     tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(ingest_module, "_COLD_READ", -1.0)
+    monkeypatch.setattr(ingest_module, "_in_page_cache", lambda path: False)
     tree = make_tree(tmp_path / "tree")
     await ingest_path(tree, store.blobs, store.directories)
     assert _prefetch_threads() == []
@@ -207,6 +209,7 @@ async def test_prefetcher_skips_a_fifo_and_the_walk_rejects_it_without_hanging(
     tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(ingest_module, "_COLD_READ", -1.0)
+    monkeypatch.setattr(ingest_module, "_in_page_cache", lambda path: False)
     tree = tmp_path / "tree"
     tree.mkdir()
     (tree / "a-first").write_bytes(b"read before the fifo\n")

@@ -74,8 +74,11 @@ _GROUP_BYTES = 256 << 10
 # the time commit about this many blobs at once (one per task), so it should
 # be large; it also bounds memory (at most this many groups held).
 MAX_PENDING_BLOBS = 256
-# A small file whose open and read took longer than this came from the disk,
-# not the page cache: the prefetcher starts then.
+# A small file whose open and read took longer than this may have come from
+# the disk: the next small file is then checked, and if it is not in the page
+# cache the prefetcher starts. Timing alone is no proof: on a busy machine a
+# cached read takes that long while the walker waits for the CPU or the GIL,
+# and a prefetcher started on a cached tree only costs syscalls.
 _COLD_READ = 0.002
 # Files the prefetcher may be ahead of the walker: enough to keep the disk
 # busy, few enough that their pages are still cached when the walker comes.
@@ -289,6 +292,27 @@ class _Prefetcher:
             pass  # the walker reports whatever is wrong with the tree
 
 
+def _in_page_cache(path: bytes) -> bool:
+    """Whether the first page of the file at ``path`` is in the page cache.
+
+    ``RWF_NOWAIT`` reads only what is cached (a miss also starts reading the
+    page in, as readahead would). Where the filesystem cannot
+    tell (NFS, FUSE refuse the flag) or the file is gone, the answer is no:
+    the caller then trusts its timing.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        os.preadv(fd, [bytearray(1)], 0, os.RWF_NOWAIT)
+    except OSError:  # BlockingIOError: not cached
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
 def _advise_willneed(path: bytes) -> None:
     try:
         # Non-blocking: the entry may have been replaced by a FIFO meanwhile.
@@ -318,6 +342,7 @@ class _Walker:
         self._root = b""
         self._files_read = 0
         self._prefetcher: _Prefetcher | None = None
+        self._maybe_cold = False  # the last small file read slowly
 
     def close(self) -> None:
         """Stop the prefetcher, if one was started."""
@@ -344,11 +369,15 @@ class _Walker:
         record = _FileRecord(name, size, executable)
         chunks: Iterable[bytes]
         if size <= SMALL_FILE:
+            if self._maybe_cold and self._prefetcher is None:
+                self._maybe_cold = False
+                if not _in_page_cache(path):
+                    self._start_prefetcher()
             started = time.perf_counter()
             # One job per small file, read whole (a single chunk is joined without a copy).
             chunks = (b"".join(_read_file(path, size)),)
-            if self._prefetcher is None and time.perf_counter() - started > _COLD_READ:
-                self._start_prefetcher()
+            if time.perf_counter() - started > _COLD_READ:
+                self._maybe_cold = True
         else:
             chunks = _read_file(path, size)
         for chunk in chunks:
