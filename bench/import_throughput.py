@@ -10,6 +10,14 @@ just written), and each writes to the same disk. A third timing imports into
 ``memory://`` to separate the walk and hashing from the store's writes.
 Each import runs ``--repeat`` times, interleaved, and every run is printed:
 the machine may be shared, so the best run is the least disturbed one.
+On a machine where others drop the page cache (cold benchmarks), put the
+tree on a tmpfs with ``--dir /dev/shm``: the stores stay on the disk
+(``--store-dir``, default the system's temp directory, and /nix/store).
+
+``--tree PATH`` imports an existing tree instead (read from the page cache
+too: it is read once before the runs), e.g. ``/usr/lib/python3.11`` for a
+tree of real small files. Its store path must not be in use in /nix/store
+(it is deleted after each run).
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from tvixmount.castore.ingest import regular_files
 
 GIB = 1 << 30
 MB = 1_000_000
@@ -94,7 +104,21 @@ def report(label: str, data: int, seconds: list[float]) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=GIB, help="tree size in bytes")
-    parser.add_argument("--dir", type=Path, default=None, help="scratch directory")
+    parser.add_argument(
+        "--dir", type=Path, default=None, help="scratch directory for the generated tree"
+    )
+    parser.add_argument(
+        "--store-dir",
+        type=Path,
+        default=None,
+        help="where the embedded store goes (default: the system's temp directory)",
+    )
+    parser.add_argument(
+        "--tree",
+        type=Path,
+        default=None,
+        help="import this existing tree instead of a generated one",
+    )
     parser.add_argument(
         "--repeat",
         type=int,
@@ -106,14 +130,24 @@ def main() -> int:
         print("nix-store not found: cannot compare", file=sys.stderr)
         return 1
     scratch = Path(tempfile.mkdtemp(prefix="tvixmount-import-bench-", dir=args.dir))
+    # Apart from the tree: with --dir on a tmpfs (a tree no one's dropping of
+    # caches can make cold), the store must still be on a disk, like /nix/store.
+    store_scratch = Path(tempfile.mkdtemp(prefix="tvixmount-import-bench-", dir=args.store_dir))
     nix_path = ""
     times: dict[str, list[float]] = {"embedded": [], "memory": [], "nix": []}
     try:
-        tree = scratch / "tree"
-        data = build_tree(tree, args.size, seed=time.time_ns())
-        subprocess.run(["sync"], check=True)
+        if args.tree is None:
+            tree = scratch / "tree"
+            data = build_tree(tree, args.size, seed=time.time_ns())
+            subprocess.run(["sync"], check=True)
+        else:
+            tree = args.tree.absolute()
+            data = 0
+            for path, size in regular_files(os.fsencode(tree)):
+                Path(os.fsdecode(path)).read_bytes()
+                data += size
         for _ in range(args.repeat):
-            store = scratch / "store"
+            store = store_scratch / "store"
             shutil.rmtree(store, ignore_errors=True)
             tvix_s, tvix_path = timed(
                 [sys.executable, "-m", "tvixmount", "import", str(tree), "--store", store]
@@ -144,6 +178,7 @@ def main() -> int:
         if nix_path:
             nix_delete(nix_path)
         shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(store_scratch, ignore_errors=True)
     return 0
 
 
