@@ -311,6 +311,12 @@ def _started(argv: list[str]) -> subprocess.Popen[str]:
     return process
 
 
+def _marker() -> str:
+    """A unique extra argument for ``busybox sleep 1000``: sleep adds up its arguments,
+    so it must be a number (a word made sleep exit at once with status 1)."""
+    return f"0.{secrets.randbelow(10**12):012d}"
+
+
 def _sleeper(build: Build, marker: str) -> list[str]:
     return build.run(
         f"{build.busybox}/bin/sh",
@@ -320,7 +326,7 @@ def _sleeper(build: Build, marker: str) -> list[str]:
 
 
 def test_sigterm_reaches_the_command(build: Build, host_state: None) -> None:
-    marker = f"sigterm-{secrets.token_hex(4)}"
+    marker = _marker()
     process = _started(_sleeper(build, marker))
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == 128 + signal.SIGTERM
@@ -328,7 +334,7 @@ def test_sigterm_reaches_the_command(build: Build, host_state: None) -> None:
 
 
 def test_sigint_reaches_the_command(build: Build) -> None:
-    marker = f"sigint-{secrets.token_hex(4)}"
+    marker = _marker()
     process = _started(_sleeper(build, marker))
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=60) == 128 + signal.SIGINT
@@ -337,7 +343,7 @@ def test_sigint_reaches_the_command(build: Build) -> None:
 def test_sigkill_of_run_takes_the_command_and_the_mount_with_it(
     build: Build, host_state: None
 ) -> None:
-    marker = f"sigkill-{secrets.token_hex(4)}"
+    marker = _marker()
     argv = _sleeper(build, marker)
     process = _started(argv)
     process.kill()
@@ -349,7 +355,7 @@ def test_sigkill_of_run_takes_the_command_and_the_mount_with_it(
 
 
 def test_processes_the_command_leaves_behind_go_with_it(build: Build, host_state: None) -> None:
-    marker = f"leftover-{secrets.token_hex(4)}"
+    marker = _marker()
     script = f"{build.busybox}/bin/busybox sleep 1000 {marker} > /dev/null 2>&1 & exit 0"
     done = subprocess.run(
         build.run(f"{build.busybox}/bin/sh", "-c", script), capture_output=True, timeout=120
