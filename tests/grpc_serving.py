@@ -13,7 +13,8 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from tvixmount._proto import rpc_blobstore_pb2_grpc as blob_grpc
 from tvixmount._proto import rpc_directory_pb2_grpc as dir_grpc
 from tvixmount._proto import rpc_pathinfo_pb2_grpc as pi_grpc
 from tvixmount._proto.pathinfo_pb2 import PathInfo as PathInfoMsg
+from tvixmount.castore.directory import Directory
 
 _READY = re.compile(r"^tvixmount: serving .* at (\S+)$")
 _START_TIMEOUT = 30.0
@@ -122,6 +124,20 @@ class FakeBackend:
     hung_blobs: set[bytes] = field(default_factory=set)  # Stat and Read of these hang
     hung_calls: int = 0  # calls that started hanging
     release: threading.Event = field(default_factory=threading.Event)
+
+    def put_directories(self, directories: Iterable[Directory]) -> None:
+        """Store each Directory as tvix answers a recursive Get: its closure, breadth first."""
+        by_digest = {bytes(d.digest()): d for d in directories}
+        for digest in by_digest:
+            closure, queue, seen = [], deque([digest]), {digest}
+            while queue:
+                directory = by_digest[queue.popleft()]
+                closure.append(directory.to_proto())
+                for child in directory.directories:
+                    if bytes(child.digest) not in seen:
+                        seen.add(bytes(child.digest))
+                        queue.append(bytes(child.digest))
+            self.directories[digest] = closure
 
 
 def _hang(backend: FakeBackend, context: Any) -> None:

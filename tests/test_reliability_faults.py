@@ -255,8 +255,7 @@ def _grpc_backend(hanging_pathinfo: bytes, hanging_blob: bytes) -> FakeBackend:
         backend.pathinfos[info.store_path.digest] = info.to_proto()
     for blob in fx.BLOBS:
         backend.blobs[bytes(B3Digest.of(blob))] = blob
-    for directory in fx.DIRECTORIES:
-        backend.directories[bytes(directory.digest())] = [directory.to_proto()]
+    backend.put_directories(fx.DIRECTORIES)
     return backend
 
 
