@@ -38,9 +38,10 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import trio
 
@@ -481,6 +482,16 @@ def _build(root: _Record, out: dict[B3Digest, Directory]) -> Node:
             stack[-1][2].append(node)
 
 
+@runtime_checkable
+class PutsMany(Protocol):
+    """A blob service that stores whole blobs together faster than one by one
+    (the embedded store makes a group of small blobs durable with one wait)."""
+
+    async def put_many(self, blobs: Sequence[bytes]) -> list[B3Digest]:
+        """Store each of ``blobs``; returns their digests, in order, once all are stored."""
+        ...
+
+
 class _Storer:
     """Consumes walker batches on the trio loop, setting each file record's digest.
 
@@ -553,6 +564,13 @@ class _Storer:
         record.digest = await writer.finish()
 
     async def _store_group(self, group: list[_Job]) -> None:
+        if isinstance(self._blobs, PutsMany):
+            digests = await self._blobs.put_many([data for _record, data in group])
+            for (record, data), digest in zip(group, digests, strict=True):
+                record.digest = digest
+                if self._progress is not None and data:
+                    self._progress(len(data))
+            return
         for record, data in group:
             record.digest = await put_stream(self._blobs, (data,) if data else ())
             if self._progress is not None and data:

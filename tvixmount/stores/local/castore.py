@@ -41,6 +41,7 @@ from typing import Any
 import blake3
 import trio
 
+from ...castore.blobservice import put_stream
 from ...castore.digest import B3Digest
 from ...castore.directory import Directory
 from ...castore.directoryservice import check_closure, walk_breadth_first
@@ -499,10 +500,42 @@ class LocalBlobService:
 
     async def put_packed(self, digest: B3Digest, data: bytes) -> None:
         """Append a small blob to this service's pack; returns once it is durable."""
+        batch = await self._stage_packed(digest, data)
+        if batch is not None:
+            await self._commit(batch)
+
+    async def put_many(self, blobs: Sequence[bytes]) -> list[B3Digest]:
+        """Store whole blobs; returns their digests once all are durable.
+
+        The packed ones wait for their commits together: stored one after the
+        other, each waited for a commit (a sync) of its own, so an import's
+        small files went at one per sync per storing task.
+        """
+        digests: list[B3Digest] = []
+        pending: dict[int, tuple[B3Digest, _Batch]] = {}
+        for data in blobs:
+            if len(data) > PACK_MAX:
+                digests.append(await put_stream(self, (data,)))
+                continue
+            digest = B3Digest(blake3.blake3(data).digest())
+            digests.append(digest)
+            batch = await self._stage_packed(digest, data)
+            if batch is not None:
+                pending.setdefault(id(batch), (digest, batch))
+        for digest, batch in pending.values():
+            try:
+                await self._commit(batch)
+            except (OSError, sqlite3.Error) as exc:
+                raise StoreError(f"cannot store blob {digest}: {exc}") from exc
+        return digests
+
+    async def _stage_packed(self, digest: B3Digest, data: bytes) -> _Batch | None:
+        """Append a small blob to the pending batch; returns the batch to wait
+        for, or None if the blob is stored already."""
         batch = self._in_flight.get(digest)
         if batch is None:
             if await self._reuse(digest):
-                return
+                return None
             batch = self._in_flight.get(digest)  # another put may have begun meanwhile
         if batch is None:
             try:
@@ -511,7 +544,7 @@ class LocalBlobService:
                 raise StoreError(f"cannot store blob {digest}: {exc}") from exc
             batch = self._in_flight[digest] = self._batch
             batch.rows[digest] = (pack.id, offset, len(data))
-        await self._commit(batch)
+        return batch
 
     async def _reuse(self, digest: B3Digest) -> bool:
         """Whether the blob is stored with the right bytes (a corrupt copy gets replaced).
