@@ -26,6 +26,7 @@ packed blob costs one ``fstat`` of the already open pack: no query, no
 from __future__ import annotations
 
 import contextlib
+import enum
 import errno
 import itertools
 import os
@@ -72,6 +73,20 @@ _PACK_READ_AHEAD = 1 << 20
 _WRITE_BUFFER = 1 << 20
 # Writes to a big blob's temp file from this size on are hashed and written in a thread.
 _THREADED_WRITE_MIN = 64 << 10
+
+
+# Digests looked up in one query (SQLite allows 32766 parameters).
+_QUERY_KEYS = 512
+
+
+class _LookUp(enum.Enum):
+    LOOK_UP = enum.auto()
+
+
+# A blob's packed row as its caller knows it: the row's generation, None (no
+# row), or _LOOK_UP (not looked up yet).
+_LOOK_UP = _LookUp.LOOK_UP
+_Packed = int | None | _LookUp
 
 
 class _PackGone(StoreError):
@@ -511,30 +526,62 @@ class LocalBlobService:
         other, each waited for a commit (a sync) of its own, so an import's
         small files went at one per sync per storing task.
         """
-        digests: list[B3Digest] = []
+        digests = [
+            B3Digest(blake3.blake3(data).digest()) if len(data) <= PACK_MAX else None
+            for data in blobs
+        ]
+        # One query for the group's packed rows, not one per blob.
+        packed = self._packed_gens([bytes(d) for d in digests if d is not None])
         pending: dict[int, tuple[B3Digest, _Batch]] = {}
-        for data in blobs:
-            if len(data) > PACK_MAX:
-                digests.append(await put_stream(self, (data,)))
-                continue
-            digest = B3Digest(blake3.blake3(data).digest())
-            digests.append(digest)
-            batch = await self._stage_packed(digest, data)
-            if batch is not None:
-                pending.setdefault(id(batch), (digest, batch))
+        try:
+            for index, (digest, data) in enumerate(zip(digests, blobs, strict=True)):
+                if digest is None:
+                    digests[index] = await put_stream(self, (data,))
+                    continue
+                batch = await self._stage_packed(digest, data, packed.get(bytes(digest)))
+                if batch is not None:
+                    pending.setdefault(id(batch), (digest, batch))
+        except BaseException:
+            # What was appended is committed before the error goes on, as
+            # with a put cancelled while committing: else it would wait for
+            # whichever put commits next.
+            with trio.CancelScope(shield=True):
+                for _digest, batch in pending.values():
+                    with contextlib.suppress(OSError, sqlite3.Error):
+                        await self._commit(batch)
+            raise
         for digest, batch in pending.values():
             try:
                 await self._commit(batch)
             except (OSError, sqlite3.Error) as exc:
                 raise StoreError(f"cannot store blob {digest}: {exc}") from exc
-        return digests
+        return [digest for digest in digests if digest is not None]
 
-    async def _stage_packed(self, digest: B3Digest, data: bytes) -> _Batch | None:
+    def _packed_gens(self, keys: list[bytes]) -> dict[bytes, int]:
+        """The generation of each of the blobs that has a packed row."""
+        gens: dict[bytes, int] = {}
+        try:
+            for start in range(0, len(keys), _QUERY_KEYS):
+                part = keys[start : start + _QUERY_KEYS]
+                gens.update(
+                    self._db.execute(
+                        "SELECT digest, gen FROM packed_blobs WHERE digest IN"
+                        f" ({','.join('?' * len(part))})",
+                        part,
+                    ).fetchall()
+                )
+        except sqlite3.Error as exc:
+            raise StoreError(f"local store: {exc}") from exc
+        return gens
+
+    async def _stage_packed(
+        self, digest: B3Digest, data: bytes, packed: _Packed = _LOOK_UP
+    ) -> _Batch | None:
         """Append a small blob to the pending batch; returns the batch to wait
-        for, or None if the blob is stored already."""
+        for, or None if the blob is stored already. ``packed``: as for ``_reuse``."""
         batch = self._in_flight.get(digest)
         if batch is None:
-            if await self._reuse(digest):
+            if await self._reuse(digest, packed):
                 return None
             batch = self._in_flight.get(digest)  # another put may have begun meanwhile
         if batch is None:
@@ -546,20 +593,24 @@ class LocalBlobService:
             batch.rows[digest] = (pack.id, offset, len(data))
         return batch
 
-    async def _reuse(self, digest: B3Digest) -> bool:
+    async def _reuse(self, digest: B3Digest, packed: _Packed = _LOOK_UP) -> bool:
         """Whether the blob is stored with the right bytes (a corrupt copy gets replaced).
 
         A stored copy is first marked with this process's generation, so a
         ``gc`` that runs before the PathInfo referring to it is written keeps
         it; only then is it looked at, so a copy ``gc`` removed just before is
-        seen to be gone and written again.
+        seen to be gone and written again. ``packed``: the blob's packed row
+        (its generation), if the caller looked it up already.
         """
         gen = self._lease.gen
         key = bytes(digest)
         try:
-            row = self._db.execute(
-                "SELECT gen FROM packed_blobs WHERE digest = ?", (key,)
-            ).fetchone()
+            if packed is _LOOK_UP:
+                row = self._db.execute(
+                    "SELECT gen FROM packed_blobs WHERE digest = ?", (key,)
+                ).fetchone()
+            else:
+                row = None if packed is None else (packed,)
             if row is not None:
                 if row[0] < gen:
                     with self._db:
@@ -628,10 +679,20 @@ class LocalBlobService:
         until nothing was pending kept every waiter waiting for as long as
         concurrent writers kept finishing blobs (fetches of 8 paths at once all
         waited for the slowest). If it fails unexpectedly, the same happens.
+
+        A waiter cancelled while its batch is pending still sees it committed
+        (shielded) before it stops: since leaders step down after their own
+        batch, no one else might commit it until the next put.
         """
         while not batch.done.is_set():
             if self._leader_gone is not None:
-                await self._leader_gone.wait()
+                try:
+                    await self._leader_gone.wait()
+                except trio.Cancelled:
+                    # Its error, if any, is not this cancelled caller's to report.
+                    with trio.CancelScope(shield=True), contextlib.suppress(OSError, sqlite3.Error):
+                        await self._commit(batch)
+                    raise
             else:
                 await self._lead(batch)
         if batch.error is not None:
