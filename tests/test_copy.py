@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import signal
 import subprocess
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.measured import run_measured
 from tests.grpc_serving import serving
 from tests.mounting import run_tvixmount, tvixmount_command
 from tests.nixcache import (
@@ -330,14 +330,9 @@ def test_copy_into_a_grpc_store_and_from_it_to_a_cache(source: NixCache, tmp_pat
 def test_memory_stays_flat_whatever_the_nar_size(tmp_path: Path):
     size = 512 << 20
     store, path = random_path(tmp_path, size)
-    process = subprocess.Popen(
-        tvixmount_command(
-            "copy", "--from", store, "--to", f"file://{tmp_path}/dest?compression=zstd", path,
-        ),
-        stdout=subprocess.DEVNULL,
+    code, lines, peak_kb = run_measured(
+        "copy", "--from", store, "--to", f"file://{tmp_path}/dest?compression=zstd", path,
     )  # fmt: skip
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    assert process.returncode == 0
-    peak = usage.ru_maxrss << 10
+    assert code == 0, lines
+    peak = peak_kb << 10
     assert peak < size // 2, f"peak RSS {peak >> 20} MiB for a {size >> 20} MiB NAR"

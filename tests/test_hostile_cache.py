@@ -10,8 +10,6 @@ import contextlib
 import hashlib
 import http.server
 import struct
-import subprocess
-import sys
 import threading
 import zlib
 from collections.abc import Callable, Iterator
@@ -22,6 +20,7 @@ import pytest
 import trio
 import zstandard
 
+from tests.fixtures.measured import run_measured
 from tests.nixcache import (
     NixCache,
     build_cache,
@@ -42,29 +41,6 @@ GIB = 1 << 30
 MIB = 1 << 20
 BOMB_PATH = StorePath(bytes(range(20)), "bomb")
 CACHE_INFO = b"StoreDir: /nix/store\n"
-
-# Runs one tvixmount command in this process and reports its peak RSS on the last line.
-MEASURED = """
-import sys
-from tvixmount.cli.main import main
-code = main(sys.argv[1:])
-peak = next(line for line in open("/proc/self/status") if line.startswith("VmHWM"))
-print(f"exit={code} peak_kb={peak.split()[1]}", file=sys.stderr)
-"""
-
-
-def run_measured(*args: str | Path) -> tuple[int, list[str], int]:
-    """A CLI command in a fresh interpreter: exit code, stderr lines, peak RSS in kB."""
-    done = subprocess.run(
-        [sys.executable, "-c", MEASURED, *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    *lines, last = done.stderr.splitlines()
-    code, peak = (int(part.split("=")[1]) for part in last.split())
-    return code, [line for line in lines if " INFO " not in line], peak
 
 
 def assert_one_line(lines: list[str], reason: str) -> None:
