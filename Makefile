@@ -31,8 +31,13 @@ test: lint
 proto: $(STAMP)
 	$(BIN)/python -m tvixmount._protogen protos tvixmount/_proto
 
+# The mount figures (bench.run, real software included), then one peer comparison per
+# command this wave added; each prints its table and its ratios from the same run.
+BENCHES := import_throughput copy_bench serve_http_bench run_closure_bench housekeeping_bench
+
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
+	for b in $(BENCHES); do $(BIN)/python -m bench.$$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info
