@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.mounting import run_tvixmount
+from tests.mounting import run_tvixmount, tvixmount_command
 from tests.nixcache import requires_nix
 from tvixmount.cli.main import COMMANDS, build_parser
 
@@ -308,3 +309,41 @@ def test_a_missing_mount_point_is_one_line(imported: tuple[str, str], tmp_path: 
     store, _ = imported
     _one_error_line(run_tvixmount("mount", tmp_path / "missing", "--store", store))
     _one_error_line(run_tvixmount("umount", tmp_path / "missing"))
+
+
+@pytest.mark.parametrize("form", ["{host}:{port}", "grpc+http://{host}:{port}"])
+def test_serve_refuses_a_port_in_use_in_one_line(form: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = form.format(host="127.0.0.1", port=taken.getsockname()[1])
+        busy = run_tvixmount("serve", "--listen", address, "--store", "memory://")
+    _one_error_line(busy)
+    assert "in use" in busy.stderr
+
+
+def test_serve_listens_on_a_grpc_unix_url(imported: tuple[str, str], tmp_path: Path) -> None:
+    store, path = imported
+    url = f"grpc+unix://{tmp_path / 'serve.sock'}"
+    server = subprocess.Popen(
+        tvixmount_command("serve", "--listen", url, "--store", store),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        assert server.stdout.readline() == f"tvixmount: serving {store} at {url}\n"
+        listed = run_tvixmount("ls", path, "--store", url)
+        assert (listed.returncode, listed.stderr) == (0, "")
+        assert "README" in listed.stdout
+    finally:
+        server.terminate()
+        assert server.wait(timeout=30) == 0
+
+
+@pytest.mark.parametrize(
+    "listen", ["127.0.0.1:65536", "http://127.0.0.1:0", "grpc+unix://relative"]
+)
+def test_serve_refuses_a_malformed_listen_address_in_one_line(listen: str) -> None:
+    _one_error_line(run_tvixmount("serve", "--listen", listen, "--store", "memory://"))

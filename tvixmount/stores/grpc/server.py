@@ -25,8 +25,10 @@ found it safe (docs/serve.md says what an exposed server lets others do).
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import logging
+import socket
 import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -385,17 +387,23 @@ class PathInfoServicer(pi_grpc.PathInfoServiceServicer):  # type: ignore[misc]
 
 
 def _bind(server: Any, listen: str) -> str:
-    """Bind ``listen`` (``HOST:PORT`` or ``unix:///PATH``); returns the client store URL."""
-    if listen.startswith("unix:"):
-        path = listen.removeprefix("unix:").removeprefix("//")
+    """Bind ``listen`` (``HOST:PORT`` or ``unix:///PATH``); returns the client store URL.
+
+    The store URLs clients take for the same address (``grpc+http://HOST:PORT``,
+    ``grpc+unix:///PATH``) are accepted too.
+    """
+    given = listen.removeprefix("grpc+http://").removeprefix("grpc+")
+    if given.startswith("unix:"):
+        path = given.removeprefix("unix:").removeprefix("//")
         if not path.startswith("/") or path == "/":
             raise TvixmountError(f"cannot listen on {listen!r}: expected unix:///ABSOLUTE/PATH")
         address, url = f"unix:{path}", f"grpc+unix://{path}"
     else:
-        host, sep, port = listen.rpartition(":")
-        if not sep or not host or not port.isdigit():
+        host, sep, port = given.rpartition(":")
+        if not sep or not host or "/" in host or not port.isdigit() or int(port) > 65535:
             raise TvixmountError(f"cannot listen on {listen!r}: expected HOST:PORT or unix:///PATH")
-        address, url = listen, ""
+        _probe_tcp(listen, host, int(port))
+        address, url = given, ""
     try:
         bound = server.add_insecure_port(address)
     except RuntimeError as exc:
@@ -403,6 +411,35 @@ def _bind(server: Any, listen: str) -> str:
     if not bound:
         raise TvixmountError(f"cannot listen on {listen!r}: the address is in use or invalid")
     return url or f"grpc+http://{host}:{bound}"
+
+
+def _probe_tcp(listen: str, host: str, port: int) -> None:
+    """Refuse an address in use (or not on this host) before grpc tries it.
+
+    grpc's own bind failure writes a log line of its own to stderr beside our
+    error, and is vaguer ("Failed to bind"). grpc binds every address ``host``
+    resolves to, so one of them in use is refused.
+    """
+    if port == 0:
+        return
+    try:
+        addresses = socket.getaddrinfo(
+            host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise TvixmountError(f"cannot listen on {listen!r}: {exc.strerror}") from None
+    failures: list[OSError] = []
+    for family, kind, proto, _, sockaddr in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(sockaddr)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise TvixmountError(f"cannot listen on {listen!r}: {exc.strerror}") from None
+                failures.append(exc)
+    if failures and len(failures) == len(addresses):
+        raise TvixmountError(f"cannot listen on {listen!r}: {failures[0].strerror}")
 
 
 class GrpcServer:
