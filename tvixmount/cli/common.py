@@ -68,10 +68,13 @@ def open_store_from_args(args: argparse.Namespace, create: bool = False) -> Stor
 
 
 def parse_store_paths(texts: list[str]) -> list[StorePath]:
-    """Parse every argument first, so one bad path fails before any work is done."""
+    """Parse every argument first, so one bad path fails before any work is done.
+
+    A trailing slash (a shell completes a directory with one) is dropped, as Nix does.
+    """
     from ..storepath import StorePath
 
-    return [StorePath.parse(text) for text in texts]
+    return [StorePath.parse(text.rstrip("/") or text) for text in texts]
 
 
 async def get_path_info(store: Store, store_path: StorePath) -> PathInfo:
