@@ -8,10 +8,9 @@ usual: in the background, exiting 0 once the mount answers.
 Options of our own: ``trusted-public-key=KEY`` (repeatable), ``list-root``,
 ``allow_other``, ``no-xattr``, ``timeout=S``, ``cache-dir=DIR``,
 ``no-require-sigs``, ``log-file=FILE``. The generic options mount(8) passes
-along (``ro``, ``nofail``, ``_netdev``, ``nosuid``, ``x-*``, ...) are
+along (``ro``, ``rw``, ``nofail``, ``_netdev``, ``nosuid``, ``x-*``, ...) are
 accepted and mean nothing here: the mount is read-only, and the kernel sees
-no device, suid bit or special file through it. ``rw``, which mount(8) adds
-when ``ro`` is not given, is refused: tvixmount mounts are read-only.
+no device, suid bit or special file through it.
 """
 
 from __future__ import annotations
@@ -28,9 +27,13 @@ from .main import EXIT_ERROR, EXIT_OK, build_parser, run_command_line, serve_wit
 PROG = "mount.tvixmount"
 
 # Accepted, and without effect on a read-only FUSE mount of immutable content.
+# ``rw`` too: mount(8) passes it whenever ``ro`` is not given (``defaults``,
+# ``mount -t tvixmount SOURCE DIR``), and the mount is read-only regardless,
+# as mount(8) mounts a write-protected device.
 _GENERIC = frozenset(
     {
         "ro",
+        "rw",
         "defaults",
         "auto",
         "noauto",
@@ -116,10 +119,6 @@ def _option_flags(option: str, sloppy: bool) -> list[str]:
     name, has_value, value = option.partition("=")
     if option in _GENERIC or name == "comment" or name.startswith(("x-", "X-")):
         return []
-    if option == "rw":
-        raise MountOptionError(
-            "tvixmount mounts are read-only: give -o ro (mount adds rw without it)"
-        )
     if name in _VALUED:
         if not has_value or not value:
             raise MountOptionError(f"mount option {name} needs a value: {name}=...")
