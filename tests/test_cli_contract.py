@@ -299,6 +299,28 @@ def test_an_unreachable_store_is_one_line_and_exit_1(url: str) -> None:
     _one_error_line(run_tvixmount("ls", "--store", url))
 
 
+@pytest.mark.parametrize(
+    "invocation",
+    [
+        ["path-info", BASENAME, "--store"],
+        ["nar", BASENAME, "--store"],
+        ["verify", "--store"],
+        ["import", "/etc/hostname", "--store"],
+        ["serve", "--listen", "127.0.0.1:0", "--store"],
+        ["copy", "--to", "file:///nonexistent-target", BASENAME, "--from"],
+        ["run", "--store"],
+    ],
+    ids=lambda words: words[0],
+)
+def test_every_command_reports_an_unreachable_grpc_store_in_one_line(
+    invocation: list[str],
+) -> None:
+    command = [*invocation, "grpc+unix:///nonexistent.sock"]
+    if invocation[0] == "run":
+        command += ["--", "true"]
+    _one_error_line(run_tvixmount(*command))
+
+
 @pytest.mark.parametrize("command", [["ls"], ["info"], ["gc", "--dry-run"], ["verify"]])
 def test_a_missing_or_foreign_store_directory_is_one_line(
     command: list[str], tmp_path: Path
