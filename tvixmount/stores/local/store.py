@@ -33,6 +33,7 @@ import os
 import shutil
 import sqlite3
 import stat
+import time
 import urllib.parse
 from pathlib import Path
 
@@ -42,6 +43,8 @@ from .lease import Lease, process_alive
 from .pathinfo import LocalPathInfoService
 
 MARKER = "tvixmount-store"
+# As long as SQLite's busy timeout (connect's ``timeout``).
+_SETUP_TIMEOUT = 30.0
 FORMAT = "tvixmount-store 2\n"
 # Older formats this version opens and upgrades to FORMAT.
 _UPGRADABLE = frozenset({"tvixmount-store 1\n"})
@@ -184,6 +187,25 @@ def _connect(root: Path, read_only: bool) -> sqlite3.Connection:
     try:
         db.isolation_level = "DEFERRED"
         if not read_only:
+            _set_up_schema(db)
+        db.execute("SELECT count(*) FROM pathinfos").fetchone()
+    except sqlite3.Error as exc:
+        db.close()
+        raise StoreError(f"{root}: cannot open store database: {exc}") from exc
+    return db
+
+
+def _set_up_schema(db: sqlite3.Connection) -> None:
+    """WAL mode and the schema, retried while another process does the same.
+
+    Two imports creating one store at once both switch it to WAL and create
+    its tables; SQLite answers a lock upgrade that could deadlock with "database
+    is locked" at once, without waiting out the busy timeout, so the setup
+    (idempotent) is tried again for as long as that timeout would have waited.
+    """
+    deadline = time.monotonic() + _SETUP_TIMEOUT
+    while True:
+        try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(_SCHEMA)
@@ -191,11 +213,13 @@ def _connect(root: Path, read_only: bool) -> sqlite3.Connection:
                 columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
                 if "gen" not in columns:
                     db.execute(f"ALTER TABLE {table} ADD COLUMN gen INTEGER NOT NULL DEFAULT 0")
-        db.execute("SELECT count(*) FROM pathinfos").fetchone()
-    except sqlite3.Error as exc:
-        db.close()
-        raise StoreError(f"{root}: cannot open store database: {exc}") from exc
-    return db
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            if db.in_transaction:
+                db.rollback()
+            time.sleep(0.05)
 
 
 def _check_database(root: Path) -> None:
