@@ -17,7 +17,9 @@ not yet stored), so the two threads overlap instead of taking turns. The
 storer keeps per-file work off the scheduler: small files are stored in
 groups, one task per group, and up to ``MAX_PENDING_BLOBS`` groups and
 big-file completions run at once, so stores that wait in ``finish`` for a
-shared durability commit still commit many blobs at a time.
+shared durability commit still commit many blobs at a time. A store that
+offers ``put_many`` (:class:`PutsMany`, the embedded one) takes a whole
+group at once and waits for its commit once, not once per file.
 
 When small files turn out to come from the disk rather than the page cache,
 a prefetch thread walks ahead of the walker and has the kernel read them in
@@ -496,8 +498,9 @@ class _Storer:
     """Consumes walker batches on the trio loop, setting each file record's digest.
 
     Small files are stored in groups, each group by a task of its own that
-    stores its files one after the other; big files stream through one
-    writer in order and only their completion runs in a task.
+    stores its files with one ``put_many`` or else one after the other; big
+    files stream through one writer in order and only their completion runs
+    in a task.
     ``MAX_PENDING_BLOBS`` bounds the tasks, and with them memory.
     """
 
