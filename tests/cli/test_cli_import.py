@@ -13,14 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.local_tree import make_tree, nix, nix_add, nix_dump, requires_nix
 from tvixmount import nixbase32
 from tvixmount.castore import SymlinkNode
 from tvixmount.cli.import_ import PROGRESS_MIN_BYTES
 from tvixmount.cli.path_info import to_json
 from tvixmount.pathinfo import NarInfo, PathInfo, Signature
 from tvixmount.storepath import StorePath
-
-from .fixtures.local_tree import make_tree, nix, nix_add, nix_dump, requires_nix
 
 UNKNOWN = "/nix/store/00000000000000000000000000000000-unknown"
 

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.local_tree import make_tree
 from tvixmount.castore import ingest as ingest_module
 from tvixmount.castore.ingest import ingest_path
 from tvixmount.stores import Store, open_store
-
-from .fixtures.local_tree import make_tree
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from tvixmount.stores import Store, open_store
 from tvixmount.testing.build import BuiltFixture, build_fixture, write_nix_cache
 from tvixmount.testing.spec import load_spec, parse_spec
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parent.parent / "fixtures"
 TVIX_SPEC = FIXTURES / "tvix.toml"
 DEMO_SPEC = FIXTURES / "demo.toml"
 NIX_FLAGS = ("--extra-experimental-features", "nix-command")

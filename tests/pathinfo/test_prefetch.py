@@ -37,7 +37,7 @@ from tests.nixcache import (
     requires_nix,
     serve_directory,
 )
-from tests.test_plugin import STORE_SPEC
+from tests.testing.test_plugin import STORE_SPEC
 from tvixmount.pathinfo.prefetch import ClosurePrefetcher
 from tvixmount.testing.mounts import mounted
 

@@ -7,14 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.local_tree import make_tree, nix_dump, requires_nix
 from tvixmount.castore import DirectoryNode, FileNode, SymlinkNode
 from tvixmount.castore.blobservice import read_all
 from tvixmount.errors import NarError
 from tvixmount.nar import ingest_nar, read_nar, wire, write_nar
 from tvixmount.nar.reader import CONTENTS_CHUNK
 from tvixmount.stores.memory.castore import MemoryBlobService, MemoryDirectoryService
-
-from .fixtures.local_tree import make_tree, nix_dump, requires_nix
 
 # A tiny, deliberately unvalidating NAR builder, so tests can write bad archives.
 

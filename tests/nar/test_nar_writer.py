@@ -8,21 +8,20 @@ from pathlib import Path
 
 import pytest
 
-from tvixmount.castore import B3Digest, Directory, DirectoryNode, FileNode, SymlinkNode
-from tvixmount.castore.blobservice import put_stream
-from tvixmount.castore.ingest import ingest_path
-from tvixmount.errors import IntegrityError, NotFoundError
-from tvixmount.nar import calculate_nar, write_nar
-from tvixmount.stores.memory.castore import MemoryBlobService, MemoryDirectoryService
-
-from .fixtures.castore import (
+from tests.fixtures.castore import (
     BLOB_B,
     DIRECTORY_COMPLICATED,
     DIRECTORY_WITH_KEEP,
     EMPTY_DIGEST,
     HELLOWORLD_BLOB,
 )
-from .fixtures.local_tree import make_tree, nix_dump, requires_nix
+from tests.fixtures.local_tree import make_tree, nix_dump, requires_nix
+from tvixmount.castore import B3Digest, Directory, DirectoryNode, FileNode, SymlinkNode
+from tvixmount.castore.blobservice import put_stream
+from tvixmount.castore.ingest import ingest_path
+from tvixmount.errors import IntegrityError, NotFoundError
+from tvixmount.nar import calculate_nar, write_nar
+from tvixmount.stores.memory.castore import MemoryBlobService, MemoryDirectoryService
 
 
 @pytest.fixture

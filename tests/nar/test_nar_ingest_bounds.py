@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_nar_reader import Services, directory, nar, regular, symlink
+from tests.nar.test_nar_reader import Services, directory, nar, regular, symlink
 from tvixmount.errors import NarError
 from tvixmount.nar import ingest, reader
 

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 import pytest
 import trio
 
-from tests.test_ls_cli import _terminal_env, run_in_pty
+from tests.cli.test_ls_cli import _terminal_env, run_in_pty
 from tvixmount.castore.nodes import rename
 from tvixmount.cli.main import main
 from tvixmount.listing import json_chunks, list_path

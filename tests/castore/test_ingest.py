@@ -11,6 +11,14 @@ import pytest
 
 from tests.fixtures.failing_blobs import FailingBlobs
 from tests.fixtures.ingest_roundtrip import ingest_and_write_back
+from tests.fixtures.local_tree import (
+    BIG_FILE_SIZE,
+    make_tree,
+    nix_add,
+    nix_dump,
+    nix_hash_base32,
+    requires_nix,
+)
 from tvixmount import nixbase32
 from tvixmount.castore import EMPTY_DIGEST, B3Digest, Directory, DirectoryNode, FileNode
 from tvixmount.castore.ingest import ingest_path
@@ -19,15 +27,6 @@ from tvixmount.importer import import_path
 from tvixmount.pathinfo import CAHash
 from tvixmount.stores import Store, open_store
 from tvixmount.stores.memory.castore import MemoryBlobService, MemoryDirectoryService
-
-from .fixtures.local_tree import (
-    BIG_FILE_SIZE,
-    make_tree,
-    nix_add,
-    nix_dump,
-    nix_hash_base32,
-    requires_nix,
-)
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from tests.nixcache import (
     requires_nix,
 )
 from tests.s3server import S3Server, aws_credentials, requires_moto, s3_server
-from tests.test_copy import nix_reads
+from tests.stores.binarycache.test_copy import nix_reads
 from tvixmount import nixbase32
 from tvixmount.storepath import StorePath
 

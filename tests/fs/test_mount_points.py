@@ -72,7 +72,7 @@ def _in_namespace(snippet: str, **values: object) -> subprocess.CompletedProcess
         text=True,
         timeout=120,
         check=False,
-        cwd=Path(__file__).resolve().parent.parent,
+        cwd=Path(__file__).resolve().parent.parent.parent,
     )
 
 

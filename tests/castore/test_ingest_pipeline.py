@@ -13,6 +13,7 @@ import trio
 
 from tests.fixtures.failing_blobs import FailingBlobs
 from tests.fixtures.ingest_roundtrip import ingest_and_write_back
+from tests.fixtures.local_tree import make_tree, nix_dump, nix_hash_base32, requires_nix
 from tvixmount import nixbase32
 from tvixmount.castore import B3Digest, FileNode
 from tvixmount.castore import ingest as ingest_module
@@ -24,8 +25,6 @@ from tvixmount.stores.memory.castore import (
     MemoryBlobWriter,
     MemoryDirectoryService,
 )
-
-from .fixtures.local_tree import make_tree, nix_dump, nix_hash_base32, requires_nix
 
 # Sizes on each side of every boundary the walker and storer switch on.
 BOUNDARY_SIZES = [

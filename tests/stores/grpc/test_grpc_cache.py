@@ -11,7 +11,7 @@ import trio
 from tests.fixtures import castore as fx
 from tests.grpc_serving import FakeBackend, fake_server
 from tests.mounting import mounted, requires_fuse
-from tests.test_grpc_hostile import serve_file
+from tests.stores.grpc.test_grpc_hostile import serve_file
 from tvixmount.castore import B3Digest, DirectoryNode
 from tvixmount.pathinfo.model import NarInfo, PathInfo
 from tvixmount.stores import open_store
