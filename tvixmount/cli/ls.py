@@ -28,7 +28,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from .common import add_store_argument, open_store_from_args
+from .common import add_store_argument, at_least, open_store_from_args
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -65,21 +65,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--depth",
-        type=_depth,
+        type=at_least(1),
         metavar="N",
         help="descend at most N levels (implies -R; 1 lists the entries only)",
     )
     parser.set_defaults(func=run)
-
-
-def _depth(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def listing_depth(args: argparse.Namespace) -> int | None:

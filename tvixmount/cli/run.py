@@ -7,20 +7,10 @@ import functools
 import logging
 from pathlib import Path
 
-from .common import add_store_argument, open_store_from_args
+from .common import add_store_argument, at_least, open_store_from_args
 
 # pathinfo.prefetch.DEFAULT_PARALLEL, repeated: the parser must not import trio.
 DEFAULT_PREFETCH = 8
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}")
-    return value
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -44,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--prefetch",
         metavar="N",
-        type=_count,
+        type=at_least(0),
         default=DEFAULT_PREFETCH,
         help="on a remote store, fetch the references of each path looked up in the "
         f"background, N at a time (default {DEFAULT_PREFETCH}; 0: off)",
