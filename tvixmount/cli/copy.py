@@ -103,25 +103,9 @@ class _Bar:
     """A rich progress bar on stderr over the NAR bytes of the paths to copy."""
 
     def __init__(self) -> None:
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
+        from .progress import transfer_bar
 
-        self._progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            transient=True,
-        )
+        self._progress = transfer_bar()
         self._task = self._progress.add_task("copying", total=None)
 
     def start(self, missing: Sequence[PathInfo]) -> Callable[[PathInfo], Progress]:

@@ -72,24 +72,9 @@ def _progress_bar(path: str) -> Iterator[ProgressCallback | None]:
     if total < PROGRESS_MIN_BYTES:
         yield None
         return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
+    from .progress import transfer_bar
 
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+    with transfer_bar() as progress:
         task = progress.add_task(os.path.basename(os.path.abspath(path)), total=total)
         yield lambda count: progress.advance(task, count)
 
