@@ -36,6 +36,18 @@ def at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def add_secret_key_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--secret-key FILE`` (repeatable): a Nix secret key file that signs ``what``."""
+    parser.add_argument(
+        "--secret-key",
+        metavar="FILE",
+        action="append",
+        default=[],
+        type=Path,
+        help=f"sign {what} with this Nix secret key file (NAME:BASE64; repeatable)",
+    )
+
+
 def add_store_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--store",

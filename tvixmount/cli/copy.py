@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .common import parse_store_paths, store_options
+from .common import add_secret_key_argument, parse_store_paths, store_options
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -44,14 +44,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=None,
         help="source store URL (default: the embedded store)",
     )
-    parser.add_argument(
-        "--secret-key",
-        metavar="FILE",
-        action="append",
-        default=[],
-        type=Path,
-        help="sign what is copied with this Nix secret key file (NAME:BASE64; repeatable)",
-    )
+    add_secret_key_argument(parser, "what is copied")
     parser.add_argument(
         "--trusted-public-key",
         metavar="KEY",

@@ -11,11 +11,10 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import TvixmountError
-from .common import add_store_argument, open_store_from_args
+from .common import add_secret_key_argument, add_store_argument, open_store_from_args
 
 if TYPE_CHECKING:
     from ..nar.signing import SecretKey
@@ -47,14 +46,7 @@ def register(subparsers: Any) -> None:
         default=None,
         help="serve a Nix binary cache on HOST:PORT (port 0 picks a free one)",
     )
-    parser.add_argument(
-        "--secret-key",
-        metavar="FILE",
-        action="append",
-        default=[],
-        type=Path,
-        help="sign the narinfos served over --http with this Nix secret key (repeatable)",
-    )
+    add_secret_key_argument(parser, "the narinfos served over --http")
     parser.add_argument(
         "--priority",
         metavar="N",
