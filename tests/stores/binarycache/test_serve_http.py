@@ -395,21 +395,29 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> NixCache:
     return cache
 
 
-def test_nix_copies_a_closure_served_from_another_cache(upstream: NixCache, tmp_path: Path) -> None:
+def serving_upstream(
+    upstream: NixCache, workdir: Path, key: Key
+) -> contextlib.AbstractContextManager[HttpServed]:
+    """``serving_http`` of ``upstream`` (its key trusted), adding a signature with ``key``."""
     assert upstream.key is not None
-    key = nix_key(tmp_path, "test-1")
-    referrer = upstream.paths[-1]  # refers to the first tree
-    with serving_http(
-        tmp_path,
+    return serving_http(
+        workdir,
         "--store",
         upstream.url,
         "--cache-dir",
-        tmp_path / "cache",
+        workdir / "cache",
         "--trusted-public-key",
         upstream.key.public,
         "--secret-key",
         key.secret_file,
-    ) as served:
+    )
+
+
+def test_nix_copies_a_closure_served_from_another_cache(upstream: NixCache, tmp_path: Path) -> None:
+    assert upstream.key is not None
+    key = nix_key(tmp_path, "test-1")
+    referrer = upstream.paths[-1]  # refers to the first tree
+    with serving_upstream(upstream, tmp_path, key) as served:
         narinfo = httpx.get(f"{served.url}/{StorePath.parse(referrer).encoded_digest}.narinfo")
         signers = {
             line.split(":")[1].strip()
@@ -430,17 +438,7 @@ def test_an_untrusted_key_is_refused_by_nix(upstream: NixCache, tmp_path: Path) 
     (tmp_path / "other").mkdir()
     impostor = nix_key(tmp_path / "other", "test-1")  # same name, other key
     path = upstream.paths[0]
-    with serving_http(
-        tmp_path,
-        "--store",
-        upstream.url,
-        "--cache-dir",
-        tmp_path / "cache",
-        "--trusted-public-key",
-        upstream.key.public,
-        "--secret-key",
-        key.secret_file,
-    ) as served:
+    with serving_upstream(upstream, tmp_path, key) as served:
         refused = nix_copy_from(served.url, tmp_path / "chroot", path, impostor.public)
     assert refused.returncode != 0
     assert "lacks a valid signature" in refused.stderr
