@@ -20,7 +20,7 @@ from pathlib import Path
 
 import trio
 
-from ...castore.blobservice import BlobReader
+from ...castore.blobservice import BlobReader, put_stream
 from ...castore.digest import B3Digest
 from ...castore.directory import Directory
 from ...errors import IntegrityError
@@ -59,14 +59,8 @@ class LocalCache:
         try:
             if len(data) <= PACK_MAX:
                 await self.blobs.put_packed(digest, data)
-                return
-            writer = await self.blobs.open_write()
-            try:
-                await writer.write(data)
-            except BaseException:
-                await writer.abort()
-                raise
-            await writer.finish()
+            else:
+                await put_stream(self.blobs, (data,))
         except Exception as exc:  # a cache write that fails is only a later miss
             log.debug("cache %s: cannot keep blob %s: %s", self.root, digest, exc)
 
