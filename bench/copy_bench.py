@@ -7,7 +7,7 @@ compression is timed ``--rounds`` times per tool, interleaved, into a fresh
 cache directory each time; the best round counts. Throughput is NAR bytes
 per second of wall time.
 
-    .venv/bin/python bench/copy_bench.py [--tree DIR] [--split] [--rounds N] [--compression xz zstd]
+    python -m bench.copy_bench [--tree DIR] [--split] [--rounds N] [--compression xz zstd]
 """
 
 from __future__ import annotations
@@ -18,22 +18,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from bench.measure import timed_command
 
 NIX = ("nix", "--extra-experimental-features", "nix-command")
 
 
 def run(argv: list[str]) -> str:
     return subprocess.run(argv, check=True, capture_output=True, text=True).stdout.strip()
-
-
-def timed(argv: list[str]) -> float:
-    start = time.perf_counter()
-    done = subprocess.run(argv, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} failed: {done.stderr.strip()}")
-    return time.perf_counter() - start
 
 
 def main() -> int:
@@ -74,7 +67,7 @@ def main() -> int:
                         argv = [*NIX, "copy", "--to", url, *paths]
                     else:
                         argv = [*tvix, "copy", "--from", str(store), "--to", url, *paths]
-                    best[tool] = min(best[tool], timed(argv))
+                    best[tool] = min(best[tool], timed_command(argv)[0])
                     shutil.rmtree(dest)
             rates = {tool: nar_size / seconds / 1e6 for tool, seconds in best.items()}
             print(

@@ -25,24 +25,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from . import dataset
+from .measure import timed_command
 
 MB = 1_000_000
 DATA = Path("/var/tmp/tvixmount-housekeeping-bench")
 TVIXMOUNT = [sys.executable, "-m", "tvixmount"]
 NIX = ["--extra-experimental-features", "nix-command"]
-
-
-def timed(argv: list[str]) -> tuple[float, str]:
-    started = time.perf_counter()
-    result = subprocess.run(argv, capture_output=True, text=True, check=False)
-    seconds = time.perf_counter() - started
-    if result.returncode != 0:
-        raise SystemExit(f"{argv[:4]} failed ({result.returncode}): {result.stderr[-2000:]}")
-    return seconds, result.stdout
 
 
 def sources(paths: int, big: bool) -> list[Path]:
@@ -61,36 +52,38 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="housekeeping-", dir=DATA))
     store = work / "store"
     try:
-        seconds, out = timed([*TVIXMOUNT, "import", "--store", str(store), *map(str, trees)])
+        seconds, out = timed_command(
+            [*TVIXMOUNT, "import", "--store", str(store), *map(str, trees)]
+        )
         paths = out.split()
-        _, info_text = timed([*TVIXMOUNT, "info", "--store", str(store), "--json"])
+        _, info_text = timed_command([*TVIXMOUNT, "info", "--store", str(store), "--json"])
         info = json.loads(info_text)
         nar_mb = info["narSize"] / MB
         entries = sum(1 + sum(1 for _ in tree.rglob("*")) for tree in trees)
         print(f"data: {len(paths)} paths, {entries} entries, {nar_mb:.0f} MB of NAR")
         print(f"import:                       {seconds:7.2f} s")
 
-        verify_s, _ = timed([*TVIXMOUNT, "verify", "--store", str(store)])
+        verify_s, _ = timed_command([*TVIXMOUNT, "verify", "--store", str(store)])
         print(f"tvixmount verify:             {verify_s:7.2f} s  {nar_mb / verify_s:7.1f} MB/s")
 
-        _, nix_out = timed(["nix-store", "--add", *map(str, trees)])
+        _, nix_out = timed_command(["nix-store", "--add", *map(str, trees)])
         nix_paths = nix_out.split()
         assert nix_paths == paths, "nix-store --add names the paths as tvixmount import does"
         try:
-            nix_s, _ = timed(["nix", *NIX, "store", "verify", *nix_paths])
+            nix_s, _ = timed_command(["nix", *NIX, "store", "verify", *nix_paths])
             print(f"nix store verify (contents):  {nix_s:7.2f} s  {nar_mb / nix_s:7.1f} MB/s")
         finally:
             if not args.keep:
                 subprocess.run(["nix-store", "--delete", *nix_paths], capture_output=True)
 
-        gc_s, _ = timed([*TVIXMOUNT, "gc", "--store", str(store), "--json"])
+        gc_s, _ = timed_command([*TVIXMOUNT, "gc", "--store", str(store), "--json"])
         print(f"gc, nothing to collect:       {gc_s:7.2f} s")
-        info_s, _ = timed([*TVIXMOUNT, "info", "--store", str(store), "--json"])
+        info_s, _ = timed_command([*TVIXMOUNT, "info", "--store", str(store), "--json"])
         print(f"info:                         {info_s:7.2f} s")
 
         doomed = paths[::2]
-        delete_s, _ = timed([*TVIXMOUNT, "delete", "--store", str(store), *doomed])
-        gc_s, report_text = timed([*TVIXMOUNT, "gc", "--store", str(store), "--json"])
+        delete_s, _ = timed_command([*TVIXMOUNT, "delete", "--store", str(store), *doomed])
+        gc_s, report_text = timed_command([*TVIXMOUNT, "gc", "--store", str(store), "--json"])
         report = json.loads(report_text)
         print(f"delete of {len(doomed)} paths:          {delete_s:7.2f} s")
         print(

@@ -32,6 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.measure import timed_command
 from tvixmount.castore.ingest import regular_files
 
 GIB = 1 << 30
@@ -81,12 +82,6 @@ def build_tree(root: Path, total: int, seed: int) -> int:
         index += 1
     assert small_budget > 0
     return written
-
-
-def timed(cmd: list[str | Path]) -> tuple[float, str]:
-    start = time.perf_counter()
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip()
-    return time.perf_counter() - start, out
 
 
 def nix_delete(path: str) -> None:
@@ -149,18 +144,18 @@ def main() -> int:
         for _ in range(args.repeat):
             store = store_scratch / "store"
             shutil.rmtree(store, ignore_errors=True)
-            tvix_s, tvix_path = timed(
+            tvix_s, tvix_path = timed_command(
                 [sys.executable, "-m", "tvixmount", "import", str(tree), "--store", store]
             )
             # The same ingestion into memory://: the cost of the walk and hashing
             # alone, without the embedded store's writes and syncs.
-            mem_s, mem_path = timed(
+            mem_s, mem_path = timed_command(
                 [sys.executable, "-m", "tvixmount", "import", str(tree), "--store", "memory://"]
             )
             # Deleted between runs: adding a path that is already valid skips the copy.
             if nix_path:
                 nix_delete(nix_path)
-            nix_s, nix_path = timed(["nix-store", "--add", str(tree)])
+            nix_s, nix_path = timed_command(["nix-store", "--add", str(tree)])
             if not tvix_path == mem_path == nix_path:
                 print(f"store paths differ: {tvix_path} {mem_path} {nix_path}", file=sys.stderr)
                 return 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -111,3 +112,17 @@ def repeat(
             before()
         results.append(fn())
     return results
+
+
+def timed_command(argv: Sequence[str | Path]) -> tuple[float, str]:
+    """Run ``argv`` to its end: its wall time in seconds and its stdout, stripped.
+
+    A failing command ends the bench with its stderr.
+    """
+    start = time.perf_counter()
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        command = " ".join(map(str, argv))
+        raise SystemExit(f"{command} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+    return seconds, done.stdout.strip()
