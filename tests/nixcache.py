@@ -32,6 +32,8 @@ HAVE_NIX = shutil.which("nix-store") is not None and shutil.which("nix") is not 
 requires_nix = pytest.mark.skipif(not HAVE_NIX, reason="nix-bin (nix-store, nix) is not installed")
 NIX_FLAGS = ("--extra-experimental-features", "nix-command")
 COMPRESSIONS = ("none", "xz", "bzip2", "zstd", "br")
+# A store path no cache holds.
+ABSENT = "00000000000000000000000000000000-absent"
 BUSYBOX = Path("/bin/busybox")
 
 
@@ -121,7 +123,7 @@ class NixCache:
         return f"file://{self.dir}"
 
     def narinfo_file(self, store_path: str) -> Path:
-        return self.dir / f"{StorePath.parse(store_path).encoded_digest}.narinfo"
+        return self.dir / narinfo_name(store_path)
 
     def nar_file(self, store_path: str) -> Path:
         return self.dir / self.narinfos[store_path].url
@@ -285,6 +287,11 @@ async def opened(
 
 def digest_of(store_path: str) -> bytes:
     return StorePath.parse(store_path).digest
+
+
+def narinfo_name(store_path: str) -> str:
+    """The key of ``store_path``'s narinfo in a binary cache."""
+    return f"{StorePath.parse(store_path).encoded_digest}.narinfo"
 
 
 async def cached_paths(store: Store) -> list[str]:

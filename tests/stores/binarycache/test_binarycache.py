@@ -14,6 +14,7 @@ import pytest
 import trio
 
 from tests.nixcache import (
+    ABSENT,
     COMPRESSIONS,
     NixCache,
     assert_served_as_nix_wrote,
@@ -22,6 +23,7 @@ from tests.nixcache import (
     digest_of,
     generate_key,
     hanging_server,
+    narinfo_name,
     opened,
     requires_nix,
     serve_directory,
@@ -33,8 +35,6 @@ from tvixmount.stores.binarycache.service import BinaryCachePathInfoService
 from tvixmount.stores.binarycache.url import CacheURL, default_cache_dir
 
 pytestmark = requires_nix
-
-ABSENT = "00000000000000000000000000000000-absent"
 
 
 @pytest.fixture(scope="module")
@@ -349,7 +349,7 @@ async def test_cached_path_is_served_while_another_fetch_hangs(cache: NixCache, 
     async with opened(cache.url, local, require_sigs=False) as store:
         await store.pathinfos.get(digest_of(cache.paths[0]))
     with serve_directory(cache.dir) as served:
-        gate = served.hold[f"{ABSENT[:32]}.narinfo"] = threading.Event()
+        gate = served.hold[narinfo_name(ABSENT)] = threading.Event()
         async with opened(f"{served.url}?timeout=5&retries=0", local, require_sigs=False) as store:
             outcome: list[BaseException] = []
 

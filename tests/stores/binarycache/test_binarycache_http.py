@@ -13,12 +13,14 @@ import pytest
 import trio
 
 from tests.nixcache import (
+    ABSENT,
     NixCache,
     assert_served_as_nix_wrote,
     build_cache,
     cached_paths,
     digest_of,
     generate_key,
+    narinfo_name,
     opened,
     requires_nix,
     serve_directory,
@@ -29,8 +31,6 @@ from tvixmount.stores.binarycache.transport import fetch, open_transport
 from tvixmount.stores.binarycache.url import BEARER_TOKEN_ENV, CacheURL
 
 pytestmark = requires_nix
-
-ABSENT = "00000000000000000000000000000000-absent"
 
 
 @pytest.fixture(scope="module")
@@ -43,10 +43,6 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> NixCache:
 def keys(cache: NixCache) -> list[str]:
     assert cache.key is not None
     return [cache.key.public]
-
-
-def narinfo_name(store_path: str) -> str:
-    return f"{store_path.removeprefix('/nix/store/')[:32]}.narinfo"
 
 
 async def test_every_path_is_served_over_http(cache: NixCache, tmp_path: Path):
