@@ -221,13 +221,6 @@ class Where:
     parent: Where | None
     name: bytes
 
-    @staticmethod
-    def of(parts: tuple[bytes, ...]) -> Where | None:
-        where = None
-        for part in parts:
-            where = Where(where, part)
-        return where
-
     def parts(self) -> tuple[bytes, ...]:
         names = []
         where: Where | None = self
