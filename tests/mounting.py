@@ -8,7 +8,9 @@ the real CLI in a subprocess, unmounted and reaped in ``finally``.
 from __future__ import annotations
 
 import os
+import select
 import shutil
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -36,6 +38,7 @@ __all__ = [
     "foreground_mount",
     "make_fixture_store",
     "mounted",
+    "read_until",
     "requires_fuse",
     "requires_nix",
     "run_tvixmount",
@@ -48,6 +51,21 @@ requires_fuse = pytest.mark.skipif(
 requires_nix = pytest.mark.skipif(
     shutil.which("nix-store") is None, reason="needs Nix (nix-store) as the oracle"
 )
+
+
+def read_until(fd: int, text: bytes, timeout: float = 60.0) -> bytes:
+    """What a terminal's controller ``fd`` shows until ``text`` appears (fails past ``timeout``)."""
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while text not in seen:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise AssertionError(f"no {text!r} on the terminal; saw {seen!r}")
+        try:
+            seen += os.read(fd, 4096)
+        except OSError as exc:  # EIO: every process let go of the terminal
+            raise AssertionError(f"no {text!r} on the terminal; saw {seen!r}") from exc
+    return seen
 
 
 async def _put_pathinfo(store: Store, node: Node) -> None:

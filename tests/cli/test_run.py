@@ -14,7 +14,6 @@ import fcntl
 import os
 import pty
 import secrets
-import select
 import shutil
 import signal
 import subprocess
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.mounting import tvixmount_command
+from tests.mounting import read_until, tvixmount_command
 from tests.nixcache import BUSYBOX, NIX_FLAGS, SigningKey, generate_key, nix_add, nix_hash
 from tvixmount.storepath import StorePath
 
@@ -182,20 +181,6 @@ def _processes_naming(marker: str) -> list[int]:
         if marker.encode() in cmdline:
             found.append(int(entry.name))
     return found
-
-
-def _read_until(fd: int, text: bytes, timeout: float = 60.0) -> bytes:
-    seen = b""
-    deadline = time.monotonic() + timeout
-    while text not in seen:
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
-            raise AssertionError(f"no {text!r} on the terminal; saw {seen!r}")
-        try:
-            seen += os.read(fd, 4096)
-        except OSError as exc:  # EIO: every process let go of the terminal
-            raise AssertionError(f"no {text!r} on the terminal; saw {seen!r}") from exc
-    return seen
 
 
 def _wait_until_gone(marker: str, timeout: float = 30.0) -> list[int]:
@@ -416,9 +401,9 @@ def test_ctrl_c_on_a_terminal_reaches_the_command(build: Build) -> None:
     )
     os.close(terminal)
     try:
-        _read_until(controller, b"ready")
+        read_until(controller, b"ready")
         os.write(controller, b"\x03")  # ^C: the terminal sends SIGINT to its foreground group
-        _read_until(controller, b"interrupts 1\r\n")
+        read_until(controller, b"interrupts 1\r\n")
         assert process.wait(timeout=60) == 0
     finally:
         process.kill()

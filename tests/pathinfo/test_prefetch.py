@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import pty
 import secrets
-import select
 import subprocess
 import threading
 import time
@@ -24,7 +23,7 @@ import pytest
 import trio
 
 from tests.grpc_serving import serving
-from tests.mounting import tvixmount_command
+from tests.mounting import read_until, tvixmount_command
 from tests.nixcache import (
     NIX_FLAGS,
     Served,
@@ -217,17 +216,6 @@ def test_run_prefetches_and_logs_with_v(closure: Closure, tmp_path: Path) -> Non
     assert served.requests[closure.narinfo("t0")] == 1
 
 
-def _read_until(fd: int, text: bytes, timeout: float = 60.0) -> bytes:
-    seen = b""
-    deadline = time.monotonic() + timeout
-    while text not in seen:
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
-            raise AssertionError(f"no {text!r} on the terminal; saw {seen!r}")
-        seen += os.read(fd, 4096)
-    return seen
-
-
 @requires_run
 def test_run_shows_a_progress_bar_on_a_terminal(closure: Closure, tmp_path: Path) -> None:
     controller, terminal = pty.openpty()
@@ -239,7 +227,7 @@ def test_run_shows_a_progress_bar_on_a_terminal(closure: Closure, tmp_path: Path
         os.close(terminal)
         try:
             # t1's narinfo is held, so the prefetch is under way until released.
-            screen = _read_until(controller, b"fetching closure")
+            screen = read_until(controller, b"fetching closure")
             assert b"paths" in screen
         finally:
             gate.set()
