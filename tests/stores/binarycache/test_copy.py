@@ -20,12 +20,12 @@ from tests.nixcache import (
     SigningKey,
     build_cache,
     generate_key,
+    narinfo_name,
     nix_copy,
     nix_hash,
     requires_nix,
 )
 from tvixmount.nar.narinfo import Narinfo
-from tvixmount.storepath import StorePath
 
 pytestmark = requires_nix
 
@@ -115,7 +115,7 @@ def test_copied_cache_is_read_back_by_nix_with_signatures_required(
     read = nix_reads(f"file://{dest}", tmp_path / "chroot", [tree], our_key.public)
     assert read.returncode == 0, read.stderr
     assert nix_hash(in_chroot(tmp_path / "chroot", tree)) == nix_hash(source.trees[tree])
-    ours = Narinfo.parse((dest / f"{StorePath.parse(tree).encoded_digest}.narinfo").read_text())
+    ours = Narinfo.parse((dest / narinfo_name(tree)).read_text())
     assert ours.compression == compression
     assert (dest / ours.url).name.endswith({"none": ".nar", "xz": ".nar.xz"}.get(compression, ""))
     # The source's signature is kept, ours added.
@@ -135,7 +135,7 @@ def test_uncompressed_narinfo_is_the_one_nix_writes(source: NixCache, tmp_path: 
         *source.paths,
     )
     for path in source.paths:
-        name = f"{StorePath.parse(path).encoded_digest}.narinfo"
+        name = narinfo_name(path)
         assert (dest / name).read_text() == (nix_dir / name).read_text()
     assert sorted(p.name for p in (dest / "nar").iterdir()) == sorted(
         p.name for p in (nix_dir / "nar").iterdir()
@@ -182,7 +182,7 @@ def test_input_addressed_path_signed_by_copy_is_refused_under_another_key(
         f"file://{dest}?secret-key={our_key.secret_file}",
         path,
     )
-    narinfo = Narinfo.parse((dest / f"{StorePath.parse(path).encoded_digest}.narinfo").read_text())
+    narinfo = Narinfo.parse((dest / narinfo_name(path)).read_text())
     assert narinfo.ca is None and narinfo.deriver is not None
     other = generate_key(tmp_path, "other-1")
     refused = nix_reads(f"file://{dest}", tmp_path / "refused", [path], other.public)
@@ -238,9 +238,7 @@ def test_no_recursive_copies_only_the_named_path(source: NixCache, tmp_path: Pat
         "--no-recursive",
         referrer,
     )
-    assert sorted(p.name for p in dest.glob("*.narinfo")) == [
-        f"{StorePath.parse(referrer).encoded_digest}.narinfo"
-    ]
+    assert sorted(p.name for p in dest.glob("*.narinfo")) == [narinfo_name(referrer)]
 
 
 def test_copy_into_an_embedded_store_serves_the_same_nar(source: NixCache, tmp_path: Path):

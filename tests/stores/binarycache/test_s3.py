@@ -15,13 +15,13 @@ from tests.nixcache import (
     NixCache,
     build_cache,
     generate_key,
+    narinfo_name,
     nix_hash,
     requires_nix,
 )
 from tests.s3server import S3Server, aws_credentials, requires_moto, s3_server
 from tests.stores.binarycache.test_copy import nix_reads
 from tvixmount import nixbase32
-from tvixmount.storepath import StorePath
 
 pytestmark = [requires_nix, requires_moto]
 
@@ -74,7 +74,7 @@ def test_copied_to_a_bucket_and_downloaded_nix_reads_it(
     downloaded = tmp_path / "downloaded"
     keys = s3.download_bucket(bucket, downloaded)
     assert "nix-cache-info" in keys
-    narinfo_key = f"{StorePath.parse(referrer).encoded_digest}.narinfo"
+    narinfo_key = narinfo_name(referrer)
     head = s3.client().head_object(Bucket=bucket, Key=narinfo_key)
     assert head["ContentType"] == "text/x-nix-narinfo"
     chroot = tmp_path / "chroot"
@@ -114,7 +114,7 @@ def test_nix_written_cache_in_a_bucket_reads_through_s3(
     )
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in dest.glob("*.narinfo")) == sorted(
-        f"{StorePath.parse(path).encoded_digest}.narinfo" for path in nix_cache.paths
+        narinfo_name(path) for path in nix_cache.paths
     )
 
 

@@ -33,6 +33,7 @@ from tests.nixcache import (
     build_cache,
     generate_key,
     make_tree,
+    narinfo_name,
     nix_hash,
     requires_nix,
     serve_directory,
@@ -418,7 +419,7 @@ def test_nix_copies_a_closure_served_from_another_cache(upstream: NixCache, tmp_
     key = nix_key(tmp_path, "test-1")
     referrer = upstream.paths[-1]  # refers to the first tree
     with serving_upstream(upstream, tmp_path, key) as served:
-        narinfo = httpx.get(f"{served.url}/{StorePath.parse(referrer).encoded_digest}.narinfo")
+        narinfo = httpx.get(f"{served.url}/{narinfo_name(referrer)}")
         signers = {
             line.split(":")[1].strip()
             for line in narinfo.text.splitlines()
