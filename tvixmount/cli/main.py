@@ -48,9 +48,13 @@ _QUICK_EXIT_COMMANDS = frozenset({"mount", "umount", "ls", "path-info", "nar", "
 # Libraries that log one line per request or per protocol event: quiet unless -v.
 # Under -v, httpx and hypercorn's access log show each request; httpcore's and
 # hpack's DEBUG lines trace every connection event and header, which drowns the
-# rest, so they stop at INFO.
-_CHATTY_LOGGERS = {"httpx": logging.DEBUG, "hypercorn.access": logging.DEBUG}
-_WIRE_LOGGERS = ("httpcore", "hpack")
+# rest, so they stop at INFO. Each logger's level under -v; WARNING without it.
+_CHATTY_LOGGERS = {
+    "httpx": logging.DEBUG,
+    "hypercorn.access": logging.DEBUG,
+    "httpcore": logging.INFO,
+    "hpack": logging.INFO,
+}
 
 
 class _VersionAction(argparse.Action):
@@ -138,8 +142,6 @@ def setup_logging(verbose: bool, log_file: str | None) -> None:
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     for name, level in _CHATTY_LOGGERS.items():
         logging.getLogger(name).setLevel(level if verbose else logging.WARNING)
-    for name in _WIRE_LOGGERS:
-        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def _exit_without_teardown(code: int) -> None:
