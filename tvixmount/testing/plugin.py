@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ import trio
 
 from ..fs.mounttable import is_mounted
 from .build import BuiltFixture, build_into
+from .mounts import tvixmount_command
 from .spec import FixtureSpec, load_spec, parse_spec
 
 SpecSource = str | os.PathLike[str]
@@ -96,10 +96,6 @@ def _run_trio(spec: FixtureSpec, url: str) -> BuiltFixture:
     return result
 
 
-def _tvixmount(*args: str | os.PathLike[str]) -> list[str]:
-    return [sys.executable, "-m", "tvixmount", *map(str, args)]
-
-
 def _last_line(result: subprocess.CompletedProcess[str]) -> str:
     lines = result.stderr.strip().splitlines()
     return lines[-1] if lines else f"exit status {result.returncode}"
@@ -152,7 +148,7 @@ def tvixmount_mounted_store(
         _require_fuse()
         store = _as_store(spec_or_store, tvixmount_fixture_store)
         mountpoint = tmp_path_factory.mktemp("tvixmount-mnt")
-        argv = _tvixmount("mount", mountpoint, "--store", store.url)
+        argv = tvixmount_command("mount", mountpoint, "--store", store.url)
         if list_root:
             argv.append("--list-root")
         # Registered before mounting: a mount that half-succeeds is still torn down.
@@ -178,7 +174,7 @@ def _unmount(mountpoint: Path) -> str | None:
     if not is_mounted(str(mountpoint)):
         return None
     result = subprocess.run(
-        _tvixmount("umount", mountpoint),
+        tvixmount_command("umount", mountpoint),
         capture_output=True,
         text=True,
         timeout=_MOUNT_TIMEOUT,
@@ -212,7 +208,7 @@ def tvixmount_nix_store_run(
         options: dict[str, Any] = {"capture_output": True, "text": True, "check": False}
         options.update(run_kwargs)
         result: subprocess.CompletedProcess[str] = subprocess.run(
-            _tvixmount("run", "--store", store.url, "--", *argv), **options
+            tvixmount_command("run", "--store", store.url, "--", *argv), **options
         )
         stderr = result.stderr if isinstance(result.stderr, str) else ""
         last = (stderr.strip().splitlines() or [""])[-1]
