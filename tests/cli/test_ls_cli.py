@@ -316,7 +316,7 @@ def test_piped_output_has_no_escapes_and_matches_the_snapshot(store_url: str) ->
     assert "\x1b" not in result.stdout
 
 
-# --- -l: mode bits, as `nix store ls -l` (tests/test_ls_nix.py compares with Nix) ---------
+# --- -l: mode bits, as `nix store ls -l` (tests/cli/test_ls_nix.py compares with Nix) -----
 
 
 def test_long_store_listing_shows_mode_bits_and_nar_sizes(
