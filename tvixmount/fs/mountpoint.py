@@ -70,9 +70,10 @@ def check_mountpoint(path: str | os.PathLike[str]) -> str:
     Logs once (info) what the mount will hide.
     """
     candidate = canonical_without_touching(path)
-    if mount_at(candidate) is None:
-        candidate = os.path.realpath(candidate)
     below = mount_at(candidate)
+    if below is None:
+        candidate = os.path.realpath(candidate)
+        below = mount_at(candidate)
     if below is not None and below.is_fuse:
         _check_mounted_fuse(path, candidate, below)
     try:
