@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import blake3
@@ -35,12 +35,9 @@ def server(
 
 
 @pytest.fixture
-async def client(server: Served) -> AsyncIterator[Store]:
-    store = open_store(server.url)
-    try:
-        yield store
-    finally:
-        await store.aclose()
+def url(server: Served) -> str:
+    """The conftest's ``client`` opens this server."""
+    return server.url
 
 
 async def _pathinfo(client: Store, node: FileNode | DirectoryNode | SymlinkNode) -> PathInfo:

@@ -14,13 +14,12 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.fixtures import castore as fx
-from tests.grpc_serving import FakeBackend, fake_server
+from tests.grpc_serving import FakeBackend
 from tests.mounting import Mount, mounted, requires_fuse, run_tvixmount
 from tvixmount import nixbase32
 from tvixmount.castore import B3Digest, Directory, DirectoryNode, FileNode
@@ -73,17 +72,6 @@ def read_errno(path: Path) -> int | None:
     except OSError as exc:
         return exc.errno
     return None
-
-
-@pytest.fixture
-def backend() -> FakeBackend:
-    return FakeBackend()
-
-
-@pytest.fixture
-def url(backend: FakeBackend) -> Iterator[str]:
-    with fake_server(backend) as server_url:
-        yield server_url
 
 
 def test_an_endless_blob_stream_is_cut_off_within_the_memory_ceiling(

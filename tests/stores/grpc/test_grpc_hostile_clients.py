@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,12 +36,9 @@ def writable(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 
 
 @pytest.fixture
-async def client(writable: Served) -> AsyncIterator[Store]:
-    store = open_store(writable.url)
-    try:
-        yield store
-    finally:
-        await store.aclose()
+def url(writable: Served) -> str:
+    """The conftest's ``client`` opens this server."""
+    return writable.url
 
 
 async def _nar(node: Node, blobs: list[bytes], directories: list[Directory]) -> NarInfo:

@@ -3,43 +3,22 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 from tests.fixtures import castore as fx
-from tests.grpc_serving import FakeBackend, fake_server
+from tests.grpc_serving import FakeBackend
 from tvixmount._proto import castore_pb2
 from tvixmount.castore import B3Digest, Directory, DirectoryNode
 from tvixmount.errors import IntegrityError, StoreError, ValidationError
 from tvixmount.pathinfo.lookup import find_path_info
 from tvixmount.pathinfo.model import NarInfo, PathInfo
 from tvixmount.storepath import StorePath
-from tvixmount.stores import Store, open_store
+from tvixmount.stores import Store
 from tvixmount.stores.grpc.directories import GrpcDirectoryService
 
 COMPLICATED = bytes(fx.DIRECTORY_COMPLICATED.digest())
 WITH_KEEP = bytes(fx.DIRECTORY_WITH_KEEP.digest())
-
-
-@pytest.fixture
-def backend() -> FakeBackend:
-    return FakeBackend()
-
-
-@pytest.fixture
-def url(backend: FakeBackend) -> Iterator[str]:
-    with fake_server(backend) as server_url:
-        yield server_url
-
-
-@pytest.fixture
-async def client(url: str) -> AsyncIterator[Store]:
-    store = open_store(url)
-    try:
-        yield store
-    finally:
-        await store.aclose()
 
 
 def _msg(directory: Directory) -> castore_pb2.Directory:
