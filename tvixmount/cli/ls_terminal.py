@@ -64,7 +64,12 @@ def print_store_table(
     write_lines([paint(store_summary_line(summarize_store(entries)), "bold")])
 
 
-def _label(entry: Entry, name: str, long: bool, digests: bool, paint: Painter) -> str:
+def _mode(entry: Entry | StoreEntry, long: bool, paint: Painter) -> str:
+    """With ``long``, the mode string and a space that start the entry's line."""
+    return paint(mode_of(entry), "dim") + " " if long else ""
+
+
+def _label(entry: Entry, name: str, digests: bool, paint: Painter) -> str:
     label = paint(name, _STYLES[kind_of(entry)])
     if entry.type is EntryType.REGULAR:
         label += paint(f"  {decimal(entry.size)}", "dim")
@@ -72,19 +77,19 @@ def _label(entry: Entry, name: str, long: bool, digests: bool, paint: Painter) -
         label += " -> " + paint(display_name(entry.target), "magenta")
     if digests and entry.digest is not None:
         label += paint(f"  {entry.digest}", "dim")
-    return paint(mode_of(entry), "dim") + " " + label if long else label
+    return label
 
 
 def tree_lines(listing: Listing, long: bool, digests: bool, paint: Painter) -> Iterator[str]:
     """The listed path, then its entries under tree guides, like ``tree``."""
-    yield _label(listing.root, listing.path, long, digests, paint)
+    yield _mode(listing.root, long, paint) + _label(listing.root, listing.path, digests, paint)
     # The guides of the ancestors, one per level, cut back to the entry's level.
     guides: list[str] = []
     for level, last, entry in listing.root.walk_levels():
         del guides[level - 1 :]
         branch = paint("".join(guides) + ("└── " if last else "├── "), "dim")
-        label = _label(entry, display_name(entry.name), False, digests, paint)
-        yield (paint(mode_of(entry), "dim") + " " if long else "") + branch + label
+        label = _label(entry, display_name(entry.name), digests, paint)
+        yield _mode(entry, long, paint) + branch + label
         guides.append("    " if last else "│   ")
 
 
@@ -100,9 +105,8 @@ def table_lines(
     yield paint(header + ("  castore digest" if digests else ""), "bold")
     for entry, size in zip(entries, sizes, strict=True):
         kind = kind_of(entry)
-        line = f"{paint(f'{entry.name:<{width}}', _STYLES[kind])}  {kind:<10}  {size:>{size_width}}"
-        if long:
-            line = f"{paint(mode_of(entry), 'dim')} {line}"
+        name = paint(f"{entry.name:<{width}}", _STYLES[kind])
+        line = f"{_mode(entry, long, paint)}{name}  {kind:<10}  {size:>{size_width}}"
         if digests and entry.digest is not None:
             line += paint(f"  {entry.digest}", "dim")
         if entry.target is not None:
