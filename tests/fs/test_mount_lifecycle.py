@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures import castore as fx
+from tests.housekeeping import one_error_line
 from tests.mounting import (
     force_unmount,
     foreground_mount,
@@ -44,14 +45,6 @@ def _wait_until(condition: object, timeout: float = _WAIT) -> bool:
             return True
         time.sleep(0.05)
     return bool(condition())
-
-
-def _one_line_error(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 1
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("tvixmount: error: ")
-    return lines[0]
 
 
 # -- background mode --------------------------------------------------------
@@ -137,7 +130,7 @@ def test_umount_command_unmounts_and_waits_for_the_server(store: str, tmp_path: 
 
 
 def test_umount_of_an_unmounted_directory_fails_in_one_line(tmp_path: Path) -> None:
-    line = _one_line_error(run_tvixmount("umount", tmp_path))
+    line = one_error_line(run_tvixmount("umount", tmp_path))
     assert "not mounted" in line
 
 
@@ -214,32 +207,32 @@ def test_sigterm_with_an_open_file_still_unmounts(
 
 
 def test_missing_mount_point_fails_in_one_line(store: str, tmp_path: Path) -> None:
-    line = _one_line_error(run_tvixmount("mount", tmp_path / "absent", "--store", store))
+    line = one_error_line(run_tvixmount("mount", tmp_path / "absent", "--store", store))
     assert "does not exist" in line
 
 
 def test_file_as_mount_point_fails_in_one_line(store: str, tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
-    line = _one_line_error(run_tvixmount("mount", tmp_path / "file", "--store", store))
+    line = one_error_line(run_tvixmount("mount", tmp_path / "file", "--store", store))
     assert "not a directory" in line
 
 
 def test_busy_mount_point_fails_in_one_line(store: str, tmp_path: Path) -> None:
     with mounted(store, tmp_path / "mnt") as mnt:
-        line = _one_line_error(run_tvixmount("mount", mnt.path, "--store", store))
+        line = one_error_line(run_tvixmount("mount", mnt.path, "--store", store))
         assert "busy" in line
 
 
 def test_missing_store_fails_in_one_line(tmp_path: Path) -> None:
     (tmp_path / "mnt").mkdir()
-    line = _one_line_error(run_tvixmount("mount", tmp_path / "mnt", "--store", tmp_path / "nope"))
+    line = one_error_line(run_tvixmount("mount", tmp_path / "mnt", "--store", tmp_path / "nope"))
     assert "no tvixmount store" in line
     assert not is_mounted(str(tmp_path / "mnt"))
 
 
 def test_unknown_store_scheme_fails_in_one_line(tmp_path: Path) -> None:
     (tmp_path / "mnt").mkdir()
-    line = _one_line_error(run_tvixmount("mount", tmp_path / "mnt", "--store", "bogus://x"))
+    line = one_error_line(run_tvixmount("mount", tmp_path / "mnt", "--store", "bogus://x"))
     assert "bogus" in line
 
 
@@ -261,7 +254,7 @@ def stale_mount(store: str, tmp_path: Path) -> Iterator[Path]:
 
 
 def test_stale_mount_is_explained_at_the_next_mount(store: str, stale_mount: Path) -> None:
-    line = _one_line_error(run_tvixmount("mount", stale_mount, "--store", store))
+    line = one_error_line(run_tvixmount("mount", stale_mount, "--store", store))
     assert "stale" in line
     assert "tvixmount umount" in line
 

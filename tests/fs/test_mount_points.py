@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures import castore as fx
+from tests.housekeeping import one_error_line
 from tests.mounting import (
     make_fixture_store,
     mounted,
@@ -37,14 +38,6 @@ requires_namespaces = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> str:
     return make_fixture_store(tmp_path_factory.mktemp("points") / "store")
-
-
-def _one_line_error(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 1, result
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("tvixmount: error: ")
-    return lines[0]
 
 
 # Runs in the namespace: helpers for the snippets below, then the snippet.
@@ -99,7 +92,7 @@ def test_a_non_empty_directory_is_hidden_while_mounted_and_comes_back(
 
 def test_a_second_mount_over_a_serving_tvixmount_is_busy(store: str, tmp_path: Path) -> None:
     with mounted(store, tmp_path / "mnt") as mnt:
-        line = _one_line_error(run_tvixmount("mount", mnt.path, "--store", store))
+        line = one_error_line(run_tvixmount("mount", mnt.path, "--store", store))
         assert "busy" in line
 
 
@@ -175,7 +168,7 @@ def test_a_fuse_mount_below_is_mounted_over_and_umount_leaves_it_alone(
             result = run_tvixmount("umount", mountpoint)
             assert result.returncode == 0, result.stderr
             assert (mountpoint / "file").read_text() == "squashed"
-            line = _one_line_error(run_tvixmount("umount", mountpoint))
+            line = one_error_line(run_tvixmount("umount", mountpoint))
             assert "not a tvixmount mount (it is fuse.squashfuse)" in line
             assert (mountpoint / "file").read_text() == "squashed"
     finally:
@@ -184,7 +177,7 @@ def test_a_fuse_mount_below_is_mounted_over_and_umount_leaves_it_alone(
 
 
 def test_umount_of_a_plain_directory_says_it_is_not_mounted(tmp_path: Path) -> None:
-    assert "is not mounted" in _one_line_error(run_tvixmount("umount", tmp_path))
+    assert "is not mounted" in one_error_line(run_tvixmount("umount", tmp_path))
 
 
 # -- /nix/store itself ------------------------------------------------------------
@@ -255,7 +248,7 @@ def test_a_stale_fuse_mount_of_another_kind_is_refused_with_how_to_clear_it(
             time.sleep(0.01)
         server.kill()
         server.wait()
-        line = _one_line_error(run_tvixmount("mount", mountpoint, "--store", store))
+        line = one_error_line(run_tvixmount("mount", mountpoint, "--store", store))
         assert line.endswith(
             f"{mountpoint} is a stale FUSE mount (its serving process is gone); "
             f"clear it with `fusermount3 -u {mountpoint}`"
