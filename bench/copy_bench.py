@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 from bench.measure import timed_command
+from tvixmount.testing.mounts import tvixmount_command
 
 NIX = ("nix", "--extra-experimental-features", "nix-command")
 
@@ -44,14 +45,13 @@ def main() -> int:
         trees = [d for d in sorted(tree.iterdir()) if d.is_dir() and not d.is_symlink()]
         trees = trees if args.split else [tree]
         store = work / "store"
-        tvix = [sys.executable, "-m", "tvixmount"]
         paths = []
         for index, part in enumerate(trees):
             nix_path = run(["nix-store", "--add", str(part)])
             # A root, so a garbage collection elsewhere on the machine cannot take it mid-run.
             root = work / f"root-{index}"
             run(["nix-store", "--realise", nix_path, "--add-root", str(root), "--indirect"])
-            ours_path = run([*tvix, "import", str(part), "--store", str(store)])
+            ours_path = run(tvixmount_command("import", part, "--store", store))
             assert ours_path == nix_path, (ours_path, nix_path)
             paths.append(nix_path)
         infos = json.loads(run([*NIX, "path-info", "--json", *paths]))
@@ -66,7 +66,7 @@ def main() -> int:
                     if tool == "nix":
                         argv = [*NIX, "copy", "--to", url, *paths]
                     else:
-                        argv = [*tvix, "copy", "--from", str(store), "--to", url, *paths]
+                        argv = tvixmount_command("copy", "--from", store, "--to", url, *paths)
                     best[tool] = min(best[tool], timed_command(argv)[0])
                     shutil.rmtree(dest)
             rates = {tool: nar_size / seconds / 1e6 for tool, seconds in best.items()}

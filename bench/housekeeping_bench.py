@@ -29,10 +29,10 @@ from pathlib import Path
 
 from . import dataset
 from .measure import timed_command
+from .peers import TVIXMOUNT
 
 MB = 1_000_000
 DATA = Path("/var/tmp/tvixmount-housekeeping-bench")
-TVIXMOUNT = [sys.executable, "-m", "tvixmount"]
 NIX = ["--extra-experimental-features", "nix-command"]
 
 

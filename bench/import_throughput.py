@@ -34,6 +34,7 @@ from pathlib import Path
 
 from bench.measure import timed_command
 from tvixmount.castore.ingest import regular_files
+from tvixmount.testing.mounts import tvixmount_command
 
 GIB = 1 << 30
 MB = 1_000_000
@@ -144,13 +145,11 @@ def main() -> int:
         for _ in range(args.repeat):
             store = store_scratch / "store"
             shutil.rmtree(store, ignore_errors=True)
-            tvix_s, tvix_path = timed_command(
-                [sys.executable, "-m", "tvixmount", "import", str(tree), "--store", store]
-            )
+            tvix_s, tvix_path = timed_command(tvixmount_command("import", tree, "--store", store))
             # The same ingestion into memory://: the cost of the walk and hashing
             # alone, without the embedded store's writes and syncs.
             mem_s, mem_path = timed_command(
-                [sys.executable, "-m", "tvixmount", "import", str(tree), "--store", "memory://"]
+                tvixmount_command("import", tree, "--store", "memory://")
             )
             # Deleted between runs: adding a path that is already valid skips the copy.
             if nix_path:

@@ -22,7 +22,6 @@ import hashlib
 import resource
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -36,6 +35,7 @@ from tvixmount.listing import list_store
 from tvixmount.pathinfo import NarInfo, PathInfo
 from tvixmount.storepath import from_nar_hash
 from tvixmount.stores import StoreOptions, open_store
+from tvixmount.testing.mounts import tvixmount_command
 
 
 async def populate(store_dir: Path, paths: int) -> None:
@@ -86,7 +86,7 @@ def timed(runs: int, action: Callable[[], object]) -> tuple[list[float], list[fl
 
 
 def cli(*args: str) -> Callable[[], object]:
-    command = [sys.executable, "-m", "tvixmount", *args]
+    command = tvixmount_command(*args)
 
     def run() -> object:
         return subprocess.run(command, stdout=subprocess.DEVNULL, check=True)

@@ -40,6 +40,7 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 
 from bench.measure import percentile
+from tvixmount.testing.mounts import tvixmount_command
 
 T = TypeVar("T")
 MB = 1_000_000
@@ -282,13 +283,13 @@ def _bench(work: Path, trees: list[Path], paths: list[str], run: Load) -> list[R
     cache = work / "cache"
     _run("nix", *NIX_FLAGS, "copy", "--to", f"file://{cache}?compression=none", *paths)
     store = work / "store"
-    imported = _run(sys.executable, "-m", "tvixmount", "import", *trees, "--store", store).split()
+    imported = _run(*tvixmount_command("import", *trees, "--store", store)).split()
     assert imported == paths, "tvixmount import and nix-store --add disagree on the paths"
     key = work / "bench.secret"
     key.write_text(_run("nix", *NIX_FLAGS, "key", "generate-secret", "--key-name", "bench-1"))
     hashes = [path.removeprefix("/nix/store/")[:32] for path in paths]
     results = []
-    tvixmount = [sys.executable, "-m", "tvixmount", "serve", "--http", "127.0.0.1:0"]
+    tvixmount = tvixmount_command("serve", "--http", "127.0.0.1:0")
     with process(
         [*tvixmount, "--store", str(store), "--secret-key", str(key)], work / "t.log"
     ) as p:
