@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.local_tree import make_tree, nix, nix_add, nix_dump, requires_nix
+from tests.mounting import tvixmount_command
 from tvixmount import nixbase32
 from tvixmount.castore import SymlinkNode
 from tvixmount.cli.import_ import PROGRESS_MIN_BYTES
@@ -25,9 +26,7 @@ UNKNOWN = "/nix/store/00000000000000000000000000000000-unknown"
 
 
 def tvixmount(*args: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [sys.executable, "-m", "tvixmount", *args], capture_output=True, check=False, timeout=120
-    )
+    return subprocess.run(tvixmount_command(*args), capture_output=True, check=False, timeout=120)
 
 
 @pytest.fixture
@@ -197,7 +196,7 @@ def test_progress_bar_is_drawn_on_a_terminal_for_big_imports(tmp_path: Path, sto
     primary, secondary = pty.openpty()
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "tvixmount", "import", str(big), "--store", store],
+            tvixmount_command("import", big, "--store", store),
             stdout=subprocess.PIPE,
             stderr=secondary,
             check=False,
@@ -253,7 +252,7 @@ def test_path_info_json_renders_deriver_and_signatures_like_nix() -> None:
 @pytest.mark.parametrize("argument", [".", "nested/", "nested/deeper/.."])
 def test_import_names_the_path_as_nix_does(tree: Path, store: str, argument: str) -> None:
     ours = subprocess.run(
-        [sys.executable, "-m", "tvixmount", "import", argument, "--store", store],
+        tvixmount_command("import", argument, "--store", store),
         cwd=tree,
         capture_output=True,
         check=True,

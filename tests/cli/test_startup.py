@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from tests.fixtures import castore as fx
-from tests.mounting import make_fixture_store
+from tests.mounting import make_fixture_store, tvixmount_command
 from tvixmount.cli import fixture as cli_fixture
 from tvixmount.cli import mount as cli_mount
 from tvixmount.fs import operations
@@ -65,7 +65,7 @@ def heavy_imports(*args: str) -> set[str]:
 def tvixmount(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     """``tvixmount ARGS`` as its own process (so it exits the way a real one does)."""
     return subprocess.run(
-        [sys.executable, "-m", "tvixmount", *args],
+        tvixmount_command(*args),
         capture_output=True,
         text=True,
         timeout=60,
