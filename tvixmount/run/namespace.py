@@ -9,6 +9,8 @@ import ctypes
 import os
 import signal
 
+from ..libc import libc
+
 CLONE_NEWNS = 0x00020000
 MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
@@ -16,17 +18,16 @@ MNT_DETACH = 2
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mount.argtypes = (
+libc.mount.argtypes = (
     ctypes.c_char_p,
     ctypes.c_char_p,
     ctypes.c_char_p,
     ctypes.c_ulong,
     ctypes.c_char_p,
 )
-_libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
-_libc.unshare.argtypes = (ctypes.c_int,)
-_libc.prctl.argtypes = (
+libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
+libc.unshare.argtypes = (ctypes.c_int,)
+libc.prctl.argtypes = (
     ctypes.c_int,
     ctypes.c_ulong,
     ctypes.c_ulong,
@@ -52,17 +53,17 @@ def enter_private_mount_namespace() -> None:
     shared mount (systemd makes / shared) would carry new mounts back out, so
     everything is made private first.
     """
-    _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
-    _check(_libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "/")
+    _check(libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+    _check(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "/")
 
 
 def mount(source: str, target: str, fstype: str, data: str | None = None) -> None:
-    _check(_libc.mount(_bytes(source), _bytes(target), _bytes(fstype), 0, _bytes(data)), target)
+    _check(libc.mount(_bytes(source), _bytes(target), _bytes(fstype), 0, _bytes(data)), target)
 
 
 def detach(target: str) -> None:
     """Lazily unmount ``target``: gone from the tree now, freed once nothing uses it."""
-    _check(_libc.umount2(_bytes(target), MNT_DETACH), target)
+    _check(libc.umount2(_bytes(target), MNT_DETACH), target)
 
 
 def die_with_parent(signum: signal.Signals) -> None:
@@ -72,12 +73,12 @@ def die_with_parent(signum: signal.Signals) -> None:
     runs no other threads. A parent that died before this call is caught by
     the caller comparing :func:`os.getppid` with the pid it expects.
     """
-    _check(_libc.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
+    _check(libc.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
 
 
 def adopt_orphans() -> None:
     """Become the parent of every descendant orphaned below this process (a subreaper)."""
-    _check(_libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl(PR_SET_CHILD_SUBREAPER)")
+    _check(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl(PR_SET_CHILD_SUBREAPER)")
 
 
 def children() -> list[int]:
