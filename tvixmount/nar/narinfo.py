@@ -250,6 +250,35 @@ class Narinfo:
         lines.extend(f"{key}: {value}" for key, value in self.unknown)
         return "\n".join(lines) + "\n"
 
+    @classmethod
+    def from_pathinfo(
+        cls,
+        info: PathInfo,
+        url: str,
+        compression: str,
+        file_hash: NixHash | None = None,
+        file_size: int | None = None,
+    ) -> Narinfo:
+        """The narinfo of ``info`` with its NAR at ``url`` (its kept signatures stay)."""
+        kept = info.narinfo
+        deriver = None
+        if kept.deriver is not None:
+            # tvix keeps a deriver's name without ".drv"; a narinfo names the file.
+            deriver = StorePath(kept.deriver.digest, f"{kept.deriver.name}.drv")
+        return cls(
+            store_path=info.store_path,
+            url=url,
+            nar_hash=kept.nar_sha256,
+            nar_size=kept.nar_size,
+            compression=compression,
+            file_hash=file_hash,
+            file_size=file_size,
+            references=tuple(sorted(info.reference_paths)),
+            deriver=deriver,
+            signatures=kept.signatures,
+            ca=kept.ca,
+        )
+
     def to_pathinfo(self, node: Node) -> PathInfo:
         """The PathInfo for this path, with ``node`` (the ingested NAR root) as its root."""
         deriver = None

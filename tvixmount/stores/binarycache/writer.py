@@ -135,24 +135,8 @@ class FileSink:
 
 def narinfo_of(info: PathInfo, spooled: Spooled, url: str, compression: str) -> Narinfo:
     """The narinfo Nix would write for ``info`` stored as ``spooled`` at ``url``."""
-    kept = info.narinfo
-    deriver = None
-    if kept.deriver is not None:
-        # tvix keeps a deriver's name without ".drv"; a narinfo names the file.
-        deriver = StorePath(kept.deriver.digest, kept.deriver.name + ".drv")
-    return Narinfo(
-        store_path=info.store_path,
-        url=url,
-        nar_hash=kept.nar_sha256,
-        nar_size=kept.nar_size,
-        compression=compression,
-        file_hash=NixHash("sha256", spooled.file_sha256),
-        file_size=spooled.file_size,
-        references=tuple(sorted(info.reference_paths)),
-        deriver=deriver,
-        signatures=kept.signatures,
-        ca=kept.ca,
-    )
+    file_hash = NixHash("sha256", spooled.file_sha256)
+    return Narinfo.from_pathinfo(info, url, compression, file_hash, spooled.file_size)
 
 
 def sign_all(narinfo: Narinfo, keys: Sequence[SecretKey]) -> Narinfo:

@@ -16,7 +16,6 @@ from .... import nixbase32
 from ....nar.narinfo import Narinfo
 from ....nar.signing import SecretKey, sign_narinfo
 from ....pathinfo.model import PathInfo
-from ....storepath import StorePath
 from ... import Store
 
 NARINFO_CACHE_ENTRIES = 10_000  # about 1 KiB each with the PathInfo
@@ -35,24 +34,7 @@ def nar_url(info: PathInfo) -> str:
 
 def narinfo_of(info: PathInfo, keys: Sequence[SecretKey]) -> Narinfo:
     """The narinfo of an uncompressed NAR, signed by every key (kept signatures stay)."""
-    kept = info.narinfo
-    deriver = None
-    if kept.deriver is not None:
-        # tvix keeps a deriver's name without ".drv"; narinfos name the file.
-        deriver = StorePath(kept.deriver.digest, f"{kept.deriver.name}.drv")
-    narinfo = Narinfo(
-        store_path=info.store_path,
-        url=nar_url(info),
-        nar_hash=kept.nar_sha256,
-        nar_size=kept.nar_size,
-        compression="none",
-        file_hash=None,
-        file_size=None,
-        references=tuple(sorted(info.reference_paths)),
-        deriver=deriver,
-        signatures=kept.signatures,
-        ca=kept.ca,
-    )
+    narinfo = Narinfo.from_pathinfo(info, nar_url(info), "none")
     for key in keys:
         narinfo = sign_narinfo(narinfo, key)
     return narinfo
