@@ -242,16 +242,14 @@ class GrpcBlobService:
     async def open_read(self, digest: B3Digest) -> BlobReader | None:
         size = self.hints.size_of(digest)
         cached = self._cache.get(digest)
-        if cached is not None:
-            if size is not None and size <= PREFETCH_MAX_BLOB:
-                self._read_ahead(digest)
-            return MemoryBlobReader(cached)
-        if self._cache_dir is not None:
+        if cached is None and self._cache_dir is not None:
             kept = await self._cache_dir.blob(digest)
             if kept is not None:
                 return kept  # its neighbours are most likely on disk too: no read-ahead
         if size is not None and size <= PREFETCH_MAX_BLOB:
             self._read_ahead(digest)
+        if cached is not None:
+            return MemoryBlobReader(cached)
         if size is not None and size <= DIRECT_READ_MAX:
             # Small enough to fetch whole: no Stat round trip first (a Read of
             # the blob digest is answered whole even by a server that chunks it).
@@ -418,13 +416,11 @@ class GrpcBlobService:
                 if node.digest in self._cache:
                     return
                 try:
+                    if self._cache_dir is not None and await self._cache_dir.blobs.has(node.digest):
+                        return
+                    data = await self.fetch_verified(node.digest, node.size)
                     if self._cache_dir is not None:
-                        if await self._cache_dir.blobs.has(node.digest):
-                            return
-                        data = await self.fetch_verified(node.digest, node.size)
                         self._cache_dir.keep_blob(node.digest, data)
-                    else:
-                        await self.fetch_verified(node.digest, node.size)
                 except TvixmountError as exc:  # the open that needs it reports it
                     log.debug("prefetching blob %s: %s", node.digest, exc)
 
