@@ -18,6 +18,7 @@ import pytest
 from tests.fixtures import castore as fx
 from tests.mounting import (
     force_unmount,
+    foreground_server,
     make_fixture_store,
     requires_fuse,
     run_tvixmount,
@@ -60,27 +61,24 @@ def test_ready_arrives_once_the_mount_answers_and_stopping_at_shutdown(
     announced = announced or address
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
-    with _notify_socket(address) as sock:
-        proc = subprocess.Popen(
-            tvixmount_command("mount", mountpoint, "--store", store, "--foreground"),
+    with (
+        _notify_socket(address) as sock,
+        foreground_server(
+            store,
+            mountpoint,
             env={**os.environ, "NOTIFY_SOCKET": announced},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-        )
-        try:
-            assert _receive(sock) == "READY=1"
-            # On READY the mount already answers, and its root lookups work.
-            assert tvixmount_at(str(mountpoint))
-            os.statvfs(mountpoint)
-            assert (mountpoint / os.fsdecode(fx.ROOT_BLOB_A)).read_bytes() == fx.BLOB_A
-            proc.send_signal(signal.SIGTERM)
-            assert _receive(sock) == "STOPPING=1"
-            assert proc.wait(timeout=_WAIT) == 0
-        finally:
-            force_unmount(mountpoint)
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
+        ) as proc,
+    ):
+        assert _receive(sock) == "READY=1"
+        # On READY the mount already answers, and its root lookups work.
+        assert tvixmount_at(str(mountpoint))
+        os.statvfs(mountpoint)
+        assert (mountpoint / os.fsdecode(fx.ROOT_BLOB_A)).read_bytes() == fx.BLOB_A
+        proc.send_signal(signal.SIGTERM)
+        assert _receive(sock) == "STOPPING=1"
+        assert proc.wait(timeout=_WAIT) == 0
 
 
 def test_a_foreground_mount_without_notify_socket_sends_nothing(store: str, tmp_path: Path) -> None:
@@ -88,13 +86,7 @@ def test_a_foreground_mount_without_notify_socket_sends_nothing(store: str, tmp_
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
-    proc = subprocess.Popen(
-        tvixmount_command("mount", mountpoint, "--store", store, "--foreground"),
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    with foreground_server(store, mountpoint, env=env, stderr=subprocess.PIPE, text=True) as proc:
         assert proc.stderr is not None
         # The foreground mount logs to stderr: "serving" comes once it answers.
         line = proc.stderr.readline()
@@ -102,11 +94,6 @@ def test_a_foreground_mount_without_notify_socket_sends_nothing(store: str, tmp_
         assert (mountpoint / os.fsdecode(fx.ROOT_BLOB_A)).read_bytes() == fx.BLOB_A
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=_WAIT) == 0
-    finally:
-        force_unmount(mountpoint)
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
 
 
 def _drain(fd: int) -> bytes:

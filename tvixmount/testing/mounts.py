@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..fs.mounttable import tvixmount_at, tvixmount_mounts
 from ..fs.processes import serving_pids, serving_processes, wait_gone
@@ -105,6 +106,25 @@ def mounted(
 
 
 @contextmanager
+def foreground_server(
+    store: str, mountpoint: Path, *extra: PathArg, **popen: Any
+) -> Iterator[subprocess.Popen[Any]]:
+    """``tvixmount mount --foreground`` started (``popen``: Popen's options), not waited for;
+    always unmounted and reaped after."""
+    proc = subprocess.Popen(
+        tvixmount_command("mount", mountpoint, "--store", store, "--foreground", *extra),
+        **popen,
+    )
+    try:
+        yield proc
+    finally:
+        force_unmount(mountpoint)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+@contextmanager
 def foreground_mount(
     store: str,
     mountpoint: Path,
@@ -113,13 +133,9 @@ def foreground_mount(
 ) -> Iterator[subprocess.Popen[bytes]]:
     """``tvixmount mount --foreground`` (mountpoint created); yields once the mount answers."""
     mountpoint.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(
-        tvixmount_command("mount", mountpoint, "--store", store, "--foreground", *extra),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
-    try:
+    with foreground_server(
+        store, mountpoint, *extra, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+    ) as proc:
         deadline = time.monotonic() + _MOUNT_TIMEOUT
         while not tvixmount_at(str(mountpoint)) and proc.poll() is None:
             assert time.monotonic() < deadline, "the mount did not appear"
@@ -127,11 +143,6 @@ def foreground_mount(
         assert proc.poll() is None, "the foreground mount exited early"
         os.statvfs(mountpoint)  # the loop answers
         yield proc
-    finally:
-        force_unmount(mountpoint)
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
 
 
 def leftovers(base: Path) -> tuple[list[str], list[int]]:
