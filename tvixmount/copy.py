@@ -23,7 +23,7 @@ from .castore.directory import Directory
 from .castore.ingest import sole_error
 from .castore.nodes import DirectoryNode, FileNode
 from .errors import IntegrityError, NotFoundError
-from .nar.narinfo import Narinfo, fingerprint
+from .nar.narinfo import Narinfo
 from .nar.writer import _file_contents as file_contents
 from .nar.writer import write_nar
 from .pathinfo.lookup import find_path_info
@@ -118,24 +118,15 @@ class StoreDestination:
             await self._store.directories.put_many(directories)
         elif isinstance(node, FileNode):
             await _copy_blob(node, source.blobs, self._store.blobs, progress)
-        await self._store.pathinfos.put(_signed(info, self._keys))
+        if self._keys:
+            from .nar.signing import sign_pathinfo
+
+            info = sign_pathinfo(info, self._keys)
+        await self._store.pathinfos.put(info)
         return None
 
     async def aclose(self) -> None:
         await self._store.aclose()
-
-
-def _signed(info: PathInfo, keys: Sequence[SecretKey]) -> PathInfo:
-    """``info`` with a signature by each of ``keys`` it does not carry yet."""
-    kept = info.narinfo
-    signed = fingerprint(info.store_path, kept.nar_sha256, kept.nar_size, info.reference_paths)
-    signatures = list(kept.signatures)
-    for key in keys:
-        signature = key.sign(signed)
-        if signature not in signatures:
-            signatures.append(signature)
-    narinfo = dataclasses.replace(kept, signatures=tuple(signatures))
-    return dataclasses.replace(info, narinfo=narinfo)
 
 
 async def _directory_closure(source: Store, root: B3Digest) -> list[Directory]:

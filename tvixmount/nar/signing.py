@@ -124,11 +124,26 @@ def valid_signers(narinfo: Narinfo, keys: Sequence[PublicKey]) -> list[str]:
     return _signers(narinfo.fingerprint(), narinfo.signatures, keys)
 
 
+def _pathinfo_fingerprint(info: PathInfo) -> bytes:
+    kept = info.narinfo
+    return fingerprint(info.store_path, kept.nar_sha256, kept.nar_size, info.reference_paths)
+
+
 def pathinfo_signers(info: PathInfo, keys: Sequence[PublicKey]) -> list[str]:
     """Names of the trusted keys with a valid signature among those a PathInfo kept."""
-    kept = info.narinfo
-    signed = fingerprint(info.store_path, kept.nar_sha256, kept.nar_size, info.reference_paths)
-    return _signers(signed, kept.signatures, keys)
+    return _signers(_pathinfo_fingerprint(info), info.narinfo.signatures, keys)
+
+
+def sign_pathinfo(info: PathInfo, keys: Sequence[SecretKey]) -> PathInfo:
+    """``info`` with a signature by each of ``keys`` it does not carry yet."""
+    signed = _pathinfo_fingerprint(info)
+    signatures = list(info.narinfo.signatures)
+    for key in keys:
+        signature = key.sign(signed)
+        if signature not in signatures:
+            signatures.append(signature)
+    narinfo = dataclasses.replace(info.narinfo, signatures=tuple(signatures))
+    return dataclasses.replace(info, narinfo=narinfo)
 
 
 def sign_narinfo(narinfo: Narinfo, key: SecretKey) -> Narinfo:
