@@ -50,6 +50,11 @@ def key_args(cache: NixCache) -> list[str]:
     return ["--trusted-public-key", cache.key.public]
 
 
+def copy_from_args(cache: NixCache, cache_dir: Path) -> list[str]:
+    """``copy --from`` the Nix-written ``cache``, trusting its key, cached in ``cache_dir``."""
+    return ["--from", cache.url, *key_args(cache), "--cache-dir", str(cache_dir)]
+
+
 def test_copied_to_a_bucket_and_downloaded_nix_reads_it(
     s3: S3Server, bucket: str, nix_cache: NixCache, tmp_path: Path
 ):
@@ -57,11 +62,7 @@ def test_copied_to_a_bucket_and_downloaded_nix_reads_it(
     referrer = nix_cache.paths[-1]
     done = run_tvixmount(
         "copy",
-        "--from",
-        nix_cache.url,
-        *key_args(nix_cache),
-        "--cache-dir",
-        tmp_path / "local",
+        *copy_from_args(nix_cache, tmp_path / "local"),
         "--to",
         s3.url(bucket, compression="zstd"),
         "--secret-key",
@@ -137,11 +138,7 @@ def test_credentials_come_from_the_named_profile(s3: S3Server, nix_cache: NixCac
         url = s3.url(name, profile="ci")
         done = run_tvixmount(
             "copy",
-            "--from",
-            nix_cache.url,
-            *key_args(nix_cache),
-            "--cache-dir",
-            tmp_path / "local",
+            *copy_from_args(nix_cache, tmp_path / "local"),
             "--to",
             url,
             nix_cache.paths[0],
@@ -155,8 +152,7 @@ def test_credentials_come_from_the_named_profile(s3: S3Server, nix_cache: NixCac
 def test_missing_bucket_is_one_clear_line(s3: S3Server, nix_cache: NixCache, tmp_path: Path):
     url = s3.url("no-such-bucket")
     for args in (
-        ["copy", "--from", nix_cache.url, *key_args(nix_cache), "--cache-dir",
-         str(tmp_path / "a"), "--to", url, nix_cache.paths[0]],
+        ["copy", *copy_from_args(nix_cache, tmp_path / "a"), "--to", url, nix_cache.paths[0]],
         ["path-info", "--store", url, "--cache-dir", str(tmp_path / "b"), *key_args(nix_cache),
          nix_cache.paths[0]],
     ):  # fmt: skip
