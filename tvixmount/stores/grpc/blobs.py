@@ -211,9 +211,7 @@ class GrpcBlobService:
         try:
             return await self._transport.call(
                 f"stat blob {digest}",
-                lambda ticket: ticket.track(
-                    self._stub.Stat.future(request, timeout=ticket.timeout)
-                ).result(),
+                lambda ticket: ticket.unary(self._stub.Stat, request),
                 limiter=self._limiter,
             )
         except NotFoundError:

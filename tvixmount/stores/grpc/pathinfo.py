@@ -75,9 +75,7 @@ class GrpcPathInfoService:
         try:
             msg = await self._transport.call(
                 what,
-                lambda ticket: ticket.track(
-                    self._stub.Get.future(request, timeout=ticket.timeout)
-                ).result(),
+                lambda ticket: ticket.unary(self._stub.Get, request),
             )
         except NotFoundError:
             return None
@@ -89,9 +87,7 @@ class GrpcPathInfoService:
         what = f"put path info {store_path}"
         answer = await self._transport.call(
             what,
-            lambda ticket: ticket.track(
-                self._stub.Put.future(msg, timeout=ticket.timeout)
-            ).result(),
+            lambda ticket: ticket.unary(self._stub.Put, msg),
         )
         return _received(answer, what)
 
@@ -109,9 +105,7 @@ class GrpcPathInfoService:
         what = f"calculate NAR of {node.name!r}"
         answer = await self._transport.call(
             what,
-            lambda ticket: ticket.track(
-                self._stub.CalculateNAR.future(msg, timeout=ticket.timeout)
-            ).result(),
+            lambda ticket: ticket.unary(self._stub.CalculateNAR, msg),
             stream=True,
         )
         if len(answer.nar_sha256) != 32:
