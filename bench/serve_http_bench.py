@@ -9,8 +9,14 @@ file://DIR?compression=none``, into a binary cache directory that
 turn and for ``--seconds`` (default 30): 32 clients fetching narinfos and 8
 fetching NARs (``--narinfo-clients``, ``--nar-clients``; 0 leaves a kind
 out), over keep-alive connections where the server allows it (the static
-server speaks HTTP/1.0: one connection per request). Clients run in two
-processes of their own (narinfo, NAR), each a thread per client.
+server speaks HTTP/1.0: one connection per request).
+
+The clients are wrk (C, epoll; Debian's ``wrk``): two processes of one
+thread each, narinfo and NAR, every connection rotating over its URLs with
+a small Lua script. Python client threads on these 2 cores cost as much CPU
+as the server and add GIL scheduling to every latency; wrk measures the
+server, and both servers the same way in the same run. Latencies are from
+wrk's histogram (from each request sent to its response complete).
 
 Reported per server: requests and errors, narinfo p50/p99 latency, NAR
 MB/s (all NAR clients together). For scale, nix-serve's published figures
@@ -22,7 +28,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import multiprocessing
 import os
 import random
 import re
@@ -30,19 +35,16 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TypeVar
+from subprocess import PIPE, Popen
 from urllib.parse import urlsplit
 
-from bench.measure import percentile
 from tvixmount.testing.mounts import tvixmount_command
 
-T = TypeVar("T")
 MB = 1_000_000
 NIX_FLAGS = ("--extra-experimental-features", "nix-command")
 SMALL_PATHS = 60
@@ -110,91 +112,30 @@ def wait_listening(port: int) -> None:
     raise SystemExit(f"nothing listens on port {port}")
 
 
-# -- clients (run in their own processes) --------------------------------------------------
+# -- load: wrk, one process per kind of client --------------------------------------------
 
-
-def _connection(base: str) -> http.client.HTTPConnection:
-    address = urlsplit(base)
-    return http.client.HTTPConnection(address.hostname or "", address.port, timeout=60)
-
-
-NarinfoResult = tuple[list[float], int]  # latencies (s), errors
-NarResult = tuple[int, int, int]  # bytes, requests, errors
-
-
-def _narinfo_client(
-    base: str, hashes: list[str], deadline: float, out: list[NarinfoResult]
-) -> None:
-    conn = _connection(base)
-    latencies: list[float] = []
-    errors = 0
-    for i in range(random.randrange(len(hashes)), 1 << 62):
-        if time.monotonic() >= deadline:
-            break
-        started = time.perf_counter()
-        try:
-            conn.request("GET", f"/{hashes[i % len(hashes)]}.narinfo")
-            response = conn.getresponse()
-            response.read()
-            errors += response.status != 200
-        except (OSError, http.client.HTTPException):
-            errors += 1
-            conn.close()
-        latencies.append(time.perf_counter() - started)
-    conn.close()
-    out.append((latencies, errors))
-
-
-def _nar_client(base: str, urls: list[str], deadline: float, out: list[NarResult]) -> None:
-    conn = _connection(base)
-    buffer = bytearray(1 << 20)
-    received = requests = errors = 0
-    for i in range(random.randrange(len(urls)), 1 << 62):
-        if time.monotonic() >= deadline:
-            break
-        try:
-            conn.request("GET", "/" + urls[i % len(urls)])
-            response = conn.getresponse()
-            while n := response.readinto(buffer):
-                received += n
-            requests += 1
-            errors += response.status != 200
-        except (OSError, http.client.HTTPException):
-            errors += 1
-            conn.close()
-    conn.close()
-    out.append((received, requests, errors))
-
-
-def _threads(
-    client: Callable[..., None], base: str, targets: list[str], count: int, seconds: float
-) -> tuple[list[T], float]:
-    """``count`` threads running ``client`` for ``seconds``; what they appended, and the
-    seconds until the last finished (a NAR started before the deadline is read to its end).
-    """
-    started = time.monotonic()
-    deadline = started + seconds
-    out: list[T] = []
-    threads = [
-        threading.Thread(target=client, args=(base, targets, deadline, out)) for _ in range(count)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return out, time.monotonic() - started
-
-
-def narinfo_clients(
-    base: str, hashes: list[str], count: int, seconds: float
-) -> tuple[list[NarinfoResult], float]:
-    return _threads(_narinfo_client, base, hashes, count, seconds)
-
-
-def nar_clients(
-    base: str, urls: list[str], count: int, seconds: float
-) -> tuple[list[NarResult], float]:
-    return _threads(_nar_client, base, urls, count, seconds)
+# wrk runs this in each of its threads: requests rotate over the paths file
+# (one URL path a line, from a random start), and the summary is one JSON line.
+WRK_SCRIPT = """
+local paths, i = {}, 0
+function init(args)
+  for line in io.lines(args[1]) do paths[#paths + 1] = line end
+  math.randomseed(os.time() + tonumber(tostring({}):sub(8), 16))
+  i = math.random(#paths)
+end
+function request()
+  i = i % #paths + 1
+  return wrk.format("GET", paths[i])
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '{"requests": %d, "bytes": %d, "micros": %d, "errors": %d, "p50_us": %d, "p99_us": %d}\\n',
+    summary.requests, summary.bytes, summary.duration,
+    e.connect + e.read + e.write + e.status + e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
 
 
 @dataclass
@@ -215,22 +156,52 @@ class Load:
     nar_clients: int
 
 
-def load(server: str, base: str, hashes: list[str], nar_urls: list[str], run: Load) -> Result:
-    seconds = run.seconds
-    with multiprocessing.Pool(2) as pool:
-        narinfos = pool.apply_async(narinfo_clients, (base, hashes, run.narinfo_clients, seconds))
-        nars = pool.apply_async(nar_clients, (base, nar_urls, run.nar_clients, seconds))
-        (narinfo_results, _), (nar_results, nar_seconds) = narinfos.get(), nars.get()
-    latencies = [lat for lats, _ in narinfo_results for lat in lats]
+def _wrk(work: Path, base: str, paths: list[str], clients: int, seconds: float) -> Popen[str]:
+    """A wrk process of ``clients`` connections on one thread, rotating over ``paths``."""
+    targets = work / f"paths-{len(paths)}-{clients}"
+    targets.write_text("".join(f"/{path}\n" for path in paths))
+    script = work / "rotate.lua"
+    script.write_text(WRK_SCRIPT)
+    argv = ["wrk", "--threads", "1", "--connections", str(clients)]
+    argv += ["--duration", f"{round(seconds)}s", "--timeout", "60s", "--script", str(script)]
+    return Popen([*argv, base, "--", str(targets)], stdout=PIPE, stderr=PIPE, text=True)
+
+
+def _summary(proc: Popen[str] | None) -> dict[str, int]:
+    """The JSON line ``done`` wrote (zeros for a kind of client left out)."""
+    if proc is None:
+        return {"requests": 0, "bytes": 0, "micros": 1, "errors": 0, "p50_us": 0, "p99_us": 0}
+    out, err = proc.communicate()
+    if proc.returncode != 0:
+        raise SystemExit(f"wrk failed: {err.strip() or out.strip()}")
+    summary: dict[str, int] = json.loads(out.strip().splitlines()[-1])
+    return summary
+
+
+def load(
+    server: str, work: Path, base: str, hashes: list[str], nar_urls: list[str], run: Load
+) -> Result:
+    """Both kinds of client at once; wrk's NAR bytes include headers (a few hundred a NAR)."""
+    narinfos = [f"{digest}.narinfo" for digest in hashes]
+    procs = [
+        _wrk(work, base, targets, clients, run.seconds) if clients else None
+        for targets, clients in ((narinfos, run.narinfo_clients), (nar_urls, run.nar_clients))
+    ]
+    narinfo, nar = (_summary(proc) for proc in procs)
     return Result(
         server=server,
-        narinfo_requests=len(latencies),
-        nar_requests=sum(r[1] for r in nar_results),
-        errors=sum(e for _, e in narinfo_results) + sum(r[2] for r in nar_results),
-        narinfo_p50_ms=round(percentile(latencies or [0.0], 50) * 1000, 2),
-        narinfo_p99_ms=round(percentile(latencies or [0.0], 99) * 1000, 2),
-        nar_mb_s=round(sum(r[0] for r in nar_results) / MB / nar_seconds, 1),
+        narinfo_requests=narinfo["requests"],
+        nar_requests=nar["requests"],
+        errors=narinfo["errors"] + nar["errors"],
+        narinfo_p50_ms=narinfo["p50_us"] / 1000,
+        narinfo_p99_ms=narinfo["p99_us"] / 1000,
+        nar_mb_s=round(nar["bytes"] / MB / (nar["micros"] / 1e6), 1),
     )
+
+
+def _connection(base: str) -> http.client.HTTPConnection:
+    address = urlsplit(base)
+    return http.client.HTTPConnection(address.hostname or "", address.port, timeout=60)
 
 
 def nar_urls(base: str, hashes: list[str]) -> list[str]:
@@ -298,13 +269,17 @@ def _bench(work: Path, trees: list[Path], paths: list[str], run: Load) -> list[R
         if ready is None:
             raise SystemExit(f"tvixmount serve failed: {(work / 't.log').read_text()}")
         base = ready[1]
-        results.append(load("tvixmount", base, hashes, nar_urls(base, hashes[:NAR_PATHS]), run))
+        results.append(
+            load("tvixmount", work, base, hashes, nar_urls(base, hashes[:NAR_PATHS]), run)
+        )
     port = free_port()
     static = [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(cache)]
     with process([*static, str(port)], work / "s.log"):
         wait_listening(port)
         base = f"http://127.0.0.1:{port}"
-        results.append(load("http.server", base, hashes, nar_urls(base, hashes[:NAR_PATHS]), run))
+        results.append(
+            load("http.server", work, base, hashes, nar_urls(base, hashes[:NAR_PATHS]), run)
+        )
     return results
 
 
