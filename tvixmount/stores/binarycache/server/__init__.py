@@ -1,54 +1,71 @@
 """``tvixmount serve --http``: any store served to Nix as a binary cache.
 
-hypercorn runs the ASGI app (:mod:`.app`) on the caller's trio loop, the
-loop that owns the store, so requests use the store's async API directly;
-blocking reads already go to worker threads inside the store, and one slow
-NAR holds up only its own request. HTTP/1.1 keep-alive and graceful shutdown
-(in-flight responses get ``GRACEFUL_SECONDS`` to finish) are hypercorn's.
+The HTTP server (:mod:`.http`) runs the cache's routes (:mod:`.app`) on the
+caller's trio loop, the loop that owns the store, so requests use the
+store's async API directly; blocking reads already go to worker threads
+inside the store, and one slow NAR holds up only its own request.
 """
 
 from __future__ import annotations
 
-import logging
 import re
+import socket
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, cast
-
-import trio
-from hypercorn.config import Config
-from hypercorn.trio import serve
-from hypercorn.utils import repr_socket_addr
 
 from ....errors import TvixmountError
 from ....nar.signing import SecretKey
 from ... import Store
 from .app import CacheApp
 from .catalog import Catalog
-
-if TYPE_CHECKING:
-    from hypercorn.typing import ASGIFramework
+from .http import GRACEFUL_SECONDS, Server
 
 DEFAULT_PRIORITY = 30  # what nix-serve and harmonia advertise
-GRACEFUL_SECONDS = 5.0
+# Connections the kernel queues before they are accepted: a burst of clients
+# must not overflow it (a dropped SYN is retried a second later).
+_BACKLOG = 1024
 _BIND = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):(\d{1,5})")
 
-access_log = logging.getLogger("tvixmount.http.access")
 
 
-def check_bind(bind: str) -> str:
-    """``HOST:PORT`` (IPv6 hosts in brackets), or :class:`TvixmountError`."""
+def check_bind(bind: str) -> tuple[str, int]:
+    """``HOST:PORT`` (IPv6 hosts in brackets) as host and port, or :class:`TvixmountError`."""
     match = _BIND.fullmatch(bind)
     if match is None or int(match[2]) > 65535:
         raise TvixmountError(f"cannot serve HTTP on {bind!r}: expected HOST:PORT")
-    return bind
+    return match[1].strip("[]"), int(match[2])
+
+
+def listen(bind: str) -> socket.socket:
+    """A TCP socket bound to ``bind`` and listening, or :class:`TvixmountError`."""
+    host, port = check_bind(bind)
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.listen(_BACKLOG)
+        except OSError:
+            sock.close()
+            raise
+    except OSError as exc:
+        raise TvixmountError(f"cannot serve HTTP on {bind!r}: {exc.strerror or exc}") from None
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if sock.family == socket.AF_INET6 else f"http://{host}:{port}"
 
 
 class HttpServer:
     """A binary cache listening on ``bind``: bound and listening once constructed.
 
     Binding up front makes a busy port one clear error before anything runs,
-    and lets the caller announce the URL; hypercorn takes the socket over by
-    its descriptor. :meth:`serve` answers requests until :meth:`stop`.
+    and lets the caller announce the URL. :meth:`serve` answers requests
+    until :meth:`stop`; responses in flight get ``GRACEFUL_SECONDS`` to finish.
     """
 
     def __init__(
@@ -60,30 +77,17 @@ class HttpServer:
         priority: int = DEFAULT_PRIORITY,
         log_requests: bool = False,
     ) -> None:
-        config = Config()
-        config.bind = [check_bind(bind)]
-        config.accesslog = access_log if log_requests else None
-        config.errorlog = logging.getLogger("tvixmount.http")
-        config.graceful_timeout = GRACEFUL_SECONDS
-        try:
-            [sock] = config.create_sockets().insecure_sockets
-            sock.listen(config.backlog)
-        except OSError as exc:
-            raise TvixmountError(f"cannot serve HTTP on {bind!r}: {exc.strerror or exc}") from None
-        self.url = f"http://{repr_socket_addr(sock.family, sock.getsockname())}"
-        config.bind = [f"fd://{sock.detach()}"]
-        self._config = config
-        self._app = CacheApp(store, Catalog(store, secret_keys), priority)
-        self._shutdown = trio.Event()
+        sock = listen(bind)
+        self.url = url_of(sock)
+        app = CacheApp(store, Catalog(store, secret_keys), priority)
+        self._server = Server(sock, app, access_log=log_requests)
 
     async def serve(self) -> None:
-        # The app takes plain dicts; hypercorn's TypedDict signature is stricter.
-        app = cast("ASGIFramework", self._app)
-        await serve(app, self._config, shutdown_trigger=self._shutdown.wait)
+        await self._server.serve()
 
     def stop(self) -> None:
         """Stop accepting; responses in flight get ``GRACEFUL_SECONDS`` to finish."""
-        self._shutdown.set()
+        self._server.stop()
 
 
-__all__ = ["DEFAULT_PRIORITY", "HttpServer", "check_bind"]
+__all__ = ["DEFAULT_PRIORITY", "GRACEFUL_SECONDS", "HttpServer"]

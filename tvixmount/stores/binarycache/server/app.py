@@ -10,8 +10,7 @@ Routes (GET and HEAD), as Nix and its tools read a cache:
 
 Paths are matched on the raw request target, before any percent-decoding,
 against these exact shapes; nothing maps to a file, so there is no path to
-traverse. Written without a framework: four routes do not need one, and the
-NAR stream wants direct control of when the response ends.
+traverse. Written without a framework: four routes do not need one.
 """
 
 from __future__ import annotations
@@ -19,11 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import AsyncGenerator, Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
-
-import trio
 
 from .... import nixbase32
 from ....errors import NotFoundError, TvixmountError
@@ -31,13 +25,10 @@ from ....listing import list_path, to_nix_json
 from ....storepath import STORE_DIR
 from ... import Store
 from .catalog import Catalog, Entry
+from .http import Request, Response
 from .nar import ByteRange, Unsatisfiable, checked_nar, parse_range, zstd_compressed
 
 log = logging.getLogger(__name__)
-
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 _HASH = f"[{nixbase32.ALPHABET}]{{32}}"
 _NARHASH = f"[{nixbase32.ALPHABET}]{{52}}"
@@ -49,63 +40,35 @@ _NAR_QUERY = re.compile(rf"hash=({_HASH})")
 _IMMUTABLE = (b"cache-control", b"public, max-age=31536000, immutable")
 
 
-@dataclass
-class Response:
-    status: int
-    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-    body: bytes = b""
-    stream: AsyncGenerator[bytes, None] | None = None  # sent instead of body
-
-    @classmethod
-    def text(cls, status: int, text: str, content_type: str = "text/plain") -> Response:
-        body = text.encode()
-        return cls(status, [(b"content-type", content_type.encode())], body)
-
-    def header_fields(self) -> list[tuple[bytes, bytes]]:
-        """The headers to send: a body's length is added here, a stream sets its own."""
-        if self.stream is not None:
-            return self.headers
-        return [*self.headers, (b"content-length", str(len(self.body)).encode())]
-
-
 def _error(status: int, message: str) -> Response:
     return Response.text(status, message + "\n")
 
 
 class CacheApp:
-    """ASGI app serving ``store`` as a binary cache; run it on trio (hypercorn)."""
+    """The binary cache's answers to requests (:class:`.http.Server` calls it), over ``store``."""
 
     def __init__(self, store: Store, catalog: Catalog, priority: int) -> None:
         self._store = store
         self._catalog = catalog
         self._cache_info = f"StoreDir: {STORE_DIR}\nWantMassQuery: 1\nPriority: {priority}\n"
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
-            return
-        if scope["type"] != "http":
-            return
-        response = await self._respond(scope)
-        await _send_response(response, scope["method"] == "HEAD", receive, send)
-
-    async def _respond(self, scope: Scope) -> Response:
-        if scope["method"] not in ("GET", "HEAD"):
+    async def __call__(self, request: Request) -> Response:
+        if request.method not in ("GET", "HEAD"):
             response = _error(405, "only GET and HEAD")
             response.headers.append((b"allow", b"GET, HEAD"))
             return response
         try:
-            target = bytes(scope["raw_path"]).decode("ascii")
-            query = bytes(scope["query_string"]).decode("ascii")
+            target = request.path.decode("ascii")
+            query = request.query.decode("ascii")
         except UnicodeDecodeError:
             return _error(400, "bad request path")
         try:
-            return await self._route(target, query, scope["headers"])
+            return await self._route(target, query, request)
         except TvixmountError as exc:
             log.error("%s: %s", target, exc)
             return _error(500, str(exc))
 
-    async def _route(self, target: str, query: str, headers: list[tuple[bytes, bytes]]) -> Response:
+    async def _route(self, target: str, query: str, request: Request) -> Response:
         if target == "/nix-cache-info":
             return Response.text(200, self._cache_info, "text/x-nix-cache-info")
         if match := _NARINFO.fullmatch(target):
@@ -118,7 +81,9 @@ class CacheApp:
             entry = await self._entry(hash_match[1]) if hash_match else None
             if entry is None or nixbase32.encode(entry.info.narinfo.nar_sha256) != match[1]:
                 return _error(404, "no such NAR")
-            return self._nar(entry, compressed=bool(match[2]), headers=headers)
+            return self._nar(
+                entry, compressed=bool(match[2]), range_header=request.header(b"range")
+            )
         if match := _LISTING.fullmatch(target):
             return await self._listing(match[1])
         if ".." in target or "%" in target or "//" in target or "\\" in target:
@@ -141,10 +106,9 @@ class CacheApp:
         body = json.dumps({"version": 1, "root": to_nix_json(listing)}, separators=(",", ":"))
         return Response.text(200, body, "application/json")
 
-    def _nar(self, entry: Entry, compressed: bool, headers: list[tuple[bytes, bytes]]) -> Response:
+    def _nar(self, entry: Entry, compressed: bool, range_header: str | None) -> Response:
         size = entry.info.narinfo.nar_size
         wanted: ByteRange | None = None
-        range_header = _header(headers, b"range")
         if range_header is not None and not compressed:
             try:
                 wanted = parse_range(range_header, size)
@@ -160,10 +124,8 @@ class CacheApp:
             response.headers.append((b"accept-ranges", b"none"))
         else:
             start, stop = wanted or ByteRange(0, size)
-            response.headers += [
-                (b"accept-ranges", b"bytes"),
-                (b"content-length", str(stop - start).encode()),
-            ]
+            response.headers.append((b"accept-ranges", b"bytes"))
+            response.length = stop - start
             if wanted is not None:
                 response.status = 206
                 response.headers.append(
@@ -171,66 +133,3 @@ class CacheApp:
                 )
         response.stream = stream
         return response
-
-
-def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
-    for key, value in headers:
-        if key.lower() == name:
-            return value.decode("latin-1")
-    return None
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-
-
-async def _send_response(response: Response, head: bool, receive: Receive, send: Send) -> None:
-    stream = response.stream
-    if stream is not None and not head:
-        # Errors before the first byte still get a status: start the stream first.
-        try:
-            first = await anext(stream, b"")
-        except TvixmountError as exc:
-            log.error("%s", exc)
-            response, stream = _error(500, str(exc)), None
-    await send(
-        {
-            "type": "http.response.start",
-            "status": response.status,
-            "headers": response.header_fields(),
-        }
-    )
-    if head or stream is None:
-        if stream is not None:
-            await stream.aclose()
-        await send({"type": "http.response.body", "body": b"" if head else response.body})
-        return
-    async with trio.open_nursery() as nursery:
-        # A client that hangs up stops the NAR being built for nobody.
-        nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
-        try:
-            await send({"type": "http.response.body", "body": first, "more_body": True})
-            async for chunk in stream:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except TvixmountError as exc:
-            # Returning without the final body message makes the server drop
-            # the connection: the client sees a broken transfer, not an end.
-            log.error("aborted a NAR transfer: %s", exc)
-            nursery.cancel_scope.cancel()
-            return
-        finally:
-            await stream.aclose()
-        await send({"type": "http.response.body", "body": b""})
-        nursery.cancel_scope.cancel()
-
-
-async def _cancel_on_disconnect(receive: Receive, scope: trio.CancelScope) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-    scope.cancel()
