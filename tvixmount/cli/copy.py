@@ -120,10 +120,13 @@ class _Bar:
 
 async def _copy(args: argparse.Namespace) -> list[Copied]:
     from ..copy import copy_paths
-    from ..nar.signing import read_secret_key
 
     paths = parse_store_paths(args.store_paths)
-    keys = [read_secret_key(path) for path in args.secret_key]
+    keys: list[SecretKey] = []
+    if args.secret_key:  # cryptography costs 30 ms to import; only signing needs it
+        from ..nar.signing import read_secret_key
+
+        keys = [read_secret_key(path) for path in args.secret_key]
     destination = _open_destination(args.to, keys)
     try:
         source = _open_source(args)
