@@ -15,8 +15,13 @@ named it (:mod:`.hints`), or the chunk list's total, or
 ``MAX_UNHINTED_BYTES``; a server sending more is cut off at once and the
 call cancelled.
 
-Opening a small file also fetches, in the background, the next few small
-files of its Directory (a few at a time): a walk or a build reads them next.
+Opening a small file also fetches, in the background, the next small files
+of its Directory: a walk or a build reads them next. A server offering
+tvixmount's ReadMany (``tvixmount serve``) sends that window, the opened file
+first, in one call, each blob checked against its digest and size as it
+arrives; a Read per blob costs most of a millisecond of CPU on each side,
+which a walk of thousands of small files would pay per file. Other servers
+(UNIMPLEMENTED) get a few Reads at a time.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import bisect
 import logging
 import tempfile
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -34,6 +40,8 @@ import trio
 
 from ..._proto import rpc_blobstore_pb2 as pb
 from ..._proto import rpc_blobstore_pb2_grpc as pb_grpc
+from ..._proto import tvixmount_blobs_pb2 as batch_pb
+from ..._proto import tvixmount_blobs_pb2_grpc as batch_grpc
 from ...castore.blobservice import BlobReader, BlobWriter
 from ...castore.digest import B3Digest
 from ...errors import (
@@ -48,6 +56,7 @@ from ...lru import ByteLRU
 from ..memory.castore import MemoryBlobReader
 from .cache import LocalCache
 from .hints import BlobHints
+from .status import Unimplemented
 from .transport import REMOTE_THREADS, GrpcTransport, Ticket
 
 log = logging.getLogger(__name__)
@@ -64,7 +73,13 @@ _VERIFIED_LISTS = 4096  # chunk lists remembered once verified
 DIRECT_READ_MAX = 1 << 20
 PREFETCH_MAX_BLOB = 128 << 10  # files up to this size are read ahead
 READ_AHEAD_FILES = 16  # files after the one opened that are read ahead
-_PREFETCH_FETCHES = 8  # of them at once
+_PREFETCH_FETCHES = 8  # of them at once (a server without ReadMany)
+# With ReadMany: the window of files after an opened one kept fetched, and the
+# bytes one call may ask for. A window is topped up once its first half is
+# read, so a walk costs one call per half window, not one per file.
+BATCH_FILES = 64
+BATCH_BYTES = 4 << 20
+_DELIVER_BYTES = 256 << 10  # verified bytes of a ReadMany handed over at a time
 
 
 @dataclass
@@ -106,6 +121,67 @@ def _fetch_verified(
     if size is not None and received != size:
         raise IntegrityError(f"blob {digest}: it has {received} bytes, not the {size} expected")
     return b"".join(parts)
+
+
+def _fetch_many(
+    stub: Any,
+    wanted: list[tuple[B3Digest, int]],
+    deliver: Callable[[list[tuple[B3Digest, bytes]]], None],
+    ticket: Ticket,
+) -> None:
+    """One ReadMany call (in a worker thread): each blob verified against its digest and size, then
+    handed to ``deliver`` on the loop (the first at once: an open waits for it).
+
+    A blob the server lacks is skipped (its open reads it alone, and reports it);
+    anything else amiss ends the call.
+    """
+    request = batch_pb.ReadManyRequest(digests=[bytes(digest) for digest, _ in wanted])
+    call = ticket.track(stub.ReadMany(request, timeout=ticket.timeout))
+    messages = iter(call)
+    ready: list[tuple[B3Digest, bytes]] = []
+    pending = 0
+    try:
+        for i, (digest, size) in enumerate(wanted):
+            hasher = blake3.blake3()
+            parts: list[bytes] = []
+            received = 0
+            while True:
+                message = next(messages, None)
+                if message is None:
+                    raise StoreError(
+                        f"read blobs: the server ended its answer after {i} of {len(wanted)} blobs"
+                    )
+                if message.missing:
+                    break
+                received += len(message.data)
+                if received > size:
+                    raise IntegrityError(
+                        f"blob {digest}: the server sent more than the {size} bytes it has"
+                    )
+                hasher.update(message.data)
+                parts.append(message.data)
+                if message.end:
+                    break
+            if message.missing:
+                continue
+            actual = B3Digest(hasher.digest())
+            if actual != digest or received != size:
+                raise IntegrityError(
+                    f"blob {digest}: the server sent {received} bytes that hash to "
+                    f"{actual}, refusing them"
+                )
+            ready.append((digest, b"".join(parts)))
+            pending += received
+            if i == 0 or pending >= _DELIVER_BYTES:
+                trio.from_thread.run_sync(deliver, ready)
+                ready, pending = [], 0
+        if next(messages, None) is not None:
+            raise IntegrityError(f"read blobs: the server sent more than the {len(wanted)} asked")
+    except BaseException:
+        call.cancel()
+        raise
+    if ready:
+        trio.from_thread.run_sync(deliver, ready)
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -192,6 +268,8 @@ class GrpcBlobService:
         self._transport = transport
         self._cache_dir = cache_dir
         self._stub = pb_grpc.BlobServiceStub(transport.channel)
+        self._batch_stub = batch_grpc.BatchBlobServiceStub(transport.channel)
+        self._batches = True  # until the server says it has no ReadMany
         self.hints = hints if hints is not None else BlobHints()
         self._cache: ByteLRU[B3Digest] = ByteLRU(cache_bytes)
         self._lists: OrderedDict[B3Digest, list[tuple[B3Digest, int]]] = OrderedDict()
@@ -245,7 +323,10 @@ class GrpcBlobService:
             if kept is not None:
                 return kept  # its neighbours are most likely on disk too: no read-ahead
         if size is not None and size <= PREFETCH_MAX_BLOB:
-            self._read_ahead(digest)
+            if self._batches:
+                self._read_batch_ahead(digest, size, cached is None)
+            else:
+                self._read_ahead(digest)
         if cached is not None:
             return MemoryBlobReader(cached)
         if size is not None and size <= DIRECT_READ_MAX:
@@ -387,6 +468,80 @@ class GrpcBlobService:
         self.stats.bytes_received += len(data)
         self._cache.put(digest, data)
         return data
+
+    def _fetched(self, digest: B3Digest) -> bool:
+        return digest in self._cache or digest in self._inflight
+
+    def _read_batch_ahead(self, digest: B3Digest, size: int, missing: bool) -> None:
+        """Fetch ``digest`` if ``missing`` and the next small files of its Directory, in one call.
+
+        The window is fetched again once the file half a window ahead is not
+        fetched yet: a walk in name order then has the files it opens next in
+        memory, at one call per half window.
+        """
+        after = self.hints.after(digest, BATCH_FILES)
+        half = after[min(BATCH_FILES // 2, len(after)) - 1] if after else None
+        missing = missing and digest not in self._inflight
+        if not missing and (half is None or self._fetched(half.digest)):
+            return
+        wanted = [(digest, size)] if missing else []
+        total = size if missing else 0
+        for node in after:
+            if 0 < node.size <= PREFETCH_MAX_BLOB and not self._fetched(node.digest):
+                if total + node.size > BATCH_BYTES:
+                    break
+                if (node.digest, node.size) in wanted:  # two files of one content
+                    continue
+                wanted.append((node.digest, node.size))
+                total += node.size
+        if wanted:
+            events = {digest: trio.Event() for digest, _ in wanted}
+            self._inflight.update(events)
+            trio.lowlevel.spawn_system_task(self._read_batch, wanted, events, name="read blobs")
+
+    async def _read_batch(
+        self, wanted: list[tuple[B3Digest, int]], events: dict[B3Digest, trio.Event]
+    ) -> None:
+        def done(digest: B3Digest) -> None:
+            event = events.pop(digest, None)  # None: delivered already (a retried call)
+            if event is None:
+                return
+            if self._inflight.get(digest) is event:
+                del self._inflight[digest]
+            event.set()
+
+        def delivered(blobs: list[tuple[B3Digest, bytes]]) -> None:
+            for digest, data in blobs:
+                self.stats.bytes_received += len(data)
+                self._cache.put(digest, data)
+                if self._cache_dir is not None:
+                    self._cache_dir.keep_blob(digest, data)
+                done(digest)
+
+        try:
+            if self._cache_dir is not None:
+                for digest, _ in wanted:
+                    if await self._cache_dir.blobs.has(digest):
+                        done(digest)
+                wanted = [(digest, size) for digest, size in wanted if digest in events]
+            if wanted:
+                self.stats.read_calls += 1
+                await self._transport.call(
+                    f"read {len(wanted)} blobs",
+                    partial(_fetch_many, self._batch_stub, wanted, delivered),
+                    stream=True,
+                    limiter=self._limiter,
+                )
+        except Unimplemented:
+            log.debug("%s has no ReadMany; reading blob by blob", self.url)
+            self._batches = False
+        except IntegrityError as exc:  # the opens waiting read their blobs alone
+            log.warning("%s", exc)
+        except TvixmountError as exc:
+            log.debug("reading blobs ahead: %s", exc)
+        finally:
+            for digest in list(events):
+                done(digest)
 
     def _read_ahead(self, digest: B3Digest) -> None:
         """Fetch the next few small files after ``digest``'s in its Directory, in the background.

@@ -1,0 +1,202 @@
+"""ReadMany: a directory's small files in one call, and a client that trusts none of it.
+
+``tvixmount serve`` answers ReadMany (protos/tvixmount_blobs.proto); the client
+asks it for the window of files after one opened, and checks every blob
+against its digest and size. A server lying in a ReadMany answer gets those
+blobs read again one by one (and refused if they lie there too); a server
+without ReadMany (tvix-store) is read blob by blob.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from tests.grpc_serving import FakeBackend, _Blobs, _Directories, serving
+from tvixmount._proto import rpc_blobstore_pb2_grpc as blob_grpc
+from tvixmount._proto import rpc_directory_pb2_grpc as dir_grpc
+from tvixmount._proto import tvixmount_blobs_pb2 as batch_pb
+from tvixmount._proto import tvixmount_blobs_pb2_grpc as batch_grpc
+from tvixmount.castore import B3Digest, Directory, FileNode
+from tvixmount.castore.blobservice import put_stream
+from tvixmount.stores import StoreOptions, open_store
+from tvixmount.stores.grpc.blobs import GrpcBlobService
+from tvixmount.stores.grpc.server import READ_MANY_DIGESTS, READ_MESSAGE_BYTES
+
+FILES = [bytes([i]) * (100 + 37 * i) for i in range(12)]
+BIG = bytes(range(251)) * (5 * READ_MESSAGE_BYTES // (2 * 251))  # 2.5 messages
+
+
+def _directory(files: list[bytes]) -> Directory:
+    return Directory.from_nodes(
+        FileNode(f"f{i:02d}".encode(), B3Digest.of(data), len(data)) for i, data in enumerate(files)
+    )
+
+
+async def _local_store(path: Path) -> str:
+    local = open_store(str(path), StoreOptions(create=True))
+    try:
+        for data in [*FILES, BIG]:
+            await put_stream(local.blobs, [data])
+        await local.directories.put_many([_directory(FILES)])
+    finally:
+        await local.aclose()
+    return str(path)
+
+
+def _read_many(url: str, digests: list[bytes]) -> list[Any]:
+    with grpc.insecure_channel(url.removeprefix("grpc+http://")) as channel:
+        stub = batch_grpc.BatchBlobServiceStub(channel)
+        return list(stub.ReadMany(batch_pb.ReadManyRequest(digests=digests)))
+
+
+async def test_serve_answers_each_blob_in_order_in_parts_and_names_the_missing(
+    tmp_path: Path,
+) -> None:
+    store = await _local_store(tmp_path / "store")
+    absent = B3Digest.of(b"not in the store")
+    asked = [B3Digest.of(FILES[3]), absent, B3Digest.of(BIG), B3Digest.of(FILES[0])]
+    with serving(store, tmp_path / "serve.log") as served:
+        parts = _read_many(served.url, [bytes(d) for d in asked])
+    blobs: list[bytes | None] = []
+    current = b""
+    for part in parts:
+        if part.missing:
+            assert part.end and not part.data and not current
+            blobs.append(None)
+            continue
+        current += part.data
+        if part.end:
+            blobs.append(current)
+            current = b""
+    assert blobs == [FILES[3], None, BIG, FILES[0]]
+    assert len(parts) == 1 + 1 + 3 + 1  # the big blob in READ_MESSAGE_BYTES parts
+
+
+async def test_serve_refuses_a_bad_digest_and_too_many_digests(tmp_path: Path) -> None:
+    store = await _local_store(tmp_path / "store")
+    with serving(store, tmp_path / "serve.log") as served:
+        with pytest.raises(grpc.RpcError) as bad:
+            _read_many(served.url, [b"short"])
+        with pytest.raises(grpc.RpcError) as many:
+            _read_many(served.url, [bytes(B3Digest.of(FILES[0]))] * (READ_MANY_DIGESTS + 1))
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert many.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def _blobs(client: Any) -> GrpcBlobService:
+    assert isinstance(client.blobs, GrpcBlobService)
+    return client.blobs
+
+
+async def test_opening_one_file_fetches_its_directorys_small_files_in_one_call(
+    tmp_path: Path,
+) -> None:
+    store = await _local_store(tmp_path / "store")
+    directory = _directory(FILES)
+    with serving(store, tmp_path / "serve.log") as served:
+        client = open_store(served.url)
+        try:
+            assert await client.directories.get(directory.digest()) == directory
+            for data in FILES:
+                reader = await client.blobs.open_read(B3Digest.of(data))
+                assert reader is not None and bytes(await reader.pread(0, len(data))) == data
+            stats = _blobs(client).stats
+            assert (stats.read_calls, stats.stat_calls) == (1, 0)
+            assert stats.bytes_received == sum(map(len, FILES))
+        finally:
+            await client.aclose()
+
+
+class _LyingBatch(batch_grpc.BatchBlobServiceServicer):  # type: ignore[misc]
+    """ReadMany answered from ``lies`` (digest -> bytes sent) before the backend's blobs."""
+
+    def __init__(self, backend: FakeBackend, lies: dict[bytes, bytes], how: str) -> None:
+        self.backend = backend
+        self.lies = lies
+        self.how = how
+        self.calls = 0
+
+    def ReadMany(self, request: Any, context: Any) -> Iterator[Any]:
+        self.calls += 1
+        digests = list(request.digests)
+        if self.how == "cut short":
+            digests = digests[:1]
+        for digest in digests:
+            yield batch_pb.BlobPart(
+                data=self.lies.get(digest, self.backend.blobs[digest]), end=True
+            )
+        if self.how == "extra blob":
+            yield batch_pb.BlobPart(data=b"more", end=True)
+
+
+@contextmanager
+def _server(backend: FakeBackend, batch: _LyingBatch | None) -> Iterator[str]:
+    server = grpc.server(ThreadPoolExecutor(max_workers=16))
+    blob_grpc.add_BlobServiceServicer_to_server(_Blobs(backend), server)
+    dir_grpc.add_DirectoryServiceServicer_to_server(_Directories(backend), server)
+    if batch is not None:
+        batch_grpc.add_BatchBlobServiceServicer_to_server(batch, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"grpc+http://127.0.0.1:{port}"
+    finally:
+        server.stop(0).wait()
+
+
+def _backend() -> FakeBackend:
+    backend = FakeBackend()
+    for data in FILES:
+        backend.blobs[bytes(B3Digest.of(data))] = data
+    backend.put_directories([_directory(FILES)])
+    return backend
+
+
+async def _open_all(url: str) -> list[bytes]:
+    client = open_store(url)
+    try:
+        await client.directories.get(_directory(FILES).digest())
+        read = []
+        for data in FILES:
+            reader = await client.blobs.open_read(B3Digest.of(data))
+            assert reader is not None
+            read.append(bytes(await reader.pread(0, reader.size)))
+        return read
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize("how", ["other bytes", "too many bytes", "cut short", "extra blob"])
+async def test_a_lying_read_many_answer_is_refused_and_its_blobs_read_one_by_one(
+    how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = _backend()
+    target = bytes(B3Digest.of(FILES[4]))
+    lies = {
+        "other bytes": {target: FILES[5][: len(FILES[4])]},
+        "too many bytes": {target: FILES[4] + b"!"},
+    }.get(how, {})
+    batch = _LyingBatch(backend, lies, how)
+    caplog.set_level(logging.DEBUG, logger="tvixmount.stores.grpc.blobs")
+    with _server(backend, batch) as url:
+        assert await _open_all(url) == FILES
+    assert batch.calls >= 1
+    if how != "extra blob":  # there every blob asked for came, and verified
+        assert backend.read_calls, "the refused blobs were read again one by one"
+    if how != "cut short":
+        assert any(r.levelno == logging.WARNING for r in caplog.records), caplog.text
+
+
+async def test_a_server_without_read_many_is_read_blob_by_blob() -> None:
+    backend = _backend()
+    with _server(backend, None) as url:
+        assert await _open_all(url) == FILES
+    assert sorted(backend.read_calls) == sorted(bytes(B3Digest.of(d)) for d in set(FILES))
