@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15tvixmount_blobs.proto\x12\x14tvixmount.castore.v1\"\"\n\x0fReadManyRequest\x12\x0f\n\x07\x64igests\x18\x01 \x03(\x0c\"6\n\x08\x42lobPart\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x08\x12\x0f\n\x07missing\x18\x03 \x01(\x08\x32g\n\x10\x42\x61tchBlobService\x12S\n\x08ReadMany\x12%.tvixmount.castore.v1.ReadManyRequest\x1a\x1e.tvixmount.castore.v1.BlobPart0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15tvixmount_blobs.proto\x12\x14tvixmount.castore.v1\"\"\n\x0fReadManyRequest\x12\x0f\n\x07\x64igests\x18\x01 \x03(\x0c\":\n\tBlobParts\x12-\n\x05parts\x18\x01 \x03(\x0b\x32\x1e.tvixmount.castore.v1.BlobPart\"6\n\x08\x42lobPart\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x08\x12\x0f\n\x07missing\x18\x03 \x01(\x08\x32h\n\x10\x42\x61tchBlobService\x12T\n\x08ReadMany\x12%.tvixmount.castore.v1.ReadManyRequest\x1a\x1f.tvixmount.castore.v1.BlobParts0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_READMANYREQUEST']._serialized_start=47
   _globals['_READMANYREQUEST']._serialized_end=81
-  _globals['_BLOBPART']._serialized_start=83
-  _globals['_BLOBPART']._serialized_end=137
-  _globals['_BATCHBLOBSERVICE']._serialized_start=139
-  _globals['_BATCHBLOBSERVICE']._serialized_end=242
+  _globals['_BLOBPARTS']._serialized_start=83
+  _globals['_BLOBPARTS']._serialized_end=141
+  _globals['_BLOBPART']._serialized_start=143
+  _globals['_BLOBPART']._serialized_end=197
+  _globals['_BATCHBLOBSERVICE']._serialized_start=199
+  _globals['_BATCHBLOBSERVICE']._serialized_end=303
 # @@protoc_insertion_point(module_scope)

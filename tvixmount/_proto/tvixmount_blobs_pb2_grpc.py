@@ -37,7 +37,7 @@ class BatchBlobServiceStub:
         self.ReadMany = channel.unary_stream(
                 '/tvixmount.castore.v1.BatchBlobService/ReadMany',
                 request_serializer=tvixmount__blobs__pb2.ReadManyRequest.SerializeToString,
-                response_deserializer=tvixmount__blobs__pb2.BlobPart.FromString,
+                response_deserializer=tvixmount__blobs__pb2.BlobParts.FromString,
                 _registered_method=True)
 
 
@@ -47,7 +47,8 @@ class BatchBlobServiceServicer:
     def ReadMany(self, request, context):
         """The blobs asked for, in the order asked, each in one or more parts: the
         last part of each has `end` set. A blob the server does not have is one
-        part with `missing` (and `end`) set.
+        part with `missing` (and `end`) set. Parts come a few in each message
+        (each message costs both ends far more than its bytes do).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -59,7 +60,7 @@ def add_BatchBlobServiceServicer_to_server(servicer, server):
             'ReadMany': grpc.unary_stream_rpc_method_handler(
                     servicer.ReadMany,
                     request_deserializer=tvixmount__blobs__pb2.ReadManyRequest.FromString,
-                    response_serializer=tvixmount__blobs__pb2.BlobPart.SerializeToString,
+                    response_serializer=tvixmount__blobs__pb2.BlobParts.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -88,7 +89,7 @@ class BatchBlobService:
             target,
             '/tvixmount.castore.v1.BatchBlobService/ReadMany',
             tvixmount__blobs__pb2.ReadManyRequest.SerializeToString,
-            tvixmount__blobs__pb2.BlobPart.FromString,
+            tvixmount__blobs__pb2.BlobParts.FromString,
             options,
             channel_credentials,
             insecure,

@@ -54,7 +54,8 @@ async def _local_store(path: Path) -> str:
 def _read_many(url: str, digests: list[bytes]) -> list[Any]:
     with grpc.insecure_channel(url.removeprefix("grpc+http://")) as channel:
         stub = batch_grpc.BatchBlobServiceStub(channel)
-        return list(stub.ReadMany(batch_pb.ReadManyRequest(digests=digests)))
+        messages = stub.ReadMany(batch_pb.ReadManyRequest(digests=digests))
+        return [part for message in messages for part in message.parts]
 
 
 async def test_serve_answers_each_blob_in_order_in_parts_and_names_the_missing(
@@ -77,7 +78,7 @@ async def test_serve_answers_each_blob_in_order_in_parts_and_names_the_missing(
             blobs.append(current)
             current = b""
     assert blobs == [FILES[3], None, BIG, FILES[0]]
-    assert len(parts) == 1 + 1 + 3 + 1  # the big blob in READ_MESSAGE_BYTES parts
+    assert len(parts) == 1 + 1 + 3 + 1  # the big blob in parts of READ_MESSAGE_BYTES
 
 
 async def test_serve_refuses_a_bad_digest_and_too_many_digests(tmp_path: Path) -> None:
@@ -129,12 +130,14 @@ class _LyingBatch(batch_grpc.BatchBlobServiceServicer):  # type: ignore[misc]
         digests = list(request.digests)
         if self.how == "cut short":
             digests = digests[:1]
-        for digest in digests:
-            yield batch_pb.BlobPart(
-                data=self.lies.get(digest, self.backend.blobs[digest]), end=True
-            )
+        parts = [
+            batch_pb.BlobPart(data=self.lies.get(digest, self.backend.blobs[digest]), end=True)
+            for digest in digests
+        ]
         if self.how == "extra blob":
-            yield batch_pb.BlobPart(data=b"more", end=True)
+            parts.append(batch_pb.BlobPart(data=b"more", end=True))
+        yield batch_pb.BlobParts(parts=parts[:1])
+        yield batch_pb.BlobParts(parts=parts[1:])
 
 
 @contextmanager

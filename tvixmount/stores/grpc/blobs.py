@@ -137,7 +137,7 @@ def _fetch_many(
     """
     request = batch_pb.ReadManyRequest(digests=[bytes(digest) for digest, _ in wanted])
     call = ticket.track(stub.ReadMany(request, timeout=ticket.timeout))
-    messages = iter(call)
+    messages = (part for message in call for part in message.parts)
     ready: list[tuple[B3Digest, bytes]] = []
     pending = 0
     try:

@@ -355,17 +355,23 @@ class BatchBlobServicer(batch_grpc.BatchBlobServiceServicer):  # type: ignore[mi
         digests = [_digest(raw, "read blobs") for raw in request.digests]
         done = 0
         while done < len(digests):
-            group = self._loop.run(
-                _open_and_read_many, self._blobs.blobs, digests[done:], READ_MANY_GROUP_BYTES
-            )
+            # The first blob alone: a client opening it waits for it, not for the group.
+            budget = READ_MANY_GROUP_BYTES if done else 0
+            group = self._loop.run(_open_and_read_many, self._blobs.blobs, digests[done:], budget)
+            parts = []
             for opened in group:
                 digest = digests[done]
                 done += 1
                 if opened is None:
-                    yield batch_pb.BlobPart(missing=True, end=True)
+                    parts.append(batch_pb.BlobPart(missing=True, end=True))
                     continue
                 for data, last in self._blobs.parts(digest, *opened):
-                    yield batch_pb.BlobPart(data=data, end=last)
+                    parts.append(batch_pb.BlobPart(data=data, end=last))
+                    if not last:  # a big blob: one message per part
+                        yield batch_pb.BlobParts(parts=parts)
+                        parts = []
+            if parts:
+                yield batch_pb.BlobParts(parts=parts)
 
 
 class DirectoryServicer(dir_grpc.DirectoryServiceServicer):  # type: ignore[misc]
