@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator
+from typing import Protocol, runtime_checkable
 
 import blake3
 import trio
@@ -22,6 +23,16 @@ _PENDING_ENTRIES = 1 << 16
 _FINISHING = 64
 # Chunks from this size on are hashed in a worker thread; below it the hop costs more.
 _THREADED_HASH_MIN = 64 << 10
+
+
+@runtime_checkable
+class DigestingWriter(Protocol):
+    """A blob writer that hashes what it is given and tells the digest before ``finish``
+    (the embedded store's): the builder then need not hash every file a second time."""
+
+    def digest(self) -> B3Digest:
+        """The digest of the bytes written so far."""
+        ...
 
 
 class _CastoreBuilder:
@@ -48,30 +59,33 @@ class _CastoreBuilder:
     ) -> Node:
         if size == 0 and self._empty is not None:
             return FileNode(name, self._empty, 0, executable)
-        # The digest is computed here too, so parsing goes on while the blob is made
-        # durable: a store's finish() waits for a sync, and one sync after another, file
-        # by file, was most of a cold fetch's time. Blobs finish together (a group commit
-        # shares one sync), and ingest_nar returns only once all of them did.
+        # The digest is known here (computed here, or told by a writer that hashes
+        # anyway), so parsing goes on while the blob is made durable: a store's finish()
+        # waits for a sync, and one sync after another, file by file, was most of a cold
+        # fetch's time. Blobs finish together (a group commit shares one sync), and
+        # ingest_nar returns only once all of them did.
         await self._finishing.acquire()
         try:
             writer = await self._blobs.open_write()
         except BaseException:
             self._finishing.release()
             raise
+        digesting = writer if isinstance(writer, DigestingWriter) else None
         hasher = blake3.blake3()
         try:
             async for chunk in contents:
-                if len(chunk) >= _THREADED_HASH_MIN:
-                    # BLAKE3 releases the GIL: off the trio loop, it runs beside parsing.
-                    await trio.to_thread.run_sync(hasher.update, chunk)
-                else:
-                    hasher.update(chunk)
+                if digesting is None:
+                    if len(chunk) >= _THREADED_HASH_MIN:
+                        # BLAKE3 releases the GIL: off the trio loop, it runs beside parsing.
+                        await trio.to_thread.run_sync(hasher.update, chunk)
+                    else:
+                        hasher.update(chunk)
                 await writer.write(chunk)
         except BaseException:
             self._finishing.release()
             await writer.abort()
             raise
-        digest = B3Digest(hasher.digest())
+        digest = digesting.digest() if digesting is not None else B3Digest(hasher.digest())
         self._nursery.start_soon(self._finish, writer, digest)
         if size == 0:
             self._empty = digest

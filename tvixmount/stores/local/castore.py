@@ -197,7 +197,14 @@ async def _pread_nowait(
 
 
 class LocalBlobWriter:
-    """Buffers small blobs in memory and streams big ones to a temp file."""
+    """Buffers small blobs in memory and streams big ones to a temp file.
+
+    Chunks from ``_THREADED_WRITE_MIN`` on are hashed (and written) in a
+    worker thread, and a buffered blob too big for a pack goes to its temp
+    file there at ``finish``: BLAKE3 and write(2) release the GIL, so they
+    overlap with whatever the trio loop does meanwhile (a NAR parse, an
+    import's reading and SHA-256) instead of stalling it.
+    """
 
     def __init__(self, service: LocalBlobService) -> None:
         self._service = service
@@ -211,20 +218,25 @@ class LocalBlobWriter:
         try:
             if self._fd >= 0:
                 if len(data) >= _THREADED_WRITE_MIN:
-                    # BLAKE3 and write(2) release the GIL: in a worker thread they
-                    # overlap with the importer's reading and SHA-256 on the other core.
                     await trio.to_thread.run_sync(self._hash_and_write_out, data)
                 else:
                     self._hash_and_write_out(data)
                 return
-            self._hasher.update(data)
+            if len(data) >= _THREADED_WRITE_MIN:
+                await trio.to_thread.run_sync(self._hasher.update, data)
+            else:
+                self._hasher.update(data)
             self._parts.append(bytes(data))
             self._buffered += len(data)
             if self._buffered > _WRITE_BUFFER:
-                self._spill()
+                await trio.to_thread.run_sync(self._spill)
         except OSError as exc:  # the disk is full, the store read-only, ...
             await self.abort()
             raise StoreError(f"cannot write a blob to {self._service.tmp_dir}: {exc}") from exc
+
+    def digest(self) -> B3Digest:
+        """The digest of the bytes written so far (what ``finish`` will return)."""
+        return B3Digest(self._hasher.digest())
 
     def _spill(self) -> None:
         """Move the buffered bytes to a temp file; later writes go straight there."""
@@ -241,18 +253,22 @@ class LocalBlobWriter:
         while view:
             view = view[os.write(self._fd, view) :]
 
+    def _close_temp(self) -> None:
+        """Spill what is buffered if need be, and close the temp file read-only."""
+        if self._fd < 0:
+            self._spill()
+        os.fchmod(self._fd, 0o444)
+        os.close(self._fd)
+        self._fd = -1
+
     async def finish(self) -> B3Digest:
-        digest = B3Digest(self._hasher.digest())
+        digest = self.digest()
         try:
             if self._fd < 0 and self._buffered <= PACK_MAX:
                 data, self._parts = b"".join(self._parts), []
                 await self._service.put_packed(digest, data)
                 return digest
-            if self._fd < 0:
-                self._spill()
-            os.fchmod(self._fd, 0o444)
-            os.close(self._fd)
-            self._fd = -1
+            await trio.to_thread.run_sync(self._close_temp)
             assert self._tmp is not None
             await self._service.commit_file(self._tmp, self._service.path_of(digest))
             self._tmp = None
