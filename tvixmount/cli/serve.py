@@ -11,14 +11,18 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import sys
 from typing import TYPE_CHECKING, Any
 
 from ..errors import TvixmountError
 from .common import add_secret_key_argument, add_store_argument, open_store_from_args
 
 if TYPE_CHECKING:
+    import socket
+
     from ..nar.signing import SecretKey
     from ..stores import Store
+    from ..stores.binarycache.server.workers import Workers
 
 log = logging.getLogger(__name__)
 
@@ -88,16 +92,18 @@ async def _serve(store: Store, args: argparse.Namespace, keys: list[SecretKey]) 
     listen = args.listen or (None if args.http else DEFAULT_LISTEN)
     try:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            http = None
+            http = worker = workers = None
             if args.http is not None:
-                from ..stores.binarycache.server import DEFAULT_PRIORITY, HttpServer
+                from ..stores.binarycache import server
+                from ..stores.binarycache.server.workers import inherited_socket
 
-                priority = DEFAULT_PRIORITY if args.priority is None else args.priority
-                http = HttpServer(
+                worker = inherited_socket()
+                sock = worker or server.listen(args.http)
+                http = server.HttpServer(
                     store,
-                    args.http,
+                    sock,
                     secret_keys=keys,
-                    priority=priority,
+                    priority=_priority(args),
                     log_requests=args.verbose,
                 )
             grpc_server = None
@@ -107,20 +113,50 @@ async def _serve(store: Store, args: argparse.Namespace, keys: list[SecretKey]) 
                 grpc_server = GrpcServer.start(store, listen, writable=args.writable)
             try:
                 async with trio.open_nursery() as nursery:
-                    for url in (grpc_server and grpc_server.url, http and http.url):
-                        if url:
-                            # One stdout line per listener, once bound: scripts wait for it.
-                            print(f"tvixmount: serving {store.url} at {url}", flush=True)
+                    if worker is None:
+                        for url in (grpc_server and grpc_server.url, http and http.url):
+                            if url:
+                                # One stdout line per listener, once bound: scripts wait for it.
+                                print(f"tvixmount: serving {store.url} at {url}", flush=True)
                     if http is not None:
                         nursery.start_soon(http.serve)
+                        if worker is None and (workers := _workers(store, args, sock)):
+                            nursery.start_soon(workers.run)
                     async for signum in signals:
                         log.info("received %s, shutting down", signal.Signals(signum).name)
                         break
                     if http is not None:
                         http.stop()
+                    if workers is not None:
+                        workers.stop()
             finally:
                 if grpc_server is not None:
                     await grpc_server.stop()
     finally:
         await store.aclose()
     return 0
+
+
+def _priority(args: argparse.Namespace) -> int:
+    from ..stores.binarycache.server import DEFAULT_PRIORITY
+
+    return DEFAULT_PRIORITY if args.priority is None else int(args.priority)
+
+
+def _workers(store: Store, args: argparse.Namespace, sock: socket.socket) -> Workers | None:
+    """More processes serving the embedded store's cache on ``sock`` (see server.workers)."""
+    from ..stores import scheme_of
+    from ..stores.binarycache.server.workers import Workers, worker_count
+
+    count = worker_count()
+    if scheme_of(store.url) or count < 1:
+        return None
+    argv = [sys.executable, "-m", "tvixmount"]
+    if args.verbose:
+        argv.append("--verbose")
+    if args.log_file:
+        argv += ["--log-file", args.log_file]
+    argv += ["serve", "--http", args.http, "--store", store.url, "--priority", str(_priority(args))]
+    for key in args.secret_key:
+        argv += ["--secret-key", str(key)]
+    return Workers(argv, sock, count)

@@ -26,7 +26,6 @@ _BACKLOG = 1024
 _BIND = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):(\d{1,5})")
 
 
-
 def check_bind(bind: str) -> tuple[str, int]:
     """``HOST:PORT`` (IPv6 hosts in brackets) as host and port, or :class:`TvixmountError`."""
     match = _BIND.fullmatch(bind)
@@ -61,7 +60,7 @@ def url_of(sock: socket.socket) -> str:
 
 
 class HttpServer:
-    """A binary cache listening on ``bind``: bound and listening once constructed.
+    """A binary cache on ``sock``, a listening socket (:func:`listen`).
 
     Binding up front makes a busy port one clear error before anything runs,
     and lets the caller announce the URL. :meth:`serve` answers requests
@@ -71,13 +70,12 @@ class HttpServer:
     def __init__(
         self,
         store: Store,
-        bind: str,
+        sock: socket.socket,
         *,
         secret_keys: Sequence[SecretKey] = (),
         priority: int = DEFAULT_PRIORITY,
         log_requests: bool = False,
     ) -> None:
-        sock = listen(bind)
         self.url = url_of(sock)
         app = CacheApp(store, Catalog(store, secret_keys), priority)
         self._server = Server(sock, app, access_log=log_requests)
@@ -90,4 +88,4 @@ class HttpServer:
         self._server.stop()
 
 
-__all__ = ["DEFAULT_PRIORITY", "GRACEFUL_SECONDS", "HttpServer"]
+__all__ = ["DEFAULT_PRIORITY", "GRACEFUL_SECONDS", "HttpServer", "listen"]
