@@ -24,10 +24,10 @@ from tvixmount._proto import rpc_blobstore_pb2_grpc as blob_grpc
 from tvixmount._proto import rpc_directory_pb2_grpc as dir_grpc
 from tvixmount._proto import tvixmount_blobs_pb2 as batch_pb
 from tvixmount._proto import tvixmount_blobs_pb2_grpc as batch_grpc
-from tvixmount.castore import B3Digest, Directory, FileNode
+from tvixmount.castore import B3Digest, Directory, DirectoryNode, FileNode
 from tvixmount.castore.blobservice import put_stream
 from tvixmount.stores import StoreOptions, open_store
-from tvixmount.stores.grpc.blobs import GrpcBlobService
+from tvixmount.stores.grpc.blobs import BATCH_FILES, GrpcBlobService
 from tvixmount.stores.grpc.server import READ_MANY_DIGESTS, READ_MESSAGE_BYTES
 
 FILES = [bytes([i]) * (100 + 37 * i) for i in range(12)]
@@ -40,12 +40,25 @@ def _directory(files: list[bytes]) -> Directory:
     )
 
 
+def _tree() -> Directory:
+    """FILES at the top, and the first and last few in a subdirectory each."""
+    return Directory.from_nodes(
+        [
+            *_directory(FILES).files,
+            DirectoryNode(b"sub1", _directory(FILES[:5]).digest(), _directory(FILES[:5]).size()),
+            DirectoryNode(b"sub2", _directory(FILES[7:]).digest(), _directory(FILES[7:]).size()),
+        ]
+    )
+
+
 async def _local_store(path: Path) -> str:
     local = open_store(str(path), StoreOptions(create=True))
     try:
         for data in [*FILES, BIG]:
             await put_stream(local.blobs, [data])
-        await local.directories.put_many([_directory(FILES)])
+        await local.directories.put_many(
+            [_directory(FILES), _directory(FILES[:5]), _directory(FILES[7:]), _tree()]
+        )
     finally:
         await local.aclose()
     return str(path)
@@ -97,16 +110,42 @@ def _blobs(client: Any) -> GrpcBlobService:
     return client.blobs
 
 
-async def test_opening_one_file_fetches_its_directorys_small_files_in_one_call(
+async def test_a_walk_through_a_big_directory_costs_a_call_per_window_not_per_file(
+    tmp_path: Path,
+) -> None:
+    many = [i.to_bytes(2, "big") * (50 + i) for i in range(5 * BATCH_FILES // 2)]
+    local = open_store(str(tmp_path / "store"), StoreOptions(create=True))
+    try:
+        for data in many:
+            await put_stream(local.blobs, [data])
+        await local.directories.put_many([_directory(many)])
+    finally:
+        await local.aclose()
+    with serving(str(tmp_path / "store"), tmp_path / "serve.log") as served:
+        client = open_store(served.url)
+        try:
+            await client.directories.get(_directory(many).digest())
+            for data in many:
+                reader = await client.blobs.open_read(B3Digest.of(data))
+                assert reader is not None and bytes(await reader.pread(0, len(data))) == data
+            stats = _blobs(client).stats
+            assert stats.stat_calls == 0
+            assert stats.read_calls <= 5  # a window at a time (64 files), topped up at half
+            assert stats.bytes_received == sum(map(len, many))
+        finally:
+            await client.aclose()
+
+
+async def test_looking_into_a_directory_fetches_the_first_files_below_it_in_one_call(
     tmp_path: Path,
 ) -> None:
     store = await _local_store(tmp_path / "store")
-    directory = _directory(FILES)
     with serving(store, tmp_path / "serve.log") as served:
         client = open_store(served.url)
         try:
-            assert await client.directories.get(directory.digest()) == directory
-            for data in FILES:
+            await client.directories.get(_tree().digest())  # what a mount's first lookup does
+            # A walk going into sub2 opens its files: fetched with the tree's already.
+            for data in FILES[7:]:
                 reader = await client.blobs.open_read(B3Digest.of(data))
                 assert reader is not None and bytes(await reader.pread(0, len(data))) == data
             stats = _blobs(client).stats

@@ -44,6 +44,8 @@ from ..._proto import tvixmount_blobs_pb2 as batch_pb
 from ..._proto import tvixmount_blobs_pb2_grpc as batch_grpc
 from ...castore.blobservice import BlobReader, BlobWriter
 from ...castore.digest import B3Digest
+from ...castore.directory import Directory
+from ...castore.nodes import FileNode
 from ...errors import (
     DigestError,
     IntegrityError,
@@ -71,7 +73,7 @@ _CHUNK_FETCHES = 4  # chunks of one blob fetched at once while verifying it
 _VERIFIED_LISTS = 4096  # chunk lists remembered once verified
 # Blobs a FileNode says are this small are read without a Stat first.
 DIRECT_READ_MAX = 1 << 20
-PREFETCH_MAX_BLOB = 128 << 10  # files up to this size are read ahead
+PREFETCH_MAX_BLOB = 128 << 10  # files up to this size are read ahead (without ReadMany)
 READ_AHEAD_FILES = 16  # files after the one opened that are read ahead
 _PREFETCH_FETCHES = 8  # of them at once (a server without ReadMany)
 # With ReadMany: the window of files after an opened one kept fetched, and the
@@ -79,6 +81,7 @@ _PREFETCH_FETCHES = 8  # of them at once (a server without ReadMany)
 # read, so a walk costs one call per half window, not one per file.
 BATCH_FILES = 64
 BATCH_BYTES = 4 << 20
+SUBDIRECTORY_FILES = 16  # of each Directory below one a mount looks into
 _DELIVER_BYTES = 256 << 10  # verified bytes of a ReadMany handed over at a time
 
 
@@ -322,11 +325,10 @@ class GrpcBlobService:
             kept = await self._cache_dir.blob(digest)
             if kept is not None:
                 return kept  # its neighbours are most likely on disk too: no read-ahead
-        if size is not None and size <= PREFETCH_MAX_BLOB:
-            if self._batches:
-                self._read_batch_ahead(digest, size, cached is None)
-            else:
-                self._read_ahead(digest)
+        if size is not None and self._batches and size <= DIRECT_READ_MAX:
+            self._read_batch_ahead(digest, size, cached is None)
+        elif size is not None and size <= PREFETCH_MAX_BLOB:
+            self._read_ahead(digest)
         if cached is not None:
             return MemoryBlobReader(cached)
         if size is not None and size <= DIRECT_READ_MAX:
@@ -472,6 +474,41 @@ class GrpcBlobService:
     def _fetched(self, digest: B3Digest) -> bool:
         return digest in self._cache or digest in self._inflight
 
+    def read_directory_ahead(self, directory: Directory, below: list[Directory]) -> None:
+        """A mount is looking into ``directory``: fetch its first small files (half a
+        window) and the first few of each Directory ``below`` it, in one call.
+
+        A walk opens them next: fetched now, the first open in the directory
+        does not wait for a round trip, nor, as they were fetched when their
+        parent was entered, the first open in each directory the walk goes
+        into. Only with ReadMany (with Reads that would be a call per file,
+        for files that may never be opened).
+        """
+        if not self._batches:
+            return
+        wanted: dict[B3Digest, int] = {}
+        budget = [BATCH_BYTES]
+
+        def add(files: tuple[FileNode, ...], count: int) -> None:
+            for node in files:
+                if count == 0 or node.size > budget[0]:
+                    return
+                if 0 < node.size <= DIRECT_READ_MAX and not self._fetched(node.digest):
+                    wanted.setdefault(node.digest, node.size)
+                    budget[0] -= node.size
+                    count -= 1
+
+        add(directory.files, BATCH_FILES // 2)
+        for nearby in below:
+            add(nearby.files, SUBDIRECTORY_FILES)
+        self._start_batch(list(wanted.items()))
+
+    def _start_batch(self, wanted: list[tuple[B3Digest, int]]) -> None:
+        if wanted:
+            events = {digest: trio.Event() for digest, _ in wanted}
+            self._inflight.update(events)
+            trio.lowlevel.spawn_system_task(self._read_batch, wanted, events, name="read blobs")
+
     def _read_batch_ahead(self, digest: B3Digest, size: int, missing: bool) -> None:
         """Fetch ``digest`` if ``missing`` and the next small files of its Directory, in one call.
 
@@ -487,17 +524,14 @@ class GrpcBlobService:
         wanted = [(digest, size)] if missing else []
         total = size if missing else 0
         for node in after:
-            if 0 < node.size <= PREFETCH_MAX_BLOB and not self._fetched(node.digest):
+            if 0 < node.size <= DIRECT_READ_MAX and not self._fetched(node.digest):
                 if total + node.size > BATCH_BYTES:
                     break
                 if (node.digest, node.size) in wanted:  # two files of one content
                     continue
                 wanted.append((node.digest, node.size))
                 total += node.size
-        if wanted:
-            events = {digest: trio.Event() for digest, _ in wanted}
-            self._inflight.update(events)
-            trio.lowlevel.spawn_system_task(self._read_batch, wanted, events, name="read blobs")
+        self._start_batch(wanted)
 
     async def _read_batch(
         self, wanted: list[tuple[B3Digest, int]], events: dict[B3Digest, trio.Event]

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from ..._proto import castore_pb2
@@ -43,6 +43,11 @@ MAX_RECURSIVE_BYTES = 64 << 20
 # What a miss fetches ahead of the Directory asked for.
 PREFETCH_DIRECTORIES = 4096
 PREFETCH_BYTES = 8 << 20
+# The Directories below one a mount looks into that its client is told of
+# (GrpcBlobService.read_directory_ahead): two levels (a package and its
+# __pycache__), at most this many.
+ENTERED_DEPTH = 2
+ENTERED_DIRECTORIES = 64
 CACHE_ENTRIES = 200_000  # Directory entries kept in the cache (about 200 bytes each)
 
 
@@ -154,6 +159,10 @@ class DirectoryCache:
             self._items.move_to_end(digest)
         return directory
 
+    def peek(self, digest: B3Digest) -> Directory | None:
+        """The Directory if cached, leaving its place in the eviction order as it is."""
+        return self._items.get(digest)
+
     def put(self, digest: B3Digest, directory: Directory) -> None:
         if digest in self._items:
             return
@@ -170,8 +179,12 @@ class GrpcDirectoryService:
         transport: GrpcTransport,
         hints: BlobHints | None = None,
         cache_dir: LocalCache | None = None,
+        entered: Callable[[Directory, list[Directory]], None] | None = None,
     ) -> None:
+        """``entered`` is told of every Directory a ``get`` returns (a mount looking
+        into it), with the cached Directories just below it (``_below``)."""
         self._transport = transport
+        self._entered = entered
         self._cache_dir = cache_dir
         self._stub = pb_grpc.DirectoryServiceStub(transport.channel)
         self.hints = hints if hints is not None else BlobHints()
@@ -187,6 +200,26 @@ class GrpcDirectoryService:
             self._cache_dir.keep_directories(directories)
 
     async def get(self, digest: B3Digest) -> Directory | None:
+        directory = await self._get(digest)
+        if directory is not None and self._entered is not None:
+            self._entered(directory, self._below(directory))
+        return directory
+
+    def _below(self, directory: Directory) -> list[Directory]:
+        """Cached Directories up to ``ENTERED_DEPTH`` levels below ``directory``, nearest first."""
+        below: list[Directory] = []
+        level = [directory]
+        for _ in range(ENTERED_DEPTH):
+            level = [
+                child
+                for parent in level
+                for node in parent.directories
+                if (child := self._cache.peek(node.digest)) is not None
+            ][: ENTERED_DIRECTORIES - len(below)]
+            below.extend(level)
+        return below
+
+    async def _get(self, digest: B3Digest) -> Directory | None:
         cached = self._cache.get(digest)
         if cached is not None:
             return cached
@@ -241,7 +274,7 @@ class GrpcDirectoryService:
             yield directory
 
     async def _get_checked(self, digest: B3Digest) -> Directory | None:
-        directory = await self.get(digest)
+        directory = await self._get(digest)
         if directory is not None and directory.digest() != digest:
             raise IntegrityError(f"get directory {digest}: the server sent another Directory")
         return directory

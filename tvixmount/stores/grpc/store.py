@@ -32,10 +32,11 @@ def open_grpc(url: str, options: StoreOptions) -> Store:
             transport.close()
             raise
         closers.append(cache.close)
+    blobs = GrpcBlobService(transport, hints, cache_dir=cache)
     return Store(
         url,
-        GrpcBlobService(transport, hints, cache_dir=cache),
-        GrpcDirectoryService(transport, hints, cache),
+        blobs,
+        GrpcDirectoryService(transport, hints, cache, entered=blobs.read_directory_ahead),
         GrpcPathInfoService(transport, keys, hints),
         closers,
     )
