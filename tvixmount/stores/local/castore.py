@@ -26,6 +26,7 @@ packed blob costs one ``fstat`` of the already open pack: no query, no
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import enum
 import errno
 import itertools
@@ -74,6 +75,11 @@ _WRITE_BUFFER = 1 << 20
 # Writes to a big blob's temp file from this size on are hashed and written in a thread.
 _THREADED_WRITE_MIN = 64 << 10
 
+
+# A big blob's temp file is handed to writeback in steps of this size.
+_WRITEBACK_STEP = 8 << 20
+# sync_file_range(2): start writeback of the range's dirty pages, do not wait.
+_SYNC_FILE_RANGE_WRITE = 2
 
 # Digests looked up in one query (SQLite allows 32766 parameters).
 _QUERY_KEYS = 512
@@ -213,6 +219,8 @@ class LocalBlobWriter:
         self._buffered = 0
         self._fd = -1
         self._tmp: Path | None = None
+        self._written = 0  # bytes in the temp file
+        self._flushed = 0  # of which the kernel was asked to start writing back
 
     async def write(self, data: bytes | memoryview) -> None:
         try:
@@ -252,6 +260,12 @@ class LocalBlobWriter:
         view = memoryview(data)
         while view:
             view = view[os.write(self._fd, view) :]
+        self._written += len(data)
+        if self._written - self._flushed >= _WRITEBACK_STEP:
+            # The disk writes what is done while the rest is hashed and written:
+            # the commit's sync then waits for the tail only, not the whole file.
+            _start_writeback(self._fd, self._flushed, self._written - self._flushed)
+            self._flushed = self._written
 
     def _close_temp(self) -> None:
         """Spill what is buffered if need be, and close the temp file read-only."""
@@ -871,6 +885,13 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _start_writeback(fd: int, offset: int, length: int) -> None:
+    """Have the kernel start writing a range of the file to the disk, without waiting."""
+    sync_file_range = getattr(libc, "sync_file_range", None)
+    if sync_file_range is not None:
+        sync_file_range(fd, ctypes.c_int64(offset), ctypes.c_int64(length), _SYNC_FILE_RANGE_WRITE)
 
 
 def _hash_fd(fd: int, size: int) -> B3Digest:
