@@ -20,12 +20,10 @@ import trio
 from .castore.blobservice import BlobService, put_stream
 from .castore.digest import B3Digest
 from .castore.directory import Directory
-from .castore.ingest import sole_error
 from .castore.nodes import DirectoryNode, FileNode
 from .errors import IntegrityError, NotFoundError
 from .nar.narinfo import Narinfo
-from .nar.writer import _file_contents as file_contents
-from .nar.writer import write_nar
+from .nar.writer import file_contents, write_nar
 from .pathinfo.lookup import find_path_info
 from .pathinfo.model import PathInfo
 from .storepath import StorePath
@@ -170,7 +168,7 @@ async def _copy_blob(
 
     async def chunks() -> AsyncIterator[bytes]:
         async for data in file_contents(file, source):
-            yield data
+            yield bytes(data)
             progress(len(data))
 
     digest = await put_stream(dest, chunks())
@@ -257,6 +255,8 @@ async def copy_paths(
             for index, info in enumerate(missing):
                 nursery.start_soon(copy_one, info, index)
     except BaseExceptionGroup as group:
+        from .castore.ingest import sole_error  # castore.ingest is not on a copy's way otherwise
+
         raise sole_error(group) from None
     return [Copied(info, info.store_path in done, done.get(info.store_path)) for info in infos]
 
