@@ -71,8 +71,10 @@ DEFAULT_CACHE_BYTES = 256 << 20
 MAX_UNHINTED_BYTES = 256 << 20
 _CHUNK_FETCHES = 4  # chunks of one blob fetched at once while verifying it
 _VERIFIED_LISTS = 4096  # chunk lists remembered once verified
-# Blobs a FileNode says are this small are read without a Stat first.
-DIRECT_READ_MAX = 1 << 20
+# Blobs a FileNode says are this small are read whole without a Stat first:
+# the first open of a chunked blob fetches every chunk anyway (to verify the
+# list), and the server must hash the whole blob to offer its chunks.
+DIRECT_READ_MAX = 16 << 20
 PREFETCH_MAX_BLOB = 128 << 10  # files up to this size are read ahead (without ReadMany)
 READ_AHEAD_FILES = 16  # files after the one opened that are read ahead
 _PREFETCH_FETCHES = 8  # of them at once (a server without ReadMany)
@@ -80,6 +82,7 @@ _PREFETCH_FETCHES = 8  # of them at once (a server without ReadMany)
 # bytes one call may ask for. A window is topped up once its first half is
 # read, so a walk costs one call per half window, not one per file.
 BATCH_FILES = 64
+BATCH_MAX_BLOB = 1 << 20  # files up to this size are fetched in windows
 BATCH_BYTES = 4 << 20
 SUBDIRECTORY_FILES = 16  # of each Directory below one a mount looks into
 _DELIVER_BYTES = 256 << 10  # verified bytes of a ReadMany handed over at a time
@@ -325,7 +328,7 @@ class GrpcBlobService:
             kept = await self._cache_dir.blob(digest)
             if kept is not None:
                 return kept  # its neighbours are most likely on disk too: no read-ahead
-        if size is not None and self._batches and size <= DIRECT_READ_MAX:
+        if size is not None and self._batches and size <= BATCH_MAX_BLOB:
             self._read_batch_ahead(digest, size, cached is None)
         elif size is not None and size <= PREFETCH_MAX_BLOB:
             self._read_ahead(digest)
@@ -493,7 +496,7 @@ class GrpcBlobService:
             for node in files:
                 if count == 0 or node.size > budget[0]:
                     return
-                if 0 < node.size <= DIRECT_READ_MAX and not self._fetched(node.digest):
+                if 0 < node.size <= BATCH_MAX_BLOB and not self._fetched(node.digest):
                     wanted.setdefault(node.digest, node.size)
                     budget[0] -= node.size
                     count -= 1
@@ -524,7 +527,7 @@ class GrpcBlobService:
         wanted = [(digest, size)] if missing else []
         total = size if missing else 0
         for node in after:
-            if 0 < node.size <= DIRECT_READ_MAX and not self._fetched(node.digest):
+            if 0 < node.size <= BATCH_MAX_BLOB and not self._fetched(node.digest):
                 if total + node.size > BATCH_BYTES:
                     break
                 if (node.digest, node.size) in wanted:  # two files of one content
