@@ -81,6 +81,9 @@ _WRITEBACK_STEP = 8 << 20
 # sync_file_range(2): start writeback of the range's dirty pages, do not wait.
 _SYNC_FILE_RANGE_WRITE = 2
 
+# A commit of up to this many blob files fsyncs each; more share one syncfs.
+_FSYNC_FILES_MAX = 8
+
 # Digests looked up in one query (SQLite allows 32766 parameters).
 _QUERY_KEYS = 512
 
@@ -812,12 +815,17 @@ class LocalBlobService:
 
 
 def _syncfs(directory: Path, files: list[Path]) -> bool:
-    """One syncfs(2) for the filesystem holding ``directory``; fsync each file without it.
+    """One syncfs(2) for the filesystem holding ``directory``; fsync each file without it,
+    or when they are few.
+
+    syncfs also waits for every other writer's dirty pages on the filesystem (a
+    ``nix-store --add`` of a GiB just before, which does not sync): worth it only
+    when it spares many fsyncs.
 
     Returns whether syncfs ran (it made every other write to the filesystem durable too).
     """
     syncfs = getattr(libc, "syncfs", None)
-    if syncfs is not None:
+    if syncfs is not None and len(files) > _FSYNC_FILES_MAX:
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
         try:
             if syncfs(fd) == 0:
