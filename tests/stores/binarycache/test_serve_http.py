@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -329,6 +330,43 @@ def test_other_methods_are_405(embedded: Embedded) -> None:
     status, response = raw_get(embedded.served.url, b"/nix-cache-info", b"PUT")
     assert status == 405
     assert b"\r\nallow: GET, HEAD\r\n" in response
+
+
+def _exchange(url: str, request: bytes) -> bytes:
+    """``request`` sent byte for byte; everything the server sends until it closes."""
+    address = urlsplit(url)
+    with socket.create_connection((address.hostname, address.port), timeout=30) as conn:
+        conn.sendall(request)
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+    return data
+
+
+def test_pipelined_requests_are_answered_in_order(embedded: Embedded) -> None:
+    get = b"GET /%s HTTP/1.1\r\nHost: x\r\n%s\r\n"
+    data = _exchange(
+        embedded.served.url,
+        get % (f"{embedded.hash}.narinfo".encode(), b"")
+        + get % (b"nix-cache-info", b"")
+        + get % (b"0" * 32 + b".narinfo", b"Connection: close\r\n"),
+    )
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", data) == [b"200", b"200", b"404"]
+    assert data.index(b"StorePath: ") < data.index(b"StoreDir: ")
+
+
+def test_an_http_1_0_client_gets_its_answer_and_the_connection_closes(
+    embedded: Embedded,
+) -> None:
+    data = _exchange(embedded.served.url, b"GET /nix-cache-info HTTP/1.0\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 200 ")
+    assert data.endswith(b"Priority: 41\n")
+
+
+def test_a_request_that_never_ends_is_refused(embedded: Embedded) -> None:
+    headers = b"".join(b"X-Padding-%d: %s\r\n" % (i, b"x" * 1000) for i in range(100))
+    data = _exchange(embedded.served.url, b"GET /nix-cache-info HTTP/1.1\r\n" + headers)
+    assert data.startswith(b"HTTP/1.1 400 ")
 
 
 def test_nix_store_ls_over_http_equals_tvixmount_ls(embedded: Embedded) -> None:

@@ -42,6 +42,8 @@ _RECEIVE_BYTES = 64 << 10
 # the NAR streams took most turns' time and narinfos waited (bench: p99 16 ms
 # with 4 MiB slices, 9-11 ms with 256 KiB, at 1.5x the static server's NAR MB/s).
 _SEND_SLICE = 256 << 10
+# Requests are GETs of short paths: what does not end by then is not one.
+_MAX_REQUEST_BYTES = 64 << 10
 _MAX_PIPELINED = 64  # parsed requests waiting for an answer before the server stops reading
 # Out of descriptors or memory: waiting a little may free some (as trio.serve_listeners).
 _ACCEPT_RETRY = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
@@ -200,9 +202,13 @@ class Server:
                         return
             except OSError:
                 pass  # the client hung up
+            except Exception:
+                # A bug answering one request closes its connection, not the server.
+                log.exception("answering %s", conn.peer)
 
     async def _receive(self, conn: _Connection, parsed: _Parsed) -> bool:
         """Read until a whole request is parsed; False when the connection should close."""
+        received = 0
         while not parsed.ready:
             if self._stopping.is_set():
                 return False
@@ -215,6 +221,10 @@ class Server:
                 self._idle.discard(conn.scope)
                 conn.scope.deadline = math.inf
             if not data:
+                return False
+            received += len(data)
+            if received > _MAX_REQUEST_BYTES:
+                await self._send_error(conn, 400, "request too large")
                 return False
             try:
                 parsed.parser.feed_data(data)
