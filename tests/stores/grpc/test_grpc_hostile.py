@@ -27,6 +27,7 @@ from tvixmount.nar.narinfo import fingerprint
 from tvixmount.nar.signing import SecretKey
 from tvixmount.pathinfo.model import NarInfo, PathInfo
 from tvixmount.storepath import StorePath
+from tvixmount.stores.grpc.blobs import DIRECT_READ_MAX
 from tvixmount.stores.grpc.transport import REMOTE_THREADS
 
 pytestmark = requires_fuse
@@ -115,7 +116,8 @@ def test_a_file_node_smaller_than_its_blob_serves_no_prefix(
 def test_a_chunk_list_that_is_not_the_blob_is_never_served_through_a_mount(
     backend: FakeBackend, url: str, tmp_path: Path
 ) -> None:
-    data = bytes(range(256)) * 8192  # 2 MiB: big enough that a client asks for its chunks
+    # Big enough that a client asks for its chunks rather than reading it whole.
+    data = bytes(range(256)) * ((DIRECT_READ_MAX + (1 << 20)) // 256)
     other = bytearray(data)
     other[1_700_000] ^= 0xFF
     name = serve_file(backend, "chunked", data)
