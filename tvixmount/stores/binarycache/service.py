@@ -219,7 +219,8 @@ class BinaryCachePathInfoService:
             self._refuse(narinfo, where, f", and its {mismatch}")
             return None
         await self._local.put(info)
-        log.info(
+        # debug: a listing or a build fetching a closure would print a line per path.
+        log.debug(
             "fetched %s (NAR %d bytes, %s) from %s",
             narinfo.store_path.absolute,
             narinfo.nar_size,
