@@ -72,13 +72,13 @@ class CacheApp:
         if target == "/nix-cache-info":
             return Response.text(200, self._cache_info, "text/x-nix-cache-info")
         if match := _NARINFO.fullmatch(target):
-            entry = await self._entry(match[1])
+            entry = await self._catalog.get(match[1])
             if entry is None:
                 return _error(404, "no such path")
             return Response(200, [(b"content-type", b"text/x-nix-narinfo")], entry.narinfo)
         if match := _NAR.fullmatch(target):
             hash_match = _NAR_QUERY.fullmatch(query)
-            entry = await self._entry(hash_match[1]) if hash_match else None
+            entry = await self._catalog.get(hash_match[1]) if hash_match else None
             if entry is None or nixbase32.encode(entry.info.narinfo.nar_sha256) != match[1]:
                 return _error(404, "no such NAR")
             return self._nar(
@@ -90,11 +90,8 @@ class CacheApp:
             return _error(400, "bad request path")
         return _error(404, "not found")
 
-    async def _entry(self, encoded: str) -> Entry | None:
-        return await self._catalog.get(nixbase32.decode(encoded))
-
     async def _listing(self, encoded: str) -> Response:
-        entry = await self._entry(encoded)
+        entry = await self._catalog.get(encoded)
         if entry is None:
             return _error(404, "no such path")
         try:

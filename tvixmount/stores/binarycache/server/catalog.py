@@ -49,7 +49,7 @@ class Entry:
 
 
 class Catalog:
-    """Store path digest -> :class:`Entry`, through a bounded LRU.
+    """Store path hash (nixbase32, as in URLs) -> :class:`Entry`, through a bounded LRU.
 
     Used from the trio loop only, so no lock: two requests missing the same
     path both ask the store, which is harmless.
@@ -61,19 +61,21 @@ class Catalog:
         self._store = store
         self._keys = tuple(keys)
         self._entries = entries
-        self._cache: OrderedDict[bytes, Entry] = OrderedDict()
+        # Keyed by the URL's text: a hit costs no decoding.
+        self._cache: OrderedDict[str, Entry] = OrderedDict()
 
-    async def get(self, digest: bytes) -> Entry | None:
-        entry = self._cache.get(digest)
+    async def get(self, encoded: str) -> Entry | None:
+        entry = self._cache.get(encoded)
         if entry is not None:
-            self._cache.move_to_end(digest)
+            self._cache.move_to_end(encoded)
             return entry
+        digest = nixbase32.decode(encoded)
         info = await self._store.pathinfos.get(digest)
         # An answer for another digest is another path: this one is absent.
         if info is None or info.store_path.digest != digest:
             return None
         entry = Entry(info, narinfo_of(info, self._keys).format().encode())
-        self._cache[digest] = entry
+        self._cache[encoded] = entry
         if len(self._cache) > self._entries:
             self._cache.popitem(last=False)
         return entry
