@@ -143,32 +143,32 @@ def _fetch_many(
     """
     request = batch_pb.ReadManyRequest(digests=[bytes(digest) for digest, _ in wanted])
     call = ticket.track(stub.ReadMany(request, timeout=ticket.timeout))
-    messages = (part for message in call for part in message.parts)
+    parts = (part for message in call for part in message.parts)
     ready: list[tuple[B3Digest, bytes]] = []
     pending = 0
     try:
         for i, (digest, size) in enumerate(wanted):
             hasher = blake3.blake3()
-            parts: list[bytes] = []
+            data: list[bytes] = []
             received = 0
             while True:
-                message = next(messages, None)
-                if message is None:
+                part = next(parts, None)
+                if part is None:
                     raise StoreError(
                         f"read blobs: the server ended its answer after {i} of {len(wanted)} blobs"
                     )
-                if message.missing:
+                if part.missing:
                     break
-                received += len(message.data)
+                received += len(part.data)
                 if received > size:
                     raise IntegrityError(
                         f"blob {digest}: the server sent more than the {size} bytes it has"
                     )
-                hasher.update(message.data)
-                parts.append(message.data)
-                if message.end:
+                hasher.update(part.data)
+                data.append(part.data)
+                if part.end:
                     break
-            if message.missing:
+            if part.missing:
                 continue
             actual = B3Digest(hasher.digest())
             if actual != digest or received != size:
@@ -176,12 +176,12 @@ def _fetch_many(
                     f"blob {digest}: the server sent {received} bytes that hash to "
                     f"{actual}, refusing them"
                 )
-            ready.append((digest, b"".join(parts)))
+            ready.append((digest, b"".join(data)))
             pending += received
             if i == 0 or pending >= _DELIVER_BYTES:
                 trio.from_thread.run_sync(deliver, ready)
                 ready, pending = [], 0
-        if next(messages, None) is not None:
+        if next(parts, None) is not None:
             raise IntegrityError(f"read blobs: the server sent more than the {len(wanted)} asked")
     except BaseException:
         call.cancel()
