@@ -18,6 +18,7 @@ they name (:mod:`.hints`).
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -210,12 +211,13 @@ class GrpcDirectoryService:
         below: list[Directory] = []
         level = [directory]
         for _ in range(ENTERED_DEPTH):
-            level = [
+            cached = (
                 child
                 for parent in level
                 for node in parent.directories
                 if (child := self._cache.peek(node.digest)) is not None
-            ][: ENTERED_DIRECTORIES - len(below)]
+            )
+            level = list(itertools.islice(cached, ENTERED_DIRECTORIES - len(below)))
             below.extend(level)
         return below
 
