@@ -18,8 +18,9 @@ import pytest
 import trio
 
 from tests.fixtures.cachestat import cached_pages, page_count, require_uncached
+from tests.stores.local.blobs import read_blob
 from tvixmount.castore import B3Digest, Directory, DirectoryNode, FileNode
-from tvixmount.castore.blobservice import put_stream, read_all
+from tvixmount.castore.blobservice import put_stream
 from tvixmount.errors import IntegrityError
 from tvixmount.stores.local import castore as local_module
 from tvixmount.stores.local.castore import PACK_MAX, LocalBlobService, LocalDirectoryService
@@ -55,15 +56,6 @@ def blobs(root: Path) -> Iterator[LocalBlobService]:
         yield store.blobs
 
 
-async def read(blobs: LocalBlobService, digest: B3Digest) -> bytes:
-    reader = await blobs.open_read(digest)
-    assert reader is not None, f"blob {digest} is absent"
-    try:
-        return await read_all(reader)
-    finally:
-        await reader.aclose()
-
-
 def flip(blobs: LocalBlobService, digest: B3Digest, offset: int) -> None:
     location = blobs.location_of(digest)
     assert location is not None
@@ -93,7 +85,7 @@ async def test_small_blob_goes_to_a_pack_and_reads_back(blobs: LocalBlobService)
     assert location.path.parent == blobs.pack_dir
     assert location.size == 4
     assert blob_files(blobs.pack_dir.parent) == []
-    assert await read(blobs, digest) == b"tiny"
+    assert await read_blob(blobs, digest) == b"tiny"
 
 
 async def test_blob_of_pack_max_bytes_is_still_packed(blobs: LocalBlobService) -> None:
@@ -109,7 +101,7 @@ async def test_big_blob_stays_a_file(blobs: LocalBlobService) -> None:
     location = blobs.location_of(digest)
     assert location is not None
     assert (location.path, location.offset, location.size) == (blobs.path_of(digest), 0, len(data))
-    assert await read(blobs, digest) == data
+    assert await read_blob(blobs, digest) == data
 
 
 async def test_blobs_put_together_lie_back_to_back_in_one_pack(blobs: LocalBlobService) -> None:
@@ -142,7 +134,7 @@ async def test_packed_blob_corrupted_after_a_verified_open_fails_the_next_open(
     blobs: LocalBlobService,
 ) -> None:
     digest = await put_stream(blobs, [b"verified once"])
-    assert await read(blobs, digest) == b"verified once"
+    assert await read_blob(blobs, digest) == b"verified once"
     # File times tick coarsely (a jiffy): let the corruption show in the pack's mtime,
     # as it does for any corruption later than the pack's last append.
     time.sleep(0.05)
@@ -157,7 +149,7 @@ async def test_corrupt_packed_blob_leaves_its_pack_neighbours_readable(
     first = await put_stream(blobs, [b"first neighbour"])
     second = await put_stream(blobs, [b"second neighbour"])
     flip(blobs, first, 0)
-    assert await read(blobs, second) == b"second neighbour"
+    assert await read_blob(blobs, second) == b"second neighbour"
 
 
 @dataclass
@@ -183,9 +175,9 @@ async def test_warm_reopen_of_a_packed_blob_does_not_rehash(
 ) -> None:
     digest = await put_stream(blobs, [b"hash me once"])
     count = count_hashes(monkeypatch)
-    assert await read(blobs, digest) == b"hash me once"
+    assert await read_blob(blobs, digest) == b"hash me once"
     assert count.calls == 1
-    assert await read(blobs, digest) == b"hash me once"
+    assert await read_blob(blobs, digest) == b"hash me once"
     assert count.calls == 1
 
 
@@ -199,11 +191,11 @@ async def test_a_cycle_of_opens_bigger_than_the_verified_cache_still_mostly_hits
     digests = [await put_stream(blobs, [small(i)]) for i in range(12)]
     count = count_hashes(monkeypatch)
     for digest in digests:
-        await read(blobs, digest)
+        await read_blob(blobs, digest)
     assert count.calls == 12
     count.calls = 0
     for i, digest in enumerate(digests):
-        assert await read(blobs, digest) == small(i)
+        assert await read_blob(blobs, digest) == small(i)
     assert len(blobs._verified) <= 4
     assert count.calls <= 12 - 3, "the blobs cached before the cycle were evicted by it"
 
@@ -247,8 +239,8 @@ async def test_a_put_cancelled_while_committing_still_commits_for_everyone(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(cancelled_put)
             nursery.start_soon(put_stream, blobs, [b"waiting on the leader"])
-    assert await read(blobs, B3Digest.of(b"leader, cancelled")) == b"leader, cancelled"
-    assert await read(blobs, B3Digest.of(b"waiting on the leader")) == b"waiting on the leader"
+    assert await read_blob(blobs, B3Digest.of(b"leader, cancelled")) == b"leader, cancelled"
+    assert await read_blob(blobs, B3Digest.of(b"waiting on the leader")) == b"waiting on the leader"
 
 
 async def test_full_pack_rolls_over_to_a_new_one(
@@ -259,7 +251,7 @@ async def test_full_pack_rolls_over_to_a_new_one(
     paths = [loc.path for d in digests if (loc := blobs.location_of(d)) is not None]
     assert len(set(paths)) == 3
     for i, digest in enumerate(digests):
-        assert await read(blobs, digest) == bytes([i]) * 60
+        assert await read_blob(blobs, digest) == bytes([i]) * 60
 
 
 async def test_two_services_on_one_store_write_separate_packs(root: Path) -> None:
@@ -272,7 +264,7 @@ async def test_two_services_on_one_store_write_separate_packs(root: Path) -> Non
         assert len({loc.path for loc in packs if loc is not None}) == 2
         for i in range(200):
             for service in services:
-                assert await read(service, B3Digest.of(small(i))) == small(i)
+                assert await read_blob(service, B3Digest.of(small(i))) == small(i)
 
 
 def _write_tree(path: Path, seed: str, count: int) -> dict[Path, bytes]:
@@ -313,7 +305,7 @@ async def test_two_import_processes_into_one_store_both_land_intact(
     assert len(list((root / "packs").iterdir())) >= 2
     with opened(root) as store:
         for data in files.values():
-            assert await read(store.blobs, B3Digest.of(data)) == data
+            assert await read_blob(store.blobs, B3Digest.of(data)) == data
 
 
 async def test_abandoned_bytes_at_a_pack_end_leave_a_consistent_store(root: Path) -> None:
@@ -327,10 +319,10 @@ async def test_abandoned_bytes_at_a_pack_end_leave_a_consistent_store(root: Path
         pack.write(b"appended, never committed")
     (root / "packs" / "orphan.pack").write_bytes(b"a pack created, never recorded")
     with opened(root) as store:
-        assert await read(store.blobs, kept) == b"committed before the crash"
+        assert await read_blob(store.blobs, kept) == b"committed before the crash"
         assert not await store.blobs.has(B3Digest.of(b"appended, never committed"))
         fresh = await put_stream(store.blobs, [b"written after the crash"])
-        assert await read(store.blobs, fresh) == b"written after the crash"
+        assert await read_blob(store.blobs, fresh) == b"written after the crash"
 
 
 async def test_aborted_small_writer_appends_nothing(root: Path, blobs: LocalBlobService) -> None:
@@ -402,7 +394,7 @@ async def test_format_1_blob_files_and_directories_stay_readable(
 ) -> None:
     root, data, directory = format_1_store
     with opened(root) as store:
-        assert await read(store.blobs, B3Digest.of(data)) == data
+        assert await read_blob(store.blobs, B3Digest.of(data)) == data
         assert await store.directories.get(directory.digest()) == directory
         assert "WITHOUT ROWID" in _directories_sql(store.db).upper()
 
@@ -450,7 +442,7 @@ async def test_a_packed_blob_read_from_disk_starts_reading_the_blobs_after_it(
     assert target is not None and later is not None
     pages = page_count(later.size)
     require_uncached(pack, later.offset, later.size)
-    assert await read(blobs, digests[100]) == (100).to_bytes(2, "big") * (size // 2)
+    assert await read_blob(blobs, digests[100]) == (100).to_bytes(2, "big") * (size // 2)
     deadline = time.monotonic() + 5
     while cached_pages(pack, later.offset, later.size) != pages and time.monotonic() < deadline:
         await trio.sleep(0.01)

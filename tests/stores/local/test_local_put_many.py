@@ -10,8 +10,9 @@ import blake3
 import pytest
 import trio
 
+from tests.stores.local.blobs import read_blob
 from tvixmount.castore import B3Digest
-from tvixmount.castore.blobservice import put_stream, read_all
+from tvixmount.castore.blobservice import put_stream
 from tvixmount.castore.ingest import PutsMany
 from tvixmount.stores.local.castore import PACK_MAX, LocalBlobService, _Batch
 from tvixmount.stores.local.store import open_local
@@ -25,15 +26,6 @@ def blobs(tmp_path: Path) -> Iterator[LocalBlobService]:
     finally:
         service.close()
         db.close()
-
-
-async def _read(blobs: LocalBlobService, digest: B3Digest) -> bytes:
-    reader = await blobs.open_read(digest)
-    assert reader is not None, f"blob {digest} is absent"
-    try:
-        return await read_all(reader)
-    finally:
-        await reader.aclose()
 
 
 async def test_put_many_stores_packed_and_file_blobs_in_order(blobs: LocalBlobService) -> None:
@@ -52,7 +44,7 @@ async def test_put_many_stores_packed_and_file_blobs_in_order(blobs: LocalBlobSe
     assert digests == [B3Digest(blake3.blake3(data).digest()) for data in datas]
     assert digests[1] == stored_before
     for digest, data in zip(digests, datas, strict=True):
-        assert await _read(blobs, digest) == data
+        assert await read_blob(blobs, digest) == data
     location = blobs.location_of(digests[4])
     assert location is not None and location.offset == 0  # its own file
     packed = blobs.location_of(digests[3])
@@ -85,4 +77,4 @@ async def test_concurrent_put_many_share_commits(
     assert sum(commits) == 16 * 32 and len(commits) < 16, commits
     for group in groups:
         for data in group:
-            assert await _read(blobs, B3Digest(blake3.blake3(data).digest())) == data
+            assert await read_blob(blobs, B3Digest(blake3.blake3(data).digest())) == data

@@ -11,8 +11,8 @@ import blake3
 import pytest
 
 from tests.fixtures.local_tree import make_tree, nix_dump, requires_nix
+from tests.stores.local.blobs import read_blob
 from tvixmount.castore import B3Digest
-from tvixmount.castore.blobservice import read_all
 from tvixmount.nar import ingest_nar, write_nar
 from tvixmount.nar.ingest import DigestingWriter
 from tvixmount.stores.local.castore import PACK_MAX, LocalBlobService, LocalDirectoryService
@@ -30,15 +30,6 @@ def store(tmp_path: Path) -> Iterator[tuple[LocalBlobService, LocalDirectoryServ
     finally:
         blobs.close()
         db.close()
-
-
-async def _read(blobs: LocalBlobService, digest: B3Digest) -> bytes:
-    reader = await blobs.open_read(digest)
-    assert reader is not None, f"blob {digest} is absent"
-    try:
-        return await read_all(reader)
-    finally:
-        await reader.aclose()
 
 
 @pytest.mark.parametrize(
@@ -64,7 +55,7 @@ async def test_the_digest_told_before_finish_is_the_stored_blobs(
     told = writer.digest()
     assert told == B3Digest(blake3.blake3(data).digest())
     assert await writer.finish() == told
-    assert await _read(blobs, told) == data
+    assert await read_blob(blobs, told) == data
 
 
 async def _chunks(data: bytes, size: int) -> AsyncIterator[bytes]:
