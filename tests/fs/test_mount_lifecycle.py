@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from tests.mounting import (
     tvixmount_command,
 )
 from tvixmount.fs.mounttable import is_mounted
-from tvixmount.fs.processes import serving_pids
+from tvixmount.fs.processes import serving_pids, wait_gone
 
 pytestmark = requires_fuse
 
@@ -35,16 +34,6 @@ _WAIT = 10.0
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> str:
     return make_fixture_store(tmp_path_factory.mktemp("lifecycle") / "store")
-
-
-def _wait_until(condition: object, timeout: float = _WAIT) -> bool:
-    assert callable(condition)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return bool(condition())
 
 
 # -- background mode --------------------------------------------------------
@@ -246,7 +235,7 @@ def stale_mount(store: str, tmp_path: Path) -> Iterator[Path]:
         with mounted(store, mountpoint) as mnt:
             pids = mnt.pids
             os.kill(pids[0], signal.SIGKILL)
-            assert _wait_until(lambda: not set(pids) & set(serving_pids()))
+            assert not wait_gone(pids, _WAIT)
             assert is_mounted(str(mountpoint))
             yield mountpoint
     finally:
