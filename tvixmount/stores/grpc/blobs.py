@@ -591,8 +591,7 @@ class GrpcBlobService:
         for node in self.hints.after(digest, READ_AHEAD_FILES):
             if (
                 0 < node.size <= PREFETCH_MAX_BLOB
-                and node.digest not in self._cache
-                and node.digest not in self._inflight
+                and not self._fetched(node.digest)
                 and node.digest not in self._ahead
             ):
                 wanted.append(node)
