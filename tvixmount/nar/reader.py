@@ -188,7 +188,6 @@ class _Parser(Generic[N]):
     async def _expect(self, token: bytes) -> None:
         # One read of the token's whole encoding; only a mismatch is parsed to say what it is.
         encoded = _ENCODED_TOKENS.get(token) or wire.string(token)
-        start = self._src.offset
         got = await self._src.peek(len(encoded))
         if got == encoded:
             await self._src.read_exact(len(encoded))
