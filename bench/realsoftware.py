@@ -247,27 +247,8 @@ def _mounted(setup: str, store: Path, native: Path, image: Path, mnt: Path) -> I
             # grpc-cache: --cache-dir kept across runs, so only its first cold run is
             # cold; the others start as a second mount does (from verified content on disk).
             cache = ("--cache-dir", str(DATA / "grpc-cache")) if setup == "grpc-cache" else ()
-            stack.enter_context(_mount_retrying(served.url, mnt, *cache))
+            stack.enter_context(peers.tvixmount_mounted(served.url, mnt, *cache))
         yield mnt
-
-
-@contextmanager
-def _mount_retrying(url: str, mnt: Path, *extra: str) -> Iterator[None]:
-    """Mount ``url``; on a loaded machine a fresh server's first handshake can fail."""
-    for attempt in range(3):
-        try:
-            cm = peers.tvixmount_mounted(url, mnt, *extra)
-            cm.__enter__()
-        except subprocess.CalledProcessError:
-            if attempt == 2:
-                raise
-            time.sleep(1)
-            continue
-        try:
-            yield
-        finally:
-            cm.__exit__(None, None, None)
-        return
 
 
 def measure(
