@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from tvixmount.pathinfo.model import CAHash
 from tvixmount.storepath import StorePath
 from tvixmount.stores import Store, open_store
 from tvixmount.testing.build import BuiltFixture, build_fixture, write_nix_cache
+from tvixmount.testing.mounts import tvixmount_command
 from tvixmount.testing.spec import load_spec, parse_spec
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
@@ -40,7 +40,7 @@ def tvixmount(
     *args: str | os.PathLike[str], cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "tvixmount", *map(str, args)],
+        tvixmount_command(*args),
         capture_output=True,
         text=True,
         cwd=cwd,
