@@ -228,8 +228,7 @@ class GrpcDirectoryService:
         if self._cache_dir is not None:
             kept = await self._cache_dir.directory(digest)
             if kept is not None:
-                self._cache.put(digest, kept)
-                self.hints.note_directory(digest, kept)
+                self._keep([kept], complete=False)  # already on disk
                 return kept
         self.get_calls += 1
         what = f"get directory {digest}"
