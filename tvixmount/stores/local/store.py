@@ -43,8 +43,9 @@ from .lease import Lease, process_alive
 from .pathinfo import LocalPathInfoService
 
 MARKER = "tvixmount-store"
-# As long as SQLite's busy timeout (connect's ``timeout``).
-_SETUP_TIMEOUT = 30.0
+# Seconds SQLite waits out another connection's lock (connect's ``timeout``); the
+# schema set-up retries a lock SQLite refuses to wait for as long.
+_BUSY_TIMEOUT = 30.0
 FORMAT = "tvixmount-store 2\n"
 # Older formats this version opens and upgrades to FORMAT.
 _UPGRADABLE = frozenset({"tvixmount-store 1\n"})
@@ -173,7 +174,10 @@ def _connect(root: Path, read_only: bool) -> sqlite3.Connection:
             quoted = urllib.parse.quote(str(path))
             try:
                 db = sqlite3.connect(
-                    f"file:{quoted}?mode=ro", uri=True, check_same_thread=False, timeout=30
+                    f"file:{quoted}?mode=ro",
+                    uri=True,
+                    check_same_thread=False,
+                    timeout=_BUSY_TIMEOUT,
                 )
                 db.execute("SELECT count(*) FROM sqlite_master").fetchone()
             except sqlite3.OperationalError:
@@ -181,7 +185,9 @@ def _connect(root: Path, read_only: bool) -> sqlite3.Connection:
                     f"file:{quoted}?immutable=1", uri=True, check_same_thread=False
                 )
         else:
-            db = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
+            db = sqlite3.connect(
+                path, timeout=_BUSY_TIMEOUT, check_same_thread=False, isolation_level=None
+            )
     except sqlite3.Error as exc:
         raise StoreError(f"{root}: cannot open store database: {exc}") from exc
     try:
@@ -203,7 +209,7 @@ def _set_up_schema(db: sqlite3.Connection) -> None:
     is locked" at once, without waiting out the busy timeout, so the setup
     (idempotent) is tried again for as long as that timeout would have waited.
     """
-    deadline = time.monotonic() + _SETUP_TIMEOUT
+    deadline = time.monotonic() + _BUSY_TIMEOUT
     while True:
         try:
             db.execute("PRAGMA journal_mode=WAL")
