@@ -46,6 +46,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tvixmount.testing.mounts import tvixmount_command
+
 NIX_FLAGS = ("--extra-experimental-features", "nix-command")
 BUSYBOX = Path("/bin/busybox")
 MB = 1_000_000
@@ -185,20 +187,19 @@ def tvixmount_run(
     url: str, key: str, cache_dir: Path, prefetch: int, app: str, env: dict[str, str]
 ) -> None:
     out = _run(
-        sys.executable,
-        "-m",
-        "tvixmount",
-        "run",
-        "--store",
-        url,
-        "--trusted-public-key",
-        key,
-        "--cache-dir",
-        str(cache_dir),
-        "--prefetch",
-        str(prefetch),
-        "--",
-        f"{app}/bin/app",
+        *tvixmount_command(
+            "run",
+            "--store",
+            url,
+            "--trusted-public-key",
+            key,
+            "--cache-dir",
+            cache_dir,
+            "--prefetch",
+            str(prefetch),
+            "--",
+            f"{app}/bin/app",
+        ),
         env=env,
     )
     assert out == "done", out
