@@ -40,15 +40,22 @@ def url(server: Served) -> str:
     return server.url
 
 
-async def _pathinfo(client: Store, node: FileNode | DirectoryNode | SymlinkNode) -> PathInfo:
-    """A PathInfo a writable server keeps: its content is there and its NarHash is right."""
+async def _put_fixtures(
+    client: Store, node: FileNode | DirectoryNode | SymlinkNode
+) -> tuple[int, bytes]:
+    """Put the fixture content on the server; ``node``'s NAR size and SHA-256 over a local copy."""
     blobs, directories = MemoryBlobService(), MemoryDirectoryService()
     for blob in fx.BLOBS:
         await put_stream(client.blobs, [blob])
         await put_stream(blobs, [blob])
     await client.directories.put_many(fx.DIRECTORIES)
     await directories.put_many(fx.DIRECTORIES)
-    return PathInfo(node, (), NarInfo(*await calculate_nar(node, blobs, directories)))
+    return await calculate_nar(node, blobs, directories)
+
+
+async def _pathinfo(client: Store, node: FileNode | DirectoryNode | SymlinkNode) -> PathInfo:
+    """A PathInfo a writable server keeps: its content is there and its NarHash is right."""
+    return PathInfo(node, (), NarInfo(*await _put_fixtures(client, node)))
 
 
 def _free_port() -> int:
@@ -173,15 +180,8 @@ async def test_list_yields_every_pathinfo_put(client: Store) -> None:
 
 
 async def test_calculate_nar_matches_the_local_nar_writer(client: Store) -> None:
-    for blob in fx.BLOBS:
-        await put_stream(client.blobs, [blob])
-    await client.directories.put_many(fx.DIRECTORIES)
-    blobs, directories = MemoryBlobService(), MemoryDirectoryService()
-    for blob in fx.BLOBS:
-        await put_stream(blobs, [blob])
-    await directories.put_many(fx.DIRECTORIES)
     node = fx.ROOT_NODES[3]
-    expected = await calculate_nar(node, blobs, directories)
+    expected = await _put_fixtures(client, node)
     assert isinstance(client.pathinfos, GrpcPathInfoService)
     assert await client.pathinfos.calculate_nar(node) == expected
 
