@@ -289,6 +289,17 @@ def digest_of(store_path: str) -> bytes:
     return StorePath.parse(store_path).digest
 
 
+def key_args(cache: NixCache) -> list[str]:
+    """The CLI's flag trusting ``cache``'s signing key."""
+    assert cache.key is not None
+    return ["--trusted-public-key", cache.key.public]
+
+
+def copy_from_args(cache: NixCache, cache_dir: Path) -> list[str]:
+    """``copy --from`` the Nix-written ``cache``, trusting its key, cached in ``cache_dir``."""
+    return ["--from", cache.url, *key_args(cache), "--cache-dir", str(cache_dir)]
+
+
 def narinfo_name(store_path: str) -> str:
     """The key of ``store_path``'s narinfo in a binary cache."""
     return f"{StorePath.parse(store_path).encoded_digest}.narinfo"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.mounting import run_tvixmount, tvixmount_command
-from tests.nixcache import NIX_FLAGS, NixCache, build_cache, generate_key, requires_nix
+from tests.nixcache import NIX_FLAGS, NixCache, build_cache, generate_key, key_args, requires_nix
 
 pytestmark = requires_nix
 
@@ -24,15 +24,7 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> NixCache:
 
 
 def store_args(cache: NixCache, tmp_path: Path) -> list[str]:
-    assert cache.key is not None
-    return [
-        "--store",
-        cache.url,
-        "--cache-dir",
-        str(tmp_path / "local"),
-        "--trusted-public-key",
-        cache.key.public,
-    ]
+    return ["--store", cache.url, "--cache-dir", str(tmp_path / "local"), *key_args(cache)]
 
 
 def test_path_info_json_matches_nix_path_info_on_the_cache(cache: NixCache, tmp_path: Path):

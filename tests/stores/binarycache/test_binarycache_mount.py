@@ -16,6 +16,7 @@ from tests.nixcache import (
     NixCache,
     build_cache,
     generate_key,
+    key_args,
     nix_hash,
     requires_nix,
     serve_directory,
@@ -33,11 +34,6 @@ def caches(tmp_path_factory: pytest.TempPathFactory) -> dict[str, NixCache]:
     return {
         c: build_cache(workdir / c, c, key=key, trees=2, busybox=c == "zstd") for c in COMPRESSIONS
     }
-
-
-def key_args(cache: NixCache) -> list[str]:
-    assert cache.key is not None
-    return ["--trusted-public-key", cache.key.public]
 
 
 def assert_mount_matches_nix(mount_root: Path, cache: NixCache) -> None:

@@ -19,6 +19,7 @@ from tests.nixcache import (
     NixCache,
     SigningKey,
     build_cache,
+    copy_from_args,
     generate_key,
     narinfo_name,
     nix_copy,
@@ -52,18 +53,6 @@ def copy(*args: str | Path) -> subprocess.CompletedProcess[str]:
     done = run_tvixmount("copy", *args, timeout=300)
     assert done.returncode == 0, done.stderr
     return done
-
-
-def from_source(source: NixCache, cache_dir: Path) -> list[str]:
-    assert source.key is not None
-    return [
-        "--from",
-        source.url,
-        "--trusted-public-key",
-        source.key.public,
-        "--cache-dir",
-        str(cache_dir),
-    ]
 
 
 def nix_reads(
@@ -105,7 +94,7 @@ def test_copied_cache_is_read_back_by_nix_with_signatures_required(
     tree = next(iter(source.trees))
     dest = tmp_path / "dest"
     copy(
-        *from_source(source, tmp_path / "local"),
+        *copy_from_args(source, tmp_path / "local"),
         "--to",
         f"file://{dest}?compression={compression}",
         "--secret-key",
@@ -129,7 +118,7 @@ def test_uncompressed_narinfo_is_the_one_nix_writes(source: NixCache, tmp_path: 
     nix_copy(source.paths, nix_dir, "none")
     dest = tmp_path / "dest"
     copy(
-        *from_source(source, tmp_path / "local"),
+        *copy_from_args(source, tmp_path / "local"),
         "--to",
         f"file://{dest}?compression=none",
         *source.paths,
@@ -198,7 +187,7 @@ def test_closure_copied_from_a_nix_cache_is_listed_whole_by_nix(source: NixCache
     dest = tmp_path / "dest"
     first = json.loads(
         copy(
-            *from_source(source, tmp_path / "local"),
+            *copy_from_args(source, tmp_path / "local"),
             "--to",
             f"file://{dest}?compression=zstd",
             "--json",
@@ -218,7 +207,7 @@ def test_closure_copied_from_a_nix_cache_is_listed_whole_by_nix(source: NixCache
     assert set(listed.stdout.split()) == closure
     again = json.loads(
         copy(
-            *from_source(source, tmp_path / "local"),
+            *copy_from_args(source, tmp_path / "local"),
             "--to",
             f"file://{dest}",
             "--json",
@@ -232,7 +221,7 @@ def test_no_recursive_copies_only_the_named_path(source: NixCache, tmp_path: Pat
     referrer = source.paths[-1]
     dest = tmp_path / "dest"
     copy(
-        *from_source(source, tmp_path / "local"),
+        *copy_from_args(source, tmp_path / "local"),
         "--to",
         f"file://{dest}",
         "--no-recursive",
@@ -244,7 +233,7 @@ def test_no_recursive_copies_only_the_named_path(source: NixCache, tmp_path: Pat
 def test_copy_into_an_embedded_store_serves_the_same_nar(source: NixCache, tmp_path: Path):
     store = tmp_path / "store"
     referrer = source.paths[-1]
-    copy(*from_source(source, tmp_path / "local"), "--to", store, referrer)
+    copy(*copy_from_args(source, tmp_path / "local"), "--to", store, referrer)
     for path in (referrer, source.paths[0]):
         ours = subprocess.run(
             tvixmount_command("nar", path, "--store", store), capture_output=True, check=True
@@ -296,7 +285,7 @@ def test_interrupted_copy_leaves_no_narinfo_without_its_nar(tmp_path: Path):
 def test_bad_input_is_one_line(source: NixCache, tmp_path: Path):
     missing = "/nix/store/" + "0" * 32 + "-absent"
     cases: list[list[str | Path]] = [
-        [*from_source(source, tmp_path / "local"), "--to", f"file://{tmp_path}/d", missing],
+        [*copy_from_args(source, tmp_path / "local"), "--to", f"file://{tmp_path}/d", missing],
         ["--from", source.url, "--to", "http://127.0.0.1:9/cache", source.paths[0]],
         ["--to", f"file://{tmp_path}/d?compression=lz4", source.paths[0]],
         ["--to", f"file://{tmp_path}/d", "--secret-key", tmp_path / "nokey", source.paths[0]],
@@ -311,7 +300,7 @@ def test_bad_input_is_one_line(source: NixCache, tmp_path: Path):
 def test_copy_into_a_grpc_store_and_from_it_to_a_cache(source: NixCache, tmp_path: Path):
     referrer = source.paths[-1]
     with serving(str(tmp_path / "served"), tmp_path / "serve.log", writable=True) as served:
-        copy(*from_source(source, tmp_path / "local"), "--to", served.url, referrer)
+        copy(*copy_from_args(source, tmp_path / "local"), "--to", served.url, referrer)
         ours = subprocess.run(
             tvixmount_command("nar", referrer, "--store", served.url),
             capture_output=True,

@@ -14,7 +14,9 @@ from tests.mounting import mounted, requires_fuse, run_tvixmount, tvixmount_comm
 from tests.nixcache import (
     NixCache,
     build_cache,
+    copy_from_args,
     generate_key,
+    key_args,
     narinfo_name,
     nix_hash,
     requires_nix,
@@ -43,16 +45,6 @@ def bucket(s3: S3Server) -> str:
     name = f"cache-{secrets.token_hex(4)}"
     s3.create_bucket(name)
     return name
-
-
-def key_args(cache: NixCache) -> list[str]:
-    assert cache.key is not None
-    return ["--trusted-public-key", cache.key.public]
-
-
-def copy_from_args(cache: NixCache, cache_dir: Path) -> list[str]:
-    """``copy --from`` the Nix-written ``cache``, trusting its key, cached in ``cache_dir``."""
-    return ["--from", cache.url, *key_args(cache), "--cache-dir", str(cache_dir)]
 
 
 def test_copied_to_a_bucket_and_downloaded_nix_reads_it(

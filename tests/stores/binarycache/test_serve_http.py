@@ -33,6 +33,7 @@ from tests.nixcache import (
     NixCache,
     build_cache,
     generate_key,
+    key_args,
     make_tree,
     narinfo_name,
     nix_hash,
@@ -438,15 +439,13 @@ def serving_upstream(
     upstream: NixCache, workdir: Path, key: Key
 ) -> contextlib.AbstractContextManager[HttpServed]:
     """``serving_http`` of ``upstream`` (its key trusted), adding a signature with ``key``."""
-    assert upstream.key is not None
     return serving_http(
         workdir,
         "--store",
         upstream.url,
         "--cache-dir",
         workdir / "cache",
-        "--trusted-public-key",
-        upstream.key.public,
+        *key_args(upstream),
         "--secret-key",
         key.secret_file,
     )
