@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,36 +17,18 @@ import pytest
 import trio
 
 from tests.fixtures.cachestat import cached_pages, page_count, require_uncached
-from tests.stores.local.blobs import read_blob
+from tests.stores.local.blobs import opened, read_blob
 from tvixmount.castore import B3Digest, Directory, DirectoryNode, FileNode
 from tvixmount.castore.blobservice import put_stream
 from tvixmount.errors import IntegrityError
 from tvixmount.stores.local import castore as local_module
-from tvixmount.stores.local.castore import PACK_MAX, LocalBlobService, LocalDirectoryService
-from tvixmount.stores.local.store import FORMAT, MARKER, open_local
-
-
-@dataclass
-class Opened:
-    blobs: LocalBlobService
-    directories: LocalDirectoryService
-    db: sqlite3.Connection
+from tvixmount.stores.local.castore import PACK_MAX, LocalBlobService
+from tvixmount.stores.local.store import FORMAT, MARKER
 
 
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
     return tmp_path / "s"
-
-
-@contextmanager
-def opened(root: Path, create: bool = False) -> Iterator[Opened]:
-    """The store's services, closed again on the way out."""
-    blobs, directories, _, db = open_local(root, create)
-    try:
-        yield Opened(blobs, directories, db)
-    finally:
-        blobs.close()
-        db.close()
 
 
 @pytest.fixture

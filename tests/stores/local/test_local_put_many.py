@@ -10,22 +10,17 @@ import blake3
 import pytest
 import trio
 
-from tests.stores.local.blobs import read_blob
+from tests.stores.local.blobs import opened, read_blob
 from tvixmount.castore import B3Digest
 from tvixmount.castore.blobservice import put_stream
 from tvixmount.castore.ingest import PutsMany
 from tvixmount.stores.local.castore import PACK_MAX, LocalBlobService, _Batch
-from tvixmount.stores.local.store import open_local
 
 
 @pytest.fixture
 def blobs(tmp_path: Path) -> Iterator[LocalBlobService]:
-    service, _directories, _pathinfos, db = open_local(tmp_path / "s", True)
-    try:
-        yield service
-    finally:
-        service.close()
-        db.close()
+    with opened(tmp_path / "s", create=True) as store:
+        yield store.blobs
 
 
 async def test_put_many_stores_packed_and_file_blobs_in_order(blobs: LocalBlobService) -> None:

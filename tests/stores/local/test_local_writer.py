@@ -11,12 +11,11 @@ import blake3
 import pytest
 
 from tests.fixtures.local_tree import make_tree, nix_dump, requires_nix
-from tests.stores.local.blobs import read_blob
+from tests.stores.local.blobs import opened, read_blob
 from tvixmount.castore import B3Digest
 from tvixmount.nar import ingest_nar, write_nar
 from tvixmount.nar.ingest import DigestingWriter
 from tvixmount.stores.local.castore import PACK_MAX, LocalBlobService, LocalDirectoryService
-from tvixmount.stores.local.store import open_local
 from tvixmount.stores.memory.castore import MemoryBlobService, MemoryDirectoryService
 
 MIB = 1 << 20
@@ -24,12 +23,8 @@ MIB = 1 << 20
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[tuple[LocalBlobService, LocalDirectoryService]]:
-    blobs, directories, _pathinfos, db = open_local(tmp_path / "s", True)
-    try:
-        yield blobs, directories
-    finally:
-        blobs.close()
-        db.close()
+    with opened(tmp_path / "s", create=True) as opened_store:
+        yield opened_store.blobs, opened_store.directories
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from tests.stores.local.blobs import opened
 from tvixmount.castore import B3Digest
 from tvixmount.castore.blobservice import put_stream, read_all
 from tvixmount.errors import StoreError
@@ -22,19 +23,14 @@ from tvixmount.stores.local.store import FORMAT, MARKER, default_store_dir, open
 
 
 def _open(root: Path, create: bool) -> None:
-    blobs, _, _, db = open_local(root, create)
-    blobs.close()
-    db.close()
+    with opened(root, create):
+        pass
 
 
 @pytest.fixture
 def blobs(tmp_path: Path) -> Iterator[LocalBlobService]:
-    blobs, _, _, db = open_local(tmp_path / "s", create=True)
-    try:
-        yield blobs
-    finally:
-        blobs.close()
-        db.close()
+    with opened(tmp_path / "s", create=True) as store:
+        yield store.blobs
 
 
 def test_missing_directory_without_create_is_a_clear_error(tmp_path: Path) -> None:
