@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.housekeeping import one_error_line
 from tests.mounting import run_tvixmount, tvixmount_command
 from tests.nixcache import requires_nix
 from tvixmount.cli.main import COMMANDS, build_parser
@@ -239,12 +240,6 @@ def test_ls_takes_a_subpath_in_either_form(imported: tuple[str, str]) -> None:
     assert basename.stdout == absolute.stdout
 
 
-def _one_error_line(result: subprocess.CompletedProcess[str]) -> None:
-    assert result.returncode == 1, result.stderr
-    assert result.stderr.startswith("tvixmount: error: "), result.stderr
-    assert result.stderr.count("\n") == 1, result.stderr
-
-
 @pytest.mark.parametrize("bad", ["hello", "/nix/store/e" + "0" * 31 + "-x", "/tmp/" + BASENAME])
 @pytest.mark.parametrize(
     "command",
@@ -255,7 +250,7 @@ def test_a_bad_store_path_is_one_line_and_exit_1(
 ) -> None:
     store, _ = imported
     flag = "--from" if command[0] == "copy" else "--store"
-    _one_error_line(run_tvixmount(*command, bad, flag, store))
+    one_error_line(run_tvixmount(*command, bad, flag, store))
 
 
 @pytest.mark.parametrize("command", [["ls"], ["path-info"], ["nar"], ["verify"], ["delete"]])
@@ -263,7 +258,7 @@ def test_a_path_the_store_lacks_is_one_line_and_exit_1(
     imported: tuple[str, str], command: list[str]
 ) -> None:
     store, _ = imported
-    _one_error_line(run_tvixmount(*command, ABSOLUTE, "--store", store))
+    one_error_line(run_tvixmount(*command, ABSOLUTE, "--store", store))
 
 
 @pytest.mark.parametrize(
@@ -287,7 +282,7 @@ def test_an_unknown_url_scheme_is_one_line_and_exit_1(invocation: list[str]) -> 
     if invocation[0] != "run":
         invocation = [*invocation, "ftp://x"]
     result = run_tvixmount(*invocation)
-    _one_error_line(result)
+    one_error_line(result)
     if invocation[0] not in {"mount", "fixture"}:  # these check the mount point / spec first
         assert "'ftp'" in result.stderr
 
@@ -296,7 +291,7 @@ def test_an_unknown_url_scheme_is_one_line_and_exit_1(invocation: list[str]) -> 
     "url", ["grpc+http://127.0.0.1:1", "http://127.0.0.1:1", "file:///nonexistent-cache"]
 )
 def test_an_unreachable_store_is_one_line_and_exit_1(url: str) -> None:
-    _one_error_line(run_tvixmount("ls", "--store", url))
+    one_error_line(run_tvixmount("ls", "--store", url))
 
 
 @pytest.mark.parametrize(
@@ -318,21 +313,21 @@ def test_every_command_reports_an_unreachable_grpc_store_in_one_line(
     command = [*invocation, "grpc+unix:///nonexistent.sock"]
     if invocation[0] == "run":
         command += ["--", "true"]
-    _one_error_line(run_tvixmount(*command))
+    one_error_line(run_tvixmount(*command))
 
 
 @pytest.mark.parametrize("command", [["ls"], ["info"], ["gc", "--dry-run"], ["verify"]])
 def test_a_missing_or_foreign_store_directory_is_one_line(
     command: list[str], tmp_path: Path
 ) -> None:
-    _one_error_line(run_tvixmount(*command, "--store", tmp_path / "missing"))
-    _one_error_line(run_tvixmount(*command, "--store", tmp_path))
+    one_error_line(run_tvixmount(*command, "--store", tmp_path / "missing"))
+    one_error_line(run_tvixmount(*command, "--store", tmp_path))
 
 
 def test_a_missing_mount_point_is_one_line(imported: tuple[str, str], tmp_path: Path) -> None:
     store, _ = imported
-    _one_error_line(run_tvixmount("mount", tmp_path / "missing", "--store", store))
-    _one_error_line(run_tvixmount("umount", tmp_path / "missing"))
+    one_error_line(run_tvixmount("mount", tmp_path / "missing", "--store", store))
+    one_error_line(run_tvixmount("umount", tmp_path / "missing"))
 
 
 @pytest.mark.parametrize("form", ["{host}:{port}", "grpc+http://{host}:{port}"])
@@ -342,7 +337,7 @@ def test_serve_refuses_a_port_in_use_in_one_line(form: str) -> None:
         taken.listen()
         address = form.format(host="127.0.0.1", port=taken.getsockname()[1])
         busy = run_tvixmount("serve", "--listen", address, "--store", "memory://")
-    _one_error_line(busy)
+    one_error_line(busy)
     assert "in use" in busy.stderr
 
 
@@ -370,4 +365,4 @@ def test_serve_listens_on_a_grpc_unix_url(imported: tuple[str, str], tmp_path: P
     "listen", ["127.0.0.1:65536", "http://127.0.0.1:0", "grpc+unix://relative"]
 )
 def test_serve_refuses_a_malformed_listen_address_in_one_line(listen: str) -> None:
-    _one_error_line(run_tvixmount("serve", "--listen", listen, "--store", "memory://"))
+    one_error_line(run_tvixmount("serve", "--listen", listen, "--store", "memory://"))
