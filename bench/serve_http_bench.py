@@ -178,14 +178,14 @@ def _summary(proc: Popen[str] | None) -> dict[str, int]:
     return summary
 
 
-def load(
-    server: str, work: Path, base: str, hashes: list[str], nar_urls: list[str], run: Load
-) -> Result:
-    """Both kinds of client at once; wrk's NAR bytes include headers (a few hundred a NAR)."""
+def load(server: str, work: Path, base: str, hashes: list[str], run: Load) -> Result:
+    """Both kinds of client at once, the NAR clients on the first NAR_PATHS paths; wrk's NAR
+    bytes include headers (a few hundred a NAR)."""
     narinfos = [f"{digest}.narinfo" for digest in hashes]
+    nars = nar_urls(base, hashes[:NAR_PATHS])
     procs = [
         _wrk(work, base, targets, clients, run.seconds) if clients else None
-        for targets, clients in ((narinfos, run.narinfo_clients), (nar_urls, run.nar_clients))
+        for targets, clients in ((narinfos, run.narinfo_clients), (nars, run.nar_clients))
     ]
     narinfo, nar = (_summary(proc) for proc in procs)
     return Result(
@@ -269,17 +269,13 @@ def _bench(work: Path, trees: list[Path], paths: list[str], run: Load) -> list[R
         if ready is None:
             raise SystemExit(f"tvixmount serve failed: {(work / 't.log').read_text()}")
         base = ready[1]
-        results.append(
-            load("tvixmount", work, base, hashes, nar_urls(base, hashes[:NAR_PATHS]), run)
-        )
+        results.append(load("tvixmount", work, base, hashes, run))
     port = free_port()
     static = [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(cache)]
     with process([*static, str(port)], work / "s.log"):
         wait_listening(port)
         base = f"http://127.0.0.1:{port}"
-        results.append(
-            load("http.server", work, base, hashes, nar_urls(base, hashes[:NAR_PATHS]), run)
-        )
+        results.append(load("http.server", work, base, hashes, run))
     return results
 
 
