@@ -270,9 +270,11 @@ def remove_dead_temps(tmp_dir: Path, dry_run: bool = False) -> int:
             continue
         try:
             size = entry.stat(follow_symlinks=False).st_blocks * 512
-            if not dry_run and entry.is_dir(follow_symlinks=False):
+            if dry_run:
+                pass
+            elif entry.is_dir(follow_symlinks=False):
                 shutil.rmtree(entry.path)
-            elif not dry_run:
+            else:
                 os.unlink(entry.path)
         except OSError:
             continue
