@@ -20,6 +20,7 @@ import trio
 from tests.fixtures import castore as fx
 from tvixmount.castore.blobservice import put_stream
 from tvixmount.castore.nodes import Node
+from tvixmount.importer import import_path
 from tvixmount.nar.writer import calculate_nar
 from tvixmount.pathinfo.model import NarInfo, PathInfo
 from tvixmount.stores import Store, StoreOptions, open_store
@@ -38,6 +39,7 @@ __all__ = [
     "force_unmount",
     "foreground_mount",
     "foreground_server",
+    "import_trees",
     "make_fixture_store",
     "mounted",
     "read_until",
@@ -104,6 +106,19 @@ def make_fixture_store(
     """An embedded store holding the tvix fixtures (parts may be left out); returns its URL."""
     trio.run(_populate, str(path), blobs, with_directories, roots)
     return str(path)
+
+
+async def _import_all(url: str, trees: Sequence[Path]) -> list[PathInfo]:
+    store = open_store(url, StoreOptions(create=True))
+    try:
+        return [await import_path(store, tree) for tree in trees]
+    finally:
+        await store.aclose()
+
+
+def import_trees(store_dir: Path, *trees: Path) -> list[PathInfo]:
+    """``trees`` imported in order into the embedded store at ``store_dir`` (created)."""
+    return trio.run(_import_all, str(store_dir), trees)
 
 
 @pytest.fixture

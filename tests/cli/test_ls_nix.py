@@ -16,12 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import trio
 
-from tests.mounting import requires_nix
+from tests.mounting import import_trees, requires_nix
 from tvixmount.cli.main import main
-from tvixmount.importer import import_path
-from tvixmount.stores import StoreOptions, open_store
 
 pytestmark = requires_nix
 
@@ -62,17 +59,6 @@ def _nix(*args: str) -> str:
     return result.stdout
 
 
-async def _import_all(store_dir: Path, sources: dict[str, Path]) -> dict[str, str]:
-    store = open_store(str(store_dir), StoreOptions(create=True))
-    try:
-        return {
-            label: (await import_path(store, source)).store_path.absolute
-            for label, source in sources.items()
-        }
-    finally:
-        await store.aclose()
-
-
 @pytest.fixture(scope="module")
 def oracle(tmp_path_factory: pytest.TempPathFactory) -> Oracle:
     base = tmp_path_factory.mktemp("ls-nix")
@@ -99,7 +85,8 @@ def oracle(tmp_path_factory: pytest.TempPathFactory) -> Oracle:
         nix_paths[label] = added.stdout.strip()
     cache = f"file://{base / 'cache'}"
     _nix("copy", "--to", cache, *nix_paths.values())
-    ours = trio.run(_import_all, base / "tvix-store", sources)
+    infos = import_trees(base / "tvix-store", *sources.values())
+    ours = {label: info.store_path.absolute for label, info in zip(sources, infos, strict=True)}
     assert ours == nix_paths, "import_path must give the store paths nix-store --add gives"
     return Oracle(cache, str(base / "tvix-store"), nix_paths)
 

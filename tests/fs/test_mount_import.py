@@ -9,13 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import trio
 
-from tests.mounting import Mount, mounted, requires_fuse, requires_nix
+from tests.mounting import Mount, import_trees, mounted, requires_fuse, requires_nix
 from tvixmount.demo import write_demo_tree
-from tvixmount.importer import import_path
 from tvixmount.pathinfo.model import PathInfo
-from tvixmount.stores import StoreOptions, open_store
 
 pytestmark = requires_fuse
 
@@ -34,19 +31,11 @@ def _build_tree(root: Path) -> Path:
     return tree
 
 
-async def _import(store_dir: Path, tree: Path) -> PathInfo:
-    store = open_store(str(store_dir), StoreOptions(create=True))
-    try:
-        return await import_path(store, tree)
-    finally:
-        await store.aclose()
-
-
 @pytest.fixture(scope="module")
 def imported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, PathInfo]:
     base = tmp_path_factory.mktemp("import")
     tree = _build_tree(base)
-    info = trio.run(_import, base / "store", tree)
+    (info,) = import_trees(base / "store", tree)
     return tree, str(base / "store"), info
 
 

@@ -7,24 +7,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import trio
 
 from tests.fixtures.cachestat import PAGE, cached_pages, page_count
-from tests.mounting import mounted, requires_fuse
+from tests.mounting import import_trees, mounted, requires_fuse
 from tests.reliability import drop_caches
 from tvixmount.fs.operations import PUSH_MAX
-from tvixmount.importer import import_path
-from tvixmount.stores import StoreOptions, open_store
 
 pytestmark = requires_fuse
-
-
-async def _import(store_dir: Path, tree: Path) -> str:
-    store = open_store(str(store_dir), StoreOptions(create=True))
-    try:
-        return str((await import_path(store, tree)).store_path)
-    finally:
-        await store.aclose()
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +25,8 @@ def imported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
     (tree / "limit").write_bytes(os.urandom(PUSH_MAX))
     (tree / "big").write_bytes(os.urandom(PUSH_MAX + PAGE))
     (tree / "empty").write_bytes(b"")
-    name = trio.run(_import, base / "store", tree)
-    return tree, str(base / "store"), name
+    (info,) = import_trees(base / "store", tree)
+    return tree, str(base / "store"), str(info.store_path)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="drop_caches needs root")
