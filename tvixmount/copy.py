@@ -222,11 +222,10 @@ async def copy_paths(
     paths: Sequence[StorePath],
     recursive: bool = True,
     progress: Callable[[Sequence[PathInfo]], Callable[[PathInfo], Progress]] | None = None,
-    jobs: int = JOBS,
 ) -> list[Copied]:
     """Copy ``paths`` (with their closure unless ``recursive`` is false); what each became.
 
-    Up to ``jobs`` paths are copied at once, each only after the references
+    Up to ``JOBS`` paths are copied at once, each only after the references
     it has in the closure (a reader of the destination never sees a path
     whose references are missing).
     """
@@ -237,7 +236,7 @@ async def copy_paths(
     # A path waits only for references placed before it: the closure's order breaks cycles.
     landed = {info.store_path: trio.Event() for info in missing}
     done: dict[StorePath, Narinfo | None] = {}
-    limiter = trio.CapacityLimiter(jobs)
+    limiter = trio.CapacityLimiter(JOBS)
 
     position = {info.store_path: index for index, info in enumerate(missing)}
 
