@@ -34,7 +34,7 @@ from botocore import UNSIGNED
 from botocore.config import Config
 
 from ...errors import StoreError, StoreURLError
-from .decompress import CONTENT_CODINGS, READ_SIZE, decompressed
+from .decompress import READ_SIZE, content_decoded
 from .threads import run_remote
 from .transport import fetch
 from .url import CacheURL
@@ -133,11 +133,8 @@ class S3Transport:
         body = response["Body"]
         where = self.describe(key)
         try:
-            encoding = str(response.get("ContentEncoding") or "identity").strip().lower()
-            coding = CONTENT_CODINGS.get(encoding)
-            if coding is None:
-                raise StoreError(f"{where}: unsupported Content-Encoding {encoding!r}")
-            async with decompressed(self._chunks(key, body), coding, where) as chunks:
+            encoding = str(response.get("ContentEncoding") or "identity")
+            async with content_decoded(self._chunks(key, body), encoding, where) as chunks:
                 yield chunks
         finally:
             body.close()  # type: ignore[attr-defined]
