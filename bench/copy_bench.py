@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -30,6 +29,7 @@ import tempfile
 from pathlib import Path
 
 from bench.measure import timed_command
+from bench.peers import use_bytecode_cache
 from tvixmount.testing.mounts import tvixmount_command
 
 NIX = ("nix", "--extra-experimental-features", "nix-command")
@@ -54,10 +54,7 @@ def main() -> int:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="copy-bench-"))
     if args.bytecode_cache:
-        # A cache of the bench's own: the shared checkout's modules change under other
-        # benches, whose runs would then mix cached and compiled modules.
-        os.environ["PYTHONPYCACHEPREFIX"] = str(work / "bytecode")
-        os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+        use_bytecode_cache(work / "bytecode")
     try:
         tree = work / args.tree.name
         shutil.copytree(args.tree, tree, symlinks=True)

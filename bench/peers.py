@@ -20,6 +20,19 @@ from tvixmount.testing.mounts import mounted, tvixmount_command
 TVIXMOUNT = tvixmount_command()
 
 
+def use_bytecode_cache(pycache: Path) -> None:
+    """Every tvixmount started from here on runs from bytecode kept in ``pycache``.
+
+    As an installed tvixmount does (pip compiles it): from a source checkout under
+    ``PYTHONDONTWRITEBYTECODE`` (a development shell) every start would compile each
+    module again. ``pycache`` is a cache of the bench's own, because the shared
+    checkout's modules change under other benches. The first start writes it: time
+    a later one, or compile beforehand.
+    """
+    os.environ["PYTHONPYCACHEPREFIX"] = str(pycache)
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+
+
 def drop_caches() -> None:
     os.sync()
     Path("/proc/sys/vm/drop_caches").write_text("3\n")

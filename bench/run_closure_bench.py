@@ -46,6 +46,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from bench.peers import use_bytecode_cache
 from tvixmount.testing.mounts import tvixmount_command
 
 NIX_FLAGS = ("--extra-experimental-features", "nix-command")
@@ -83,18 +84,16 @@ in derivation {
 """
 
 
-def _run(*argv: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
-    done = subprocess.run(argv, check=True, capture_output=True, text=True, cwd=cwd, env=env)
+def _run(*argv: str, cwd: Path | None = None) -> str:
+    done = subprocess.run(argv, check=True, capture_output=True, text=True, cwd=cwd)
     return done.stdout.strip()
 
 
-def installed_environment(pycache: Path) -> dict[str, str]:
-    """This environment, with tvixmount's bytecode compiled into ``pycache`` and used from there."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    env["PYTHONPYCACHEPREFIX"] = str(pycache)
+def compile_tvixmount(pycache: Path) -> None:
+    """tvixmount's bytecode compiled into ``pycache``, and every later run using it."""
+    use_bytecode_cache(pycache)
     package = Path(__file__).resolve().parent.parent / "tvixmount"
-    _run(sys.executable, "-m", "compileall", "-q", str(package), env=env)
-    return env
+    _run(sys.executable, "-m", "compileall", "-q", str(package))
 
 
 def _data_tree(root: Path, size: int, rng: random.Random) -> Path:
@@ -183,9 +182,7 @@ def timed(fn: Callable[[], object]) -> tuple[float, float]:
     return wall, cpu
 
 
-def tvixmount_run(
-    url: str, key: str, cache_dir: Path, prefetch: int, app: str, env: dict[str, str]
-) -> None:
+def tvixmount_run(url: str, key: str, cache_dir: Path, prefetch: int, app: str) -> None:
     out = _run(
         *tvixmount_command(
             "run",
@@ -199,8 +196,7 @@ def tvixmount_run(
             str(prefetch),
             "--",
             f"{app}/bin/app",
-        ),
-        env=env,
+        )
     )
     assert out == "done", out
 
@@ -263,7 +259,7 @@ def main() -> int:
             f"{args.repeat} cold runs each; load average {os.getloadavg()[0]:.1f}"
         )
         results: dict[str, list[tuple[float, float]]] = {}
-        env = installed_environment(work / "pycache")
+        compile_tvixmount(work / "pycache")
         try:
             with http_server(cache) as http_url:
                 sources = {"file": f"file://{cache}", "http": http_url}
@@ -279,7 +275,6 @@ def main() -> int:
                                     work / f"c-{secrets.token_hex(4)}",
                                     prefetch,
                                     app,
-                                    env,
                                 )
                             )
                             for _ in range(args.repeat)
