@@ -11,7 +11,7 @@ import os
 import select
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -119,22 +119,3 @@ async def _import_all(url: str, trees: Sequence[Path]) -> list[PathInfo]:
 def import_trees(store_dir: Path, *trees: Path) -> list[PathInfo]:
     """``trees`` imported in order into the embedded store at ``store_dir`` (created)."""
     return trio.run(_import_all, str(store_dir), trees)
-
-
-@pytest.fixture
-def fixture_store(tmp_path: Path) -> str:
-    """The complete tvix fixture set in an embedded store."""
-    return make_fixture_store(tmp_path / "store")
-
-
-@pytest.fixture
-def mnt(fixture_store: str, tmp_path: Path) -> Iterator[Mount]:
-    """The fixture store mounted with default options."""
-    with mounted(fixture_store, tmp_path / "mnt") as mount:
-        yield mount
-
-
-@pytest.fixture
-def mnt_list_root(fixture_store: str, tmp_path: Path) -> Iterator[Mount]:
-    with mounted(fixture_store, tmp_path / "mnt", "--list-root") as mount:
-        yield mount
