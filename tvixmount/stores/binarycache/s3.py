@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -134,12 +134,15 @@ class S3Transport:
         where = self.describe(key)
         try:
             encoding = str(response.get("ContentEncoding") or "identity")
-            async with content_decoded(self._chunks(key, body), encoding, where) as chunks:
+            async with (
+                contextlib.aclosing(self._chunks(key, body)) as raw,
+                content_decoded(raw, encoding, where) as chunks,
+            ):
                 yield chunks
         finally:
             body.close()  # type: ignore[attr-defined]
 
-    async def _chunks(self, key: str, body: object) -> AsyncIterator[bytes]:
+    async def _chunks(self, key: str, body: object) -> AsyncGenerator[bytes, None]:
         read: Callable[[int], bytes] = body.read  # type: ignore[attr-defined]
         while data := await self._call(key, lambda: read(READ_SIZE)):
             yield data
