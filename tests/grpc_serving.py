@@ -7,6 +7,7 @@ Both always stop in ``finally``, whatever the test did.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import select
 import signal
@@ -24,13 +25,16 @@ from typing import Any
 import grpc
 
 from tests.mounting import tvixmount_command
+from tvixmount import nixbase32
 from tvixmount._proto import castore_pb2
 from tvixmount._proto import rpc_blobstore_pb2 as blob_pb
 from tvixmount._proto import rpc_blobstore_pb2_grpc as blob_grpc
 from tvixmount._proto import rpc_directory_pb2_grpc as dir_grpc
 from tvixmount._proto import rpc_pathinfo_pb2_grpc as pi_grpc
 from tvixmount._proto.pathinfo_pb2 import PathInfo as PathInfoMsg
+from tvixmount.castore import B3Digest, DirectoryNode, FileNode
 from tvixmount.castore.directory import Directory
+from tvixmount.pathinfo.model import NarInfo, PathInfo
 
 _READY = re.compile(r"^tvixmount: serving .* at (\S+)$")
 _START_TIMEOUT = 30.0
@@ -138,6 +142,32 @@ class FakeBackend:
                         seen.add(bytes(child.digest))
                         queue.append(bytes(child.digest))
             self.directories[digest] = closure
+
+
+def store_basename(name: str) -> str:
+    """A store path basename (hash derived from ``name``) for a fake server's PathInfo."""
+    return f"{nixbase32.encode(hashlib.sha256(name.encode()).digest()[:20])}-{name}"
+
+
+def _serve_node(backend: FakeBackend, node: FileNode | DirectoryNode) -> str:
+    info = PathInfo(node, (), NarInfo(0, bytes(32)))
+    backend.pathinfos[info.store_path.digest] = info.to_proto()
+    return node.name.decode()
+
+
+def serve_file(backend: FakeBackend, name: str, data: bytes, size: int | None = None) -> str:
+    """A store path holding one file of ``data`` (its FileNode claiming ``size``)."""
+    digest = B3Digest.of(data)
+    backend.blobs[bytes(digest)] = data
+    basename = store_basename(name).encode()
+    return _serve_node(backend, FileNode(basename, digest, len(data) if size is None else size))
+
+
+def serve_directory(backend: FakeBackend, name: str, directory: Directory) -> str:
+    """A store path holding ``directory`` (served alone, without the Directories below it)."""
+    backend.directories[bytes(directory.digest())] = [directory.to_proto()]
+    basename = store_basename(name).encode()
+    return _serve_node(backend, DirectoryNode(basename, directory.digest(), directory.size()))
 
 
 def _hang(backend: FakeBackend, context: Any) -> None:

@@ -9,11 +9,9 @@ from pathlib import Path
 import trio
 
 from tests.fixtures import castore as fx
-from tests.grpc_serving import FakeBackend, fake_server
+from tests.grpc_serving import FakeBackend, fake_server, serve_directory, serve_file
 from tests.mounting import mounted, requires_fuse
-from tests.stores.grpc.test_grpc_hostile import serve_file
-from tvixmount.castore import B3Digest, DirectoryNode
-from tvixmount.pathinfo.model import NarInfo, PathInfo
+from tvixmount.castore import B3Digest
 from tvixmount.stores import open_store
 from tvixmount.stores.local.store import MARKER
 
@@ -23,12 +21,9 @@ DATA = b"kept on disk after the first mount\n" * 50
 
 
 def _serve_tree(backend: FakeBackend) -> str:
-    basename = "3" * 32 + "-tree"
     root = fx.DIRECTORY_COMPLICATED
-    node = DirectoryNode(basename.encode(), root.digest(), root.size())
-    info = PathInfo(node, (), NarInfo(0, bytes(32)))
-    backend.pathinfos[info.store_path.digest] = info.to_proto()
-    backend.directories[bytes(root.digest())] = [root.to_proto(), fx.DIRECTORY_WITH_KEEP.to_proto()]
+    basename = serve_directory(backend, "tree", root)
+    backend.directories[bytes(root.digest())].append(fx.DIRECTORY_WITH_KEEP.to_proto())
     backend.blobs[bytes(fx.EMPTY_DIGEST)] = b""
     return basename
 

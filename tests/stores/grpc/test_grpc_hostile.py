@@ -10,7 +10,6 @@ VmHWM), and keep serving what it already verified.
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import threading
 import time
@@ -19,10 +18,9 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures import castore as fx
-from tests.grpc_serving import FakeBackend
+from tests.grpc_serving import FakeBackend, serve_directory, serve_file, store_basename
 from tests.mounting import Mount, mounted, requires_fuse, run_tvixmount
-from tvixmount import nixbase32
-from tvixmount.castore import B3Digest, Directory, DirectoryNode, FileNode
+from tvixmount.castore import B3Digest, Directory, FileNode
 from tvixmount.nar.narinfo import fingerprint
 from tvixmount.nar.signing import SecretKey
 from tvixmount.pathinfo.model import NarInfo, PathInfo
@@ -34,30 +32,6 @@ pytestmark = requires_fuse
 
 MEMORY_CEILING_KIB = 512 << 10
 _HUNG_CALLS = 50
-
-
-def _basename(name: str) -> str:
-    return f"{nixbase32.encode(hashlib.sha256(name.encode()).digest()[:20])}-{name}"
-
-
-def serve_file(backend: FakeBackend, name: str, data: bytes, size: int | None = None) -> str:
-    """A store path holding one file of ``data`` (its FileNode claiming ``size``)."""
-    basename = _basename(name)
-    digest = B3Digest.of(data)
-    backend.blobs[bytes(digest)] = data
-    node = FileNode(basename.encode(), digest, len(data) if size is None else size)
-    info = PathInfo(node, (), NarInfo(0, bytes(32)))
-    backend.pathinfos[info.store_path.digest] = info.to_proto()
-    return basename
-
-
-def serve_directory(backend: FakeBackend, name: str, directory: Directory) -> str:
-    basename = _basename(name)
-    node = DirectoryNode(basename.encode(), directory.digest(), directory.size())
-    info = PathInfo(node, (), NarInfo(0, bytes(32)))
-    backend.pathinfos[info.store_path.digest] = info.to_proto()
-    backend.directories[bytes(directory.digest())] = [directory.to_proto()]
-    return basename
 
 
 def peak_rss_kib(pid: int) -> int:
@@ -227,7 +201,7 @@ def test_a_trusted_key_for_a_store_without_signatures_is_refused_in_one_line(
         assert run_tvixmount("import", fx_file(tmp_path), "--store", store).returncode == 0
     key = str(SecretKey.generate("test-1").public_key())
     result = run_tvixmount(
-        "path-info", _basename("x"), "--store", store, "--trusted-public-key", key
+        "path-info", store_basename("x"), "--store", store, "--trusted-public-key", key
     )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
