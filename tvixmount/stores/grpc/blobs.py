@@ -626,10 +626,8 @@ class GrpcBlobService:
         def put(ticket: Ticket) -> bytes:
             spool.seek(0)
             messages = iter(lambda: spool.read(PUT_CHUNK_SIZE), b"")
-            future = self._stub.Put.future(
-                (pb.BlobChunk(data=data) for data in messages), timeout=ticket.timeout
-            )
-            return bytes(ticket.track(future).result().digest)
+            answer = ticket.unary(self._stub.Put, (pb.BlobChunk(data=data) for data in messages))
+            return bytes(answer.digest)
 
         answered = await self._transport.call(f"put blob {digest}", put, stream=True)
         if answered != digest:

@@ -289,8 +289,7 @@ class GrpcDirectoryService:
         messages = [d.to_proto() for d in directories]
 
         def put(ticket: Ticket) -> bytes:
-            future = self._stub.Put.future(iter(messages), timeout=ticket.timeout)
-            return bytes(ticket.track(future).result().root_digest)
+            return bytes(ticket.unary(self._stub.Put, iter(messages)).root_digest)
 
         answered = await self._transport.call(f"put directories (root {root})", put, stream=True)
         if answered != root:

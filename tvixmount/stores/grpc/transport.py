@@ -139,7 +139,8 @@ class Ticket:
         return call
 
     def unary(self, method: Any, request: Any) -> Any:
-        """Call a unary stub ``method`` with this attempt's timeout, tracked; its answer."""
+        """Call a stub ``method`` with one answer (``request`` a message, or an iterator of
+        them for a client-streaming Put) with this attempt's timeout, tracked; its answer."""
         return self.track(method.future(request, timeout=self.timeout)).result()
 
     def cancel(self) -> None:
@@ -200,7 +201,7 @@ class GrpcTransport:
         """Run ``fn(ticket)`` (which makes one gRPC call) in a worker thread.
 
         ``fn`` passes ``ticket.timeout`` to grpc and the call object to
-        ``ticket.track`` (unary calls: :meth:`Ticket.unary` does both), so a
+        ``ticket.track`` (calls with one answer: :meth:`Ticket.unary` does both), so a
         cancelled caller cancels the call. ``what`` names the operation for
         error messages; ``limiter`` replaces the transport's own (the blob
         client has one, so hung blob reads leave lookups their threads).
