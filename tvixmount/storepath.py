@@ -19,8 +19,9 @@ STORE_DIR = "/nix/store"
 DIGEST_LEN = 20
 ENCODED_DIGEST_LEN = nixbase32.encoded_len(DIGEST_LEN)  # 32
 MAX_NAME_LEN = 211
-_NAME_CHAR = re.compile(r"[A-Za-z0-9+\-_?=.]")
-_NAME = re.compile(r"[A-Za-z0-9+\-_?=.]+")
+NAME_CHARS = r"[A-Za-z0-9+\-_?=.]"  # a character class: what a store path name may hold
+_NAME_CHAR = re.compile(NAME_CHARS)
+_NAME = re.compile(NAME_CHARS + "+")
 
 
 def _validate_name(name: str) -> None:

@@ -26,14 +26,14 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import MountError, StorePathError, TvixmountError
 from ..fs.mount import MountOptions
 from ..pathinfo.prefetch import DEFAULT_PARALLEL
-from ..storepath import STORE_DIR, StorePath
+from ..storepath import ENCODED_DIGEST_LEN, NAME_CHARS, STORE_DIR, StorePath
 from ..stores import Store
 from . import daemon, namespace
 from .supervise import exit_status, supervise
@@ -50,10 +50,10 @@ class RunOptions:
     progress: bool = True  # a progress bar when stderr is a terminal
 
 
-_MENTION = re.compile(rf"{STORE_DIR}/([0-9a-z]{{32}}-[A-Za-z0-9+\-_?=.]+)")
+_MENTION = re.compile(rf"{STORE_DIR}/([0-9a-z]{{{ENCODED_DIGEST_LEN}}}-{NAME_CHARS}+)")
 
 
-def named_store_paths(argv: Sequence[str], environment: dict[str, str]) -> list[StorePath]:
+def named_store_paths(argv: Sequence[str], environment: Mapping[str, str]) -> list[StorePath]:
     """The store paths a command's arguments and environment name (a builder's inputs).
 
     The server prefetches their closures from the start instead of waiting
@@ -148,7 +148,7 @@ def _in_namespace(
             MountOptions(list_root=True),
             options.prefetch,
             options.progress,
-            named_store_paths(argv, dict(os.environ)),
+            named_store_paths(argv, os.environ),
         )
 
         reported = False
