@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import time
 from collections.abc import Iterator
 
 import pytest
 
 from tests.fixtures import castore as fx
-from tests.mounting import Mount, make_fixture_store, mounted, requires_fuse, tvixmount_command
+from tests.grpc_serving import serving
+from tests.mounting import Mount, make_fixture_store, mounted, requires_fuse
 
 pytestmark = requires_fuse
 
@@ -19,21 +18,8 @@ pytestmark = requires_fuse
 def grpc_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     base = tmp_path_factory.mktemp("grpc")
     store = make_fixture_store(base / "store")
-    socket = base / "tvix.sock"
-    server = subprocess.Popen(
-        tvixmount_command("serve", "--listen", f"unix://{socket}", "--store", store),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while not socket.exists() and server.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert socket.exists(), "tvixmount serve did not start"
-        yield f"grpc+unix://{socket}"
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+    with serving(store, base / "serve.log", listen=f"unix://{base / 'tvix.sock'}") as served:
+        yield served.url
 
 
 @pytest.fixture(scope="module")
