@@ -15,8 +15,7 @@ import dataclasses
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
-import trio
-
+from . import loopless
 from .castore.blobservice import BlobService, put_stream
 from .castore.digest import B3Digest
 from .castore.directory import Directory
@@ -225,17 +224,31 @@ async def copy_paths(
 ) -> list[Copied]:
     """Copy ``paths`` (with their closure unless ``recursive`` is false); what each became.
 
-    Up to ``JOBS`` paths are copied at once, each only after the references
-    it has in the closure (a reader of the destination never sees a path
-    whose references are missing).
+    Up to ``JOBS`` paths are copied at once (one driven by
+    :func:`tvixmount.loopless.run`), each only after the references it has
+    in the closure (a reader of the destination never sees a path whose
+    references are missing).
     """
     await destination.prepare()  # a destination that cannot be written fails before any fetch
     infos = await closure(source, paths, recursive)
     missing = [info for info in infos if not await destination.has(info)]
     start = progress(missing) if progress is not None else None
+    done: dict[StorePath, Narinfo | None] = {}
+
+    async def add(info: PathInfo) -> None:
+        advance = start(info) if start is not None else _ignore
+        done[info.store_path] = await destination.add(info, source, advance)
+
+    if loopless.active():
+        # One path at a time, in the closure's order: the spool thread and libzstd's
+        # threads keep the second core busy.
+        for info in missing:
+            await add(info)
+        return _outcome(infos, done)
+    import trio
+
     # A path waits only for references placed before it: the closure's order breaks cycles.
     landed = {info.store_path: trio.Event() for info in missing}
-    done: dict[StorePath, Narinfo | None] = {}
     limiter = trio.CapacityLimiter(JOBS)
 
     position = {info.store_path: index for index, info in enumerate(missing)}
@@ -245,8 +258,7 @@ async def copy_paths(
             if position.get(ref, index) < index:
                 await landed[ref].wait()
         async with limiter:
-            advance = start(info) if start is not None else _ignore
-            done[info.store_path] = await destination.add(info, source, advance)
+            await add(info)
         landed[info.store_path].set()
 
     try:
@@ -257,6 +269,10 @@ async def copy_paths(
         from .castore.ingest import sole_error  # castore.ingest is not on a copy's way otherwise
 
         raise sole_error(group) from None
+    return _outcome(infos, done)
+
+
+def _outcome(infos: Sequence[PathInfo], done: dict[StorePath, Narinfo | None]) -> list[Copied]:
     return [Copied(info, info.store_path in done, done.get(info.store_path)) for info in infos]
 
 

@@ -153,10 +153,23 @@ async def _copy(args: argparse.Namespace) -> list[Copied]:
         await destination.aclose()
 
 
-def run(args: argparse.Namespace) -> int:
-    import trio
+def _inline(args: argparse.Namespace) -> bool:
+    """Whether every await of this copy completes inline: the embedded store into a
+    ``file://`` cache (:mod:`tvixmount.loopless`: no trio to import)."""
+    from ..stores import scheme_of
 
-    copied = trio.run(_copy, args)
+    return scheme_of(args.source or "") == "" and scheme_of(args.to) == "file"
+
+
+def run(args: argparse.Namespace) -> int:
+    if _inline(args):
+        from .. import loopless
+
+        copied = loopless.run(_copy, args)
+    else:
+        import trio
+
+        copied = trio.run(_copy, args)
     if args.json:
         json.dump([entry.to_json() for entry in copied], sys.stdout, indent=None)
         sys.stdout.write("\n")

@@ -26,12 +26,15 @@ import tempfile
 import threading
 from collections.abc import AsyncIterable, Callable, Sequence
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
-import trio
 import zstandard
 
+from ... import loopless
 from ...errors import StoreError
+
+if TYPE_CHECKING:
+    import trio
 
 # The compressions written, and the NAR file's extension for each (as Nix names them).
 EXTENSIONS = {"none": "", "xz": ".xz", "zstd": ".zst", "bzip2": ".bz2"}
@@ -183,6 +186,49 @@ class Spooled:
     file_size: int
 
 
+class _Done(Protocol):
+    """A batch handed to the worker thread is done: ``set`` there, awaited by the producer."""
+
+    def set(self) -> None: ...
+
+    async def wait(self) -> None: ...
+
+
+class _ThreadDone:
+    """Without an event loop (loopless) the producer blocks until the worker is done."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    async def wait(self) -> None:
+        self._event.wait()
+
+
+class _TrioDone:
+    def __init__(self, token: trio.lowlevel.TrioToken, event: trio.Event) -> None:
+        self._token = token
+        self._event = event
+
+    @staticmethod
+    def factory() -> Callable[[], _Done]:
+        import trio
+
+        token = trio.lowlevel.current_trio_token()
+        return lambda: _TrioDone(token, trio.Event())
+
+    def set(self) -> None:
+        import trio
+
+        with contextlib.suppress(trio.RunFinishedError):  # the run ended: nobody waits
+            self._token.run_sync_soon(self._event.set)
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+
 class _Spooler:
     """A worker thread that hashes the NAR and compresses it into the spool file, by batches."""
 
@@ -194,9 +240,9 @@ class _Spooler:
         self._nar_sha256 = hashlib.sha256()
         self._nar_size = 0
         self._error: BaseException | None = None
-        self._token = trio.lowlevel.current_trio_token()
-        self._queue: queue.SimpleQueue[tuple[list[bytes], trio.Event] | None] = queue.SimpleQueue()
-        self._pending: trio.Event | None = None
+        self._done: Callable[[], _Done] = _ThreadDone if loopless.active() else _TrioDone.factory()
+        self._queue: queue.SimpleQueue[tuple[list[bytes], _Done] | None] = queue.SimpleQueue()
+        self._pending: _Done | None = None
         self._pending_size = 0
         self._thread = threading.Thread(target=self._run, name="spool", daemon=True)
         self._thread.start()
@@ -212,8 +258,7 @@ class _Spooler:
                         self._encoder.write(chunk)
                 except BaseException as exc:
                     self._error = exc
-            with contextlib.suppress(trio.RunFinishedError):  # the run ended: nobody waits
-                self._token.run_sync_soon(done.set)
+            done.set()
 
     async def _settle(self) -> None:
         if self._pending is not None:
@@ -228,15 +273,15 @@ class _Spooler:
     async def feed(self, batch: list[bytes], size: int) -> None:
         """Hand a batch over once the previous one is done (one in the works at a time)."""
         await self._settle()
-        self._pending = trio.Event()
+        self._pending = self._done()
         self._pending_size = size
         self._queue.put((batch, self._pending))
 
     async def finish(self, path: Path) -> Spooled:
         await self._settle()
         self._queue.put(None)
-        await trio.to_thread.run_sync(self._thread.join)
-        await trio.to_thread.run_sync(self._encoder.finish, abandon_on_cancel=True)
+        await loopless.to_thread(self._thread.join)
+        await loopless.to_thread(self._encoder.finish, abandon_on_cancel=True)
         nar_sha256 = self._nar_sha256.digest()
         file_sha256 = self._out.sha256.digest() if self._out.sha256 is not None else nar_sha256
         return Spooled(path, nar_sha256, self._nar_size, file_sha256, self._out.size)

@@ -18,9 +18,7 @@ from collections.abc import AsyncIterable, Callable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
-import trio
-
-from ... import nixbase32
+from ... import loopless, nixbase32
 from ...errors import IntegrityError, StoreError, StoreURLError
 from ...nar.narinfo import Narinfo, NixHash
 from ...pathinfo.model import PathInfo
@@ -85,7 +83,7 @@ class FileSink:
         return f"file://{self._path(key)}"
 
     async def exists(self, key: str) -> bool:
-        return await trio.to_thread.run_sync(self._path(key).is_file)
+        return await loopless.to_thread(self._path(key).is_file)
 
     async def read_small(self, key: str, limit: int) -> bytes | None:
         def read() -> bytes | None:
@@ -119,7 +117,7 @@ class FileSink:
 
     async def _io(self, key: str, fn: Callable[[], _T]) -> _T:
         try:
-            return await trio.to_thread.run_sync(fn)
+            return await loopless.to_thread(fn)
         except OSError as exc:
             raise StoreError(f"{self.describe(key)}: {exc.strerror or exc}") from exc
 

@@ -38,11 +38,11 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import blake3
-import trio
 
+from ... import loopless
 from ...castore.blobservice import put_stream
 from ...castore.digest import B3Digest
 from ...castore.directory import Directory
@@ -50,6 +50,9 @@ from ...castore.directoryservice import check_closure, walk_breadth_first
 from ...errors import IntegrityError, StoreError
 from ...libc import libc
 from .lease import Lease, write_transaction
+
+if TYPE_CHECKING:  # imported where used: a loop-less copy reads the store without trio
+    import trio
 
 # Blobs up to this size go to packs: one FUSE read serves them whole.
 PACK_MAX = 128 << 10
@@ -135,7 +138,12 @@ class LocalBlobReader:
         # 650-800 MB/s in a third of the runs, else 1,750-1,950 (READ p50
         # 1.55 ms against 0.55). In order, 8 of 8 traced runs were fast.
         # Reads the page cache answers take no turn (acquiring one yields).
-        self._disk = trio.Lock()
+        # Without an event loop (loopless) they are serial anyway.
+        self._disk: trio.Lock | None = None
+        if not loopless.active():
+            import trio
+
+            self._disk = trio.Lock()
 
     @classmethod
     def of_file(cls, fd: int, size: int) -> LocalBlobReader:
@@ -195,7 +203,7 @@ async def _pread_nowait(
     if got < length:
         async with disk or contextlib.nullcontext():
             while got < length:
-                rest = await trio.to_thread.run_sync(
+                rest = await loopless.to_thread(
                     _read_ahead_and_pread, fd, length - got, offset + got, ahead
                 )
                 if not rest:
@@ -229,18 +237,18 @@ class LocalBlobWriter:
         try:
             if self._fd >= 0:
                 if len(data) >= _THREADED_WRITE_MIN:
-                    await trio.to_thread.run_sync(self._hash_and_write_out, data)
+                    await loopless.to_thread(self._hash_and_write_out, data)
                 else:
                     self._hash_and_write_out(data)
                 return
             if len(data) >= _THREADED_WRITE_MIN:
-                await trio.to_thread.run_sync(self._hasher.update, data)
+                await loopless.to_thread(self._hasher.update, data)
             else:
                 self._hasher.update(data)
             self._parts.append(bytes(data))
             self._buffered += len(data)
             if self._buffered > _WRITE_BUFFER:
-                await trio.to_thread.run_sync(self._spill)
+                await loopless.to_thread(self._spill)
         except OSError as exc:  # the disk is full, the store read-only, ...
             await self.abort()
             raise StoreError(f"cannot write a blob to {self._service.tmp_dir}: {exc}") from exc
@@ -285,7 +293,7 @@ class LocalBlobWriter:
                 data, self._parts = b"".join(self._parts), []
                 await self._service.put_packed(digest, data)
                 return digest
-            await trio.to_thread.run_sync(self._close_temp)
+            await loopless.to_thread(self._close_temp)
             assert self._tmp is not None
             await self._service.commit_file(self._tmp, self._service.path_of(digest))
             self._tmp = None
@@ -339,7 +347,8 @@ def _identity(st: os.stat_result) -> tuple[int, int, int]:
 class _Batch:
     """Blobs finished while the previous batch was being made durable."""
 
-    done: trio.Event = field(default_factory=trio.Event)
+    # Made on first use: every store opens with an empty batch, a loop-less read included.
+    _done: trio.Event | None = None
     error: OSError | sqlite3.Error | None = None
     moves: list[tuple[Path, Path]] = field(default_factory=list)
     rows: dict[B3Digest, tuple[int, int, int]] = field(default_factory=dict)
@@ -349,6 +358,14 @@ class _Batch:
     # (pack, offset, bytes); consecutive appends to one pack extend one run.
     writes: list[tuple[_Pack, int, bytearray]] = field(default_factory=list)
     sync_pack_dir: bool = False
+
+    @property
+    def done(self) -> trio.Event:
+        if self._done is None:
+            import trio
+
+            self._done = trio.Event()
+        return self._done
 
     def empty(self) -> bool:
         return not self.moves and not self.rows
@@ -523,7 +540,7 @@ class LocalBlobService:
         if st.st_size <= _INLINE_VERIFY_MAX:
             actual = _hash_fd(fd, st.st_size)
         else:
-            actual = await trio.to_thread.run_sync(_hash_fd, fd, st.st_size)
+            actual = await loopless.to_thread(_hash_fd, fd, st.st_size)
         self._check(digest, actual)
         self._remember(digest, _Known(None, 0, st.st_size, identity))
 
@@ -559,6 +576,8 @@ class LocalBlobService:
         other, each waited for a commit (a sync) of its own, so an import's
         small files went at one per sync per storing task.
         """
+        import trio
+
         digests = [
             B3Digest(blake3.blake3(data).digest()) if len(data) <= PACK_MAX else None
             for data in blobs
@@ -717,6 +736,8 @@ class LocalBlobService:
         (shielded) before it stops: since leaders step down after their own
         batch, no one else might commit it until the next put.
         """
+        import trio
+
         while not batch.done.is_set():
             if self._leader_gone is not None:
                 try:
@@ -732,6 +753,8 @@ class LocalBlobService:
             raise batch.error
 
     async def _lead(self, batch: _Batch) -> None:
+        import trio
+
         self._leader_gone = gone = trio.Event()
         try:
             while not batch.done.is_set() and not self._batch.empty():
@@ -758,7 +781,7 @@ class LocalBlobService:
                 # generation, or removed the old copy before the rename.
                 with self._db:
                     self._touch_files([bytes.fromhex(final.name) for _, final in batch.moves], gen)
-            await trio.to_thread.run_sync(self._make_durable, batch)
+            await loopless.to_thread(self._make_durable, batch)
             if batch.rows:
                 with self._db:
                     self._db.executemany(
