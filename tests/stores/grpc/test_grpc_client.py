@@ -18,8 +18,9 @@ from tvixmount.errors import NotFoundError, StoreError, ValidationError
 from tvixmount.nar.writer import calculate_nar
 from tvixmount.pathinfo.model import NarInfo, PathInfo
 from tvixmount.stores import Store, open_store
+from tvixmount.stores.grpc.directories import GrpcDirectoryService
 from tvixmount.stores.grpc.pathinfo import GrpcPathInfoService
-from tvixmount.stores.grpc.server import SYNTHETIC_CHUNK_BYTES
+from tvixmount.stores.grpc.server import DIRECTORY_BATCH, SYNTHETIC_CHUNK_BYTES
 from tvixmount.stores.memory.castore import MemoryBlobService, MemoryDirectoryService
 
 
@@ -153,6 +154,29 @@ async def test_recursive_get_yields_root_first_then_breadth_first(client: Store)
     assert received == expected
     assert received[0].digest() == root
     assert len(received) == 4
+
+
+async def test_a_closure_bigger_than_a_server_batch_arrives_whole_in_one_get(
+    client: Store,
+) -> None:
+    # More Directories than the server reads in one trip to its loop.
+    leaves = [
+        Directory.from_nodes([FileNode(b"f%d" % i, fx.BLOB_A_DIGEST, 2)])
+        for i in range(DIRECTORY_BATCH * 2 + 3)
+    ]
+    root = Directory.from_nodes(
+        [DirectoryNode(b"d%04d" % i, leaf.digest(), leaf.size()) for i, leaf in enumerate(leaves)]
+    )
+    await client.directories.put_many([*leaves, root])
+    directories = client.directories
+    assert isinstance(directories, GrpcDirectoryService)
+    # A miss is answered with the root while the rest streams in; the
+    # lookups after it wait for their Directories instead of asking again.
+    assert await directories.get(root.digest()) == root
+    assert [await directories.get(leaf.digest()) for leaf in leaves] == leaves
+    assert directories.get_calls == 1
+    received = [d async for d in directories.get_recursive(root.digest())]
+    assert received == [root, *leaves]
 
 
 async def test_put_of_directory_with_unknown_child_is_rejected(client: Store) -> None:

@@ -69,9 +69,9 @@ def test_an_endless_recursive_directory_stream_is_cut_off_within_the_memory_ceil
     endless = serve_directory(backend, "endless-dir", big)
     backend.endless_directories.add(bytes(big.digest()))
     with mounted(url, tmp_path / "mnt", "--timeout", "20") as mnt:
-        with pytest.raises(OSError) as caught:
-            os.listdir(mnt / endless)
-        assert caught.value.errno == errno.EIO
+        # The first message is the Directory asked for (its digest checks out), so
+        # it is listed as soon as it arrived; the repeat after it ends the reply.
+        assert sorted(os.listdir(mnt / endless)) == [node.name.decode() for node in big.files]
         time.sleep(2)
         (pid,) = mnt.pids
         assert peak_rss_kib(pid) < MEMORY_CEILING_KIB

@@ -195,3 +195,21 @@ async def test_a_directory_miss_fetches_its_closure_in_one_get(
     assert await directories.get(B3Digest(COMPLICATED)) == fx.DIRECTORY_COMPLICATED
     assert await directories.get(B3Digest(WITH_KEEP)) == fx.DIRECTORY_WITH_KEEP
     assert directories.get_calls == 1
+
+
+async def test_a_reply_broken_after_the_root_still_answers_it_and_never_what_broke(
+    client: Store, backend: FakeBackend
+) -> None:
+    # The root arrives first and is checked; the Directory after it is not the
+    # one it refers to, which ends the reply: that child is then asked for alone.
+    stray = Directory.from_nodes(
+        [DirectoryNode(b"sub", fx.DIRECTORY_WITH_KEEP.digest(), fx.DIRECTORY_WITH_KEEP.size())]
+    )
+    backend.directories[COMPLICATED] = [_msg(fx.DIRECTORY_COMPLICATED), _msg(stray)]
+    backend.directories[WITH_KEEP] = [_msg(fx.DIRECTORY_WITH_KEEP)]
+    directories = client.directories
+    assert isinstance(directories, GrpcDirectoryService)
+    assert await directories.get(B3Digest(COMPLICATED)) == fx.DIRECTORY_COMPLICATED
+    assert await directories.get(B3Digest(WITH_KEEP)) == fx.DIRECTORY_WITH_KEEP
+    assert await directories.get(stray.digest()) is None
+    assert directories.get_calls == 3

@@ -9,7 +9,10 @@ off at its first bad message, and a reply is bounded in count and bytes.
 
 A miss fetches the Directory's closure with one recursive Get (bounded by
 ``PREFETCH_DIRECTORIES``): a mount then walks a store path at the cost of one
-round trip instead of one per Directory. Every Directory received that way
+round trip instead of one per Directory. The miss is answered as soon as its
+own Directory arrived and was checked; the rest of the reply is read and
+checked in the background, and a lookup of a Directory the reply is still to
+send waits for it instead of asking again. Every Directory received that way
 is authentic (its digest was referred to by one already trusted), so a
 prefix cut off at the bound is kept too. Received Directories stay in a
 cache bounded by entries, and tell the blob client the sizes of the files
@@ -24,13 +27,21 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
+import trio
+
 from ..._proto import castore_pb2
 from ..._proto import rpc_directory_pb2 as pb
 from ..._proto import rpc_directory_pb2_grpc as pb_grpc
 from ...castore.digest import B3Digest
 from ...castore.directory import Directory
 from ...castore.directoryservice import walk_breadth_first
-from ...errors import IntegrityError, NotFoundError, StoreError, ValidationError
+from ...errors import (
+    IntegrityError,
+    NotFoundError,
+    StoreError,
+    TvixmountError,
+    ValidationError,
+)
 from .cache import LocalCache
 from .hints import BlobHints
 from .transport import GrpcTransport, Ticket
@@ -118,32 +129,60 @@ class _Bounded(Exception):
     """A recursive reply reached its bound before it ended."""
 
 
-def _read_recursive(
-    stub: Any, root: B3Digest, max_count: int, max_bytes: int, complete: bool, ticket: Ticket
-) -> tuple[list[Directory], bool]:
-    """One recursive Get (in a worker thread): the Directories read, checked, and whether
-    the reply ended within the bounds. Past a bound the call is cancelled; with
-    ``complete`` that raises :class:`_Bounded`, else what was read is returned.
+def _stream_recursive(
+    stub: Any,
+    root: B3Digest,
+    max_count: int,
+    max_bytes: int,
+    deliver: Callable[[Directory], object],
+    ticket: Ticket,
+) -> bool:
+    """One recursive Get (in a worker thread): each Directory handed to ``deliver`` as soon
+    as it is checked; whether the reply ended within the bounds (past one the call is
+    cancelled).
     """
     request = pb.GetDirectoryRequest(digest=bytes(root), recursive=True)
     call = ticket.track(stub.Get(request, timeout=ticket.timeout))
     order = RecursiveOrder(root)
-    directories: list[Directory] = []
-    size = 0
+    count = size = 0
     try:
         for msg in call:
             size += msg.ByteSize()
-            if len(directories) >= max_count or size > max_bytes:
+            if count and (count >= max_count or size > max_bytes):
                 call.cancel()
-                if complete:
-                    raise _Bounded
-                return directories, False
-            directories.append(order.add(msg))
+                return False
+            deliver(order.add(msg))
+            count += 1
     except BaseException:
         call.cancel()
         raise
     order.finish()
-    return directories, True
+    return True
+
+
+def _read_recursive(stub: Any, root: B3Digest, ticket: Ticket) -> list[Directory]:
+    """A whole recursive Get (in a worker thread), checked; :class:`_Bounded` past the bounds."""
+    directories: list[Directory] = []
+    if not _stream_recursive(
+        stub, root, MAX_RECURSIVE_DIRECTORIES, MAX_RECURSIVE_BYTES, directories.append, ticket
+    ):
+        raise _Bounded
+    return directories
+
+
+class _Arrivals:
+    """A recursive Get a miss started, as its Directories reach the loop.
+
+    ``waiting`` holds an event per Directory it was told of (the root, then
+    the children of each one received) that has not arrived: a lookup of one
+    waits for it rather than asking again; all are set when the reply ends.
+    """
+
+    def __init__(self, root: B3Digest) -> None:
+        self.root = root
+        self.received: list[Directory] = []
+        self.waiting: dict[B3Digest, trio.Event] = {root: trio.Event()}
+        self.error: Exception | None = None
 
 
 class DirectoryCache:
@@ -190,6 +229,8 @@ class GrpcDirectoryService:
         self._stub = pb_grpc.DirectoryServiceStub(transport.channel)
         self.hints = hints if hints is not None else BlobHints()
         self._cache = DirectoryCache()
+        # Directories a recursive Get in flight was told of and has not sent yet.
+        self._arriving: dict[B3Digest, trio.Event] = {}
         self.get_calls = 0  # Get calls made: lets tests and benchmarks count round trips
 
     def _keep(self, directories: list[Directory], complete: bool) -> None:
@@ -230,34 +271,86 @@ class GrpcDirectoryService:
             if kept is not None:
                 self._keep([kept], complete=False)  # already on disk
                 return kept
+        arriving = self._arriving.get(digest)
+        if arriving is not None:
+            await arriving.wait()
+            cached = self._cache.get(digest)
+            if cached is not None:
+                return cached
+            # That reply ended without it (cut off, or broken): ask for it alone.
+        return await self._fetch_closure(digest)
+
+    async def _fetch_closure(self, digest: B3Digest) -> Directory | None:
+        """``digest``'s Directory, answered as soon as it arrived (and was checked).
+
+        The rest of its closure comes in the same reply (bounded by
+        ``PREFETCH_DIRECTORIES``), read and checked meanwhile in the background.
+        """
         self.get_calls += 1
-        what = f"get directory {digest}"
+        arrivals = _Arrivals(digest)
+        root_arrived = arrivals.waiting[digest]
+        self._arriving[digest] = root_arrived
+        token = trio.lowlevel.current_trio_token()
+
+        def deliver(directory: Directory) -> None:  # in the worker thread
+            token.run_sync_soon(self._arrived, arrivals, directory)
+
+        trio.lowlevel.spawn_system_task(
+            self._stream, arrivals, deliver, name=f"get directory {digest}"
+        )
+        await root_arrived.wait()
+        if arrivals.received:
+            return arrivals.received[0]
+        if arrivals.error is None or isinstance(arrivals.error, NotFoundError):
+            return None
+        raise arrivals.error
+
+    def _arrived(self, arrivals: _Arrivals, directory: Directory) -> None:
+        """A Directory of ``arrivals`` reached the loop: cached, and its waiters woken."""
+        arrivals.received.append(directory)
+        self._keep([directory], complete=False)
+        for child in directory.directories:
+            if child.digest not in arrivals.waiting and child.digest not in self._arriving:
+                event = arrivals.waiting[child.digest] = trio.Event()
+                self._arriving[child.digest] = event
+        self._woken(arrivals, directory.digest())
+
+    def _woken(self, arrivals: _Arrivals, digest: B3Digest) -> None:
+        event = arrivals.waiting.pop(digest, None)
+        if event is not None:
+            if self._arriving.get(digest) is event:
+                del self._arriving[digest]
+            event.set()
+
+    async def _stream(self, arrivals: _Arrivals, deliver: Callable[[Directory], None]) -> None:
+        what = f"get directory {arrivals.root}"
         try:
-            directories, complete = await self._transport.call(
+            complete = await self._transport.call(
                 what,
-                lambda ticket: _read_recursive(
-                    self._stub, digest, PREFETCH_DIRECTORIES, PREFETCH_BYTES, False, ticket
+                lambda ticket: _stream_recursive(
+                    self._stub, arrivals.root, PREFETCH_DIRECTORIES, PREFETCH_BYTES, deliver, ticket
                 ),
                 stream=True,
             )
-        except NotFoundError:
-            return None
+            if complete and self._cache_dir is not None:
+                self._cache_dir.keep_directories(arrivals.received)
         except (IntegrityError, ValidationError) as exc:
             log.warning("%s", exc)
-            raise
-        if not directories:
-            return None
-        self._keep(directories, complete)
-        return directories[0]
+            arrivals.error = exc
+        except TvixmountError as exc:
+            log.debug("%s", exc)
+            arrivals.error = exc
+        finally:
+            # Its deliveries were queued on the loop before its end: all have run.
+            for digest in list(arrivals.waiting):
+                self._woken(arrivals, digest)
 
     async def get_recursive(self, root: B3Digest) -> AsyncIterator[Directory]:
         self.get_calls += 1
         try:
-            directories, _ = await self._transport.call(
+            directories = await self._transport.call(
                 f"get directory {root} recursively",
-                lambda ticket: _read_recursive(
-                    self._stub, root, MAX_RECURSIVE_DIRECTORIES, MAX_RECURSIVE_BYTES, True, ticket
-                ),
+                lambda ticket: _read_recursive(self._stub, root, ticket),
                 stream=True,
             )
         except NotFoundError:

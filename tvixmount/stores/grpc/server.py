@@ -68,6 +68,7 @@ READ_MESSAGE_BYTES = 1 << 20  # bytes per BlobChunk the server streams
 SYNTHETIC_CHUNK_BYTES = 1 << 20  # blobs larger than this are offered in chunks this big
 READ_MANY_DIGESTS = 4096  # digests one ReadMany may ask for
 READ_MANY_GROUP_BYTES = 1 << 20  # blob bytes of a ReadMany read in one trip to the loop
+DIRECTORY_BATCH = 64  # Directories of a recursive Get read in one trip to the loop
 _CHUNK_INDEX_BLOBS = 4096  # blobs whose synthetic chunk lists are remembered
 _HANDLER_THREADS = 16
 
@@ -84,6 +85,17 @@ class _Loop:
 
 async def _collect(items: AsyncIterator[T]) -> list[T]:
     return [item async for item in items]
+
+
+async def _take(items: AsyncIterator[T], count: int) -> list[T]:
+    """The next ``count`` items of ``items`` (fewer only at its end)."""
+    taken: list[T] = []
+    for _ in range(count):
+        try:
+            taken.append(await anext(items))
+        except StopAsyncIteration:
+            break
+    return taken
 
 
 async def _read_range(blobs: BlobService, blob: B3Digest, offset: int, size: int) -> bytes | None:
@@ -385,18 +397,28 @@ class DirectoryServicer(dir_grpc.DirectoryServiceServicer):  # type: ignore[misc
         if request.WhichOneof("by_what") != "digest":
             raise ValidationError("get directory: no digest given")
         digest = _digest(request.digest, "get directory")
-        root = self._loop.run(self._directories.get, digest)
-        if root is None:
-            raise NotFoundError(f"directory {digest} not found")
         if not request.recursive:
+            root = self._loop.run(self._directories.get, digest)
+            if root is None:
+                raise NotFoundError(f"directory {digest} not found")
             yield root.to_proto()
             return
+        closure = self._directories.get_recursive(digest)
+        sent = 0
         try:
-            closure = self._loop.run(_collect, self._directories.get_recursive(digest))
+            # The root alone first: a client answers the lookup that asked with it
+            # while the rest of the closure is still being read here.
+            while batch := self._loop.run(_take, closure, DIRECTORY_BATCH if sent else 1):
+                for directory in batch:
+                    yield directory.to_proto()
+                sent += len(batch)
         except NotFoundError as exc:
+            if not sent:
+                raise NotFoundError(f"directory {digest} not found") from None
             raise StoreError(f"the closure of directory {digest} is incomplete: {exc}") from None
-        for directory in closure:
-            yield directory.to_proto()
+        finally:
+            with contextlib.suppress(trio.RunFinishedError):
+                self._loop.run(closure.aclose)  # type: ignore[attr-defined]
 
     @_unary
     def Put(self, request_iterator: Any, context: Any) -> Any:
