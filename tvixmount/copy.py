@@ -12,6 +12,7 @@ last (:mod:`tvixmount.stores.binarycache.writer`).
 from __future__ import annotations
 
 import dataclasses
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
@@ -63,14 +64,41 @@ class Copied:
         return out
 
 
+class Adding(Protocol):
+    """A path a destination has begun to add."""
+
+    async def finish(self) -> Narinfo | None:
+        """Complete the addition; what a binary cache destination got."""
+        ...
+
+    def discard(self) -> None:
+        """Abandon it: the destination shows nothing of it."""
+        ...
+
+
 class Destination(Protocol):
     async def prepare(self) -> None: ...
 
     async def has(self, info: PathInfo) -> bool: ...
 
-    async def add(self, info: PathInfo, source: Store, progress: Progress) -> Narinfo | None: ...
+    async def start(self, info: PathInfo, source: Store, progress: Progress) -> Adding:
+        """Begin adding ``info``: the source is read by the time this returns."""
+        ...
 
     async def aclose(self) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class _Added:
+    """A path added whole by ``start``."""
+
+    narinfo: Narinfo | None = None
+
+    async def finish(self) -> Narinfo | None:
+        return self.narinfo
+
+    def discard(self) -> None:
+        pass
 
 
 class CacheDestination:
@@ -85,9 +113,9 @@ class CacheDestination:
     async def has(self, info: PathInfo) -> bool:
         return await self._writer.has(info.store_path)
 
-    async def add(self, info: PathInfo, source: Store, progress: Progress) -> Narinfo | None:
+    async def start(self, info: PathInfo, source: Store, progress: Progress) -> Adding:
         nar = write_nar(info.node, source.blobs, source.directories)
-        return await self._writer.add(info, nar, progress)
+        return await self._writer.start(info, nar, progress)
 
     async def aclose(self) -> None:
         await self._writer.aclose()
@@ -106,7 +134,7 @@ class StoreDestination:
     async def has(self, info: PathInfo) -> bool:
         return await find_path_info(self._store.pathinfos, info.store_path) is not None
 
-    async def add(self, info: PathInfo, source: Store, progress: Progress) -> Narinfo | None:
+    async def start(self, info: PathInfo, source: Store, progress: Progress) -> Adding:
         node = info.node
         if isinstance(node, DirectoryNode):
             directories = await _directory_closure(source, node.digest)
@@ -120,7 +148,7 @@ class StoreDestination:
 
             info = sign_pathinfo(info, self._keys)
         await self._store.pathinfos.put(info)
-        return None
+        return _Added()
 
     async def aclose(self) -> None:
         await self._store.aclose()
@@ -224,9 +252,10 @@ async def copy_paths(
 ) -> list[Copied]:
     """Copy ``paths`` (with their closure unless ``recursive`` is false); what each became.
 
-    Up to ``JOBS`` paths are copied at once (one driven by
-    :func:`tvixmount.loopless.run`), each only after the references it has
-    in the closure (a reader of the destination never sees a path whose
+    Up to ``JOBS`` paths are copied at once (driven by
+    :func:`tvixmount.loopless.run`: one NAR is made while the paths begun
+    before it are compressed), each only after the references it has in
+    the closure (a reader of the destination never sees a path whose
     references are missing).
     """
     await destination.prepare()  # a destination that cannot be written fails before any fetch
@@ -235,15 +264,28 @@ async def copy_paths(
     start = progress(missing) if progress is not None else None
     done: dict[StorePath, Narinfo | None] = {}
 
-    async def add(info: PathInfo) -> None:
-        advance = start(info) if start is not None else _ignore
-        done[info.store_path] = await destination.add(info, source, advance)
+    async def begin(info: PathInfo) -> Adding:
+        return await destination.start(info, source, start(info) if start else _ignore)
 
     if loopless.active():
-        # One path at a time, in the closure's order: the spool thread and libzstd's
-        # threads keep the second core busy.
-        for info in missing:
-            await add(info)
+        # In the closure's order, each path finished once the next one is begun: the
+        # compressor's tail of one runs while the next one's NAR is made.
+        begun: deque[tuple[PathInfo, Adding]] = deque()
+
+        async def finish_earliest() -> None:
+            earlier, adding = begun.popleft()
+            done[earlier.store_path] = await adding.finish()
+
+        try:
+            for info in missing:
+                begun.append((info, await begin(info)))
+                if len(begun) == JOBS:
+                    await finish_earliest()
+            while begun:
+                await finish_earliest()
+        finally:
+            for _, adding in begun:
+                adding.discard()
         return _outcome(infos, done)
     import trio
 
@@ -258,7 +300,7 @@ async def copy_paths(
             if position.get(ref, index) < index:
                 await landed[ref].wait()
         async with limiter:
-            await add(info)
+            done[info.store_path] = await (await begin(info)).finish()
         landed[info.store_path].set()
 
     try:
@@ -280,4 +322,12 @@ def _ignore(_: int) -> None:
     pass
 
 
-__all__ = ["CacheDestination", "Copied", "Destination", "StoreDestination", "closure", "copy_paths"]
+__all__ = [
+    "Adding",
+    "CacheDestination",
+    "Copied",
+    "Destination",
+    "StoreDestination",
+    "closure",
+    "copy_paths",
+]

@@ -1,6 +1,6 @@
 """Compression as a layer on the way out: a NAR stream into a compressed, hashed spool file.
 
-The counterpart of ``decompress.py``. :func:`spool_nar` takes the NAR as
+The counterpart of ``decompress.py``. :func:`start_spool` takes the NAR as
 the trio side produces it; a worker thread hashes it and compresses it,
 batch by batch, into a spool file whose bytes are hashed as they are
 written, so memory stays flat whatever the NAR's size. Compression runs
@@ -47,7 +47,7 @@ _PROGRAMS = {
 # flight (RSS 231 MB copying a 96 MB NAR), 2 MiB jobs hold 64 MB for 0.4% more bytes.
 _ZSTD = zstandard.ZstdCompressionParameters.from_level(3, threads=-1, job_size=2 << 20)
 _COPY_SIZE = 1 << 20
-_BATCH = 4 << 20  # NAR bytes per hand-over to the compressing thread
+_BATCH = 256 << 10  # NAR bytes per hand-over to the compressing thread
 _PIPE_SIZE = 1 << 20  # a compressor program's input pipe: fewer wake-ups between the two
 
 Progress = Callable[[int], None]
@@ -241,7 +241,10 @@ class _Spooler:
         self._nar_size = 0
         self._error: BaseException | None = None
         self._done: Callable[[], _Done] = _ThreadDone if loopless.active() else _TrioDone.factory()
-        self._queue: queue.SimpleQueue[tuple[list[bytes], _Done] | None] = queue.SimpleQueue()
+        # A batch, or None: the NAR ended, finish the encoder; None alone: stop.
+        self._queue: queue.SimpleQueue[tuple[list[bytes] | None, _Done] | None] = (
+            queue.SimpleQueue()
+        )
         self._pending: _Done | None = None
         self._pending_size = 0
         self._thread = threading.Thread(target=self._run, name="spool", daemon=True)
@@ -252,13 +255,18 @@ class _Spooler:
             batch, done = work
             if self._error is None:
                 try:
-                    for chunk in batch:
-                        self._nar_sha256.update(chunk)
-                        self._nar_size += len(chunk)
-                        self._encoder.write(chunk)
+                    if batch is None:
+                        self._encoder.finish()
+                    else:
+                        for chunk in batch:
+                            self._nar_sha256.update(chunk)
+                            self._nar_size += len(chunk)
+                            self._encoder.write(chunk)
                 except BaseException as exc:
                     self._error = exc
             done.set()
+            if batch is None:
+                return
 
     async def _settle(self) -> None:
         if self._pending is not None:
@@ -270,18 +278,18 @@ class _Spooler:
         self._progress(self._pending_size)
         self._pending_size = 0
 
-    async def feed(self, batch: list[bytes], size: int) -> None:
-        """Hand a batch over once the previous one is done (one in the works at a time)."""
+    async def feed(self, batch: list[bytes] | None, size: int = 0) -> None:
+        """Hand a batch (None: the end) over once the previous one is done (one in the
+        works at a time)."""
         await self._settle()
         self._pending = self._done()
         self._pending_size = size
         self._queue.put((batch, self._pending))
 
     async def finish(self, path: Path) -> Spooled:
+        """Once the end is handed over: wait for the compressor to write everything."""
         await self._settle()
-        self._queue.put(None)
         await loopless.to_thread(self._thread.join)
-        await loopless.to_thread(self._encoder.finish, abandon_on_cancel=True)
         nar_sha256 = self._nar_sha256.digest()
         file_sha256 = self._out.sha256.digest() if self._out.sha256 is not None else nar_sha256
         return Spooled(path, nar_sha256, self._nar_size, file_sha256, self._out.size)
@@ -293,41 +301,70 @@ class _Spooler:
         self._thread.join()
 
 
-async def spool_nar(
-    nar: AsyncIterable[bytes], compression: str, spool_dir: Path, progress: Progress
-) -> Spooled:
-    """Compress the NAR stream into a new file in ``spool_dir`` (removed again on any failure).
+class Spool:
+    """A NAR handed over to compression whole; the compressor may still be writing it.
 
-    The trio side gathers the NAR into batches of :data:`_BATCH` bytes and
-    the worker hashes and compresses one batch while the next is produced:
-    SHA-256, libzstd and file writes release the GIL, so the two overlap on
-    two cores, at one thread hand-over per batch.
+    :meth:`result` waits for it; :meth:`discard` stops it. Either removes the
+    spool file if it is not a result.
+    """
+
+    def __init__(self, path: Path, handle: BinaryIO, spooler: _Spooler) -> None:
+        self._path = path
+        self._handle = handle
+        self._spooler = spooler
+
+    async def result(self) -> Spooled:
+        try:
+            spooled = await self._spooler.finish(self._path)
+        except BaseException:
+            self.discard()
+            raise
+        self._handle.close()
+        return spooled
+
+    def discard(self) -> None:
+        self._spooler.abort()
+        self._handle.close()
+        self._path.unlink(missing_ok=True)
+
+
+async def start_spool(
+    nar: AsyncIterable[bytes], compression: str, spool_dir: Path, progress: Progress
+) -> Spool:
+    """Hand the NAR stream over to compression into a new file in ``spool_dir``;
+    returns once the stream has ended.
+
+    The NAR is gathered into batches of :data:`_BATCH` bytes and the worker
+    hashes and compresses one batch while the next is produced: SHA-256,
+    libzstd and file writes release the GIL, so the two overlap on two
+    cores, at one thread hand-over per batch. The compressor's last batch
+    and its flush run while the caller goes on (say, to the next NAR).
     """
     fd, name = tempfile.mkstemp(prefix=".tmp-", suffix=".nar", dir=spool_dir)
-    spool = Path(name)
-    done = False
+    path = Path(name)
+    handle = open(fd, "wb")
     try:
-        with open(fd, "wb") as handle:
-            spooler = _Spooler(compression, handle, progress)
-            try:
-                batch: list[bytes] = []
-                size = 0
-                async for chunk in nar:
-                    batch.append(chunk)
-                    size += len(chunk)
-                    if size >= _BATCH:
-                        await spooler.feed(batch, size)
-                        batch, size = [], 0
+        spooler = _Spooler(compression, handle, progress)
+    except BaseException:
+        handle.close()
+        path.unlink(missing_ok=True)
+        raise
+    spool = Spool(path, handle, spooler)
+    try:
+        batch: list[bytes] = []
+        size = 0
+        async for chunk in nar:
+            batch.append(chunk)
+            size += len(chunk)
+            if size >= _BATCH:
                 await spooler.feed(batch, size)
-                spooled = await spooler.finish(spool)
-                done = True
-            finally:
-                if not done:
-                    spooler.abort()
-    finally:
-        if not done:
-            spool.unlink(missing_ok=True)
-    return spooled
+                batch, size = [], 0
+        await spooler.feed(batch, size)
+        await spooler.feed(None)
+    except BaseException:
+        spool.discard()
+        raise
+    return spool
 
 
-__all__ = ["EXTENSIONS", "Progress", "Spooled", "spool_nar"]
+__all__ = ["EXTENSIONS", "Progress", "Spool", "Spooled", "start_spool"]

@@ -23,7 +23,7 @@ from ...errors import IntegrityError, StoreError, StoreURLError
 from ...nar.narinfo import Narinfo, NixHash
 from ...pathinfo.model import PathInfo
 from ...storepath import STORE_DIR, StorePath
-from .compress import EXTENSIONS, Progress, Spooled, spool_nar
+from .compress import EXTENSIONS, Progress, Spool, Spooled, start_spool
 from .url import CacheURL
 
 if TYPE_CHECKING:  # cryptography costs 100 ms to import; only signing needs it
@@ -179,12 +179,21 @@ class BinaryCacheWriter:
         return await self.sink.exists(f"{store_path.encoded_digest}.narinfo")
 
     async def add(self, info: PathInfo, nar: AsyncIterable[bytes], progress: Progress) -> Narinfo:
-        """Write ``info``'s NAR (the stream ``nar``), then its narinfo; the narinfo written.
+        """Write ``info``'s NAR (the stream ``nar``), then its narinfo; the narinfo written."""
+        return await (await self.start(info, nar, progress)).finish()
+
+    async def start(self, info: PathInfo, nar: AsyncIterable[bytes], progress: Progress) -> Adding:
+        """Take ``info``'s NAR (the stream ``nar``) into compression; the rest of
+        :meth:`add` is the :class:`Adding`'s to do."""
+        spool = await start_spool(nar, self.compression, self.sink.spool_dir(), progress)
+        return Adding(self, info, spool)
+
+    async def publish(self, info: PathInfo, spooled: Spooled) -> Narinfo:
+        """Move the spooled NAR into the cache, then write its narinfo.
 
         The NAR must hash to the PathInfo's NarHash and NarSize, else
         :class:`~tvixmount.errors.IntegrityError` and nothing is written.
         """
-        spooled = await spool_nar(nar, self.compression, self.sink.spool_dir(), progress)
         try:
             expected = info.narinfo
             if (spooled.nar_sha256, spooled.nar_size) != (expected.nar_sha256, expected.nar_size):
@@ -209,6 +218,23 @@ class BinaryCacheWriter:
         await self.sink.aclose()
 
 
+class Adding:
+    """A path whose NAR was taken into compression, which may still run meanwhile."""
+
+    def __init__(self, writer: BinaryCacheWriter, info: PathInfo, spool: Spool) -> None:
+        self._writer = writer
+        self._info = info
+        self._spool = spool
+
+    async def finish(self) -> Narinfo:
+        """Wait for the compressed NAR, write it, then the narinfo; the narinfo written."""
+        return await self._writer.publish(self._info, await self._spool.result())
+
+    def discard(self) -> None:
+        """Stop the compression and remove what it wrote; nothing appears in the cache."""
+        self._spool.discard()
+
+
 def open_writer(url: str, keys: Sequence[SecretKey] = ()) -> BinaryCacheWriter:
     """A writer for the ``file://`` or ``s3://`` cache at ``url``, signing with ``keys``
     and the key file its ``secret-key=`` names; ``compression=`` as Nix takes it."""
@@ -230,4 +256,4 @@ def open_writer(url: str, keys: Sequence[SecretKey] = ()) -> BinaryCacheWriter:
     return BinaryCacheWriter(sink, cache.compression, all_keys)
 
 
-__all__ = ["BinaryCacheWriter", "CacheSink", "FileSink", "open_writer"]
+__all__ = ["Adding", "BinaryCacheWriter", "CacheSink", "FileSink", "open_writer"]
