@@ -30,7 +30,7 @@ import bisect
 import logging
 import tempfile
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -81,10 +81,11 @@ _PREFETCH_FETCHES = 8  # of them at once (a server without ReadMany)
 # With ReadMany: the window of files after an opened one kept fetched, and the
 # bytes one call may ask for. A window is topped up once its first half is
 # read, so a walk costs one call per half window, not one per file.
-BATCH_FILES = 64
+BATCH_FILES = 128
 BATCH_MAX_BLOB = 1 << 20  # files up to this size are fetched in windows
-BATCH_BYTES = 4 << 20
-SUBDIRECTORY_FILES = 16  # of each Directory below one a mount looks into
+BATCH_BYTES = 8 << 20
+BIG_AHEAD_BYTES = 32 << 20  # of the bigger files of a window, fetched beside it
+SUBDIRECTORY_FILES = 32  # of each Directory below one a mount looks into
 _DELIVER_BYTES = 256 << 10  # verified bytes of a ReadMany handed over at a time
 
 
@@ -517,7 +518,9 @@ class GrpcBlobService:
 
         The window is fetched again once the file half a window ahead is not
         fetched yet: a walk in name order then has the files it opens next in
-        memory, at one call per half window.
+        memory, at one call per half window. The window's big files (too big
+        for it) are fetched beside it, each in a Read of its own: read whole
+        before its open returns, a big file would stall the walk that much.
         """
         after = self.hints.after(digest, BATCH_FILES)
         half = after[min(BATCH_FILES // 2, len(after)) - 1] if after else None
@@ -526,15 +529,22 @@ class GrpcBlobService:
             return
         wanted = [(digest, size)] if missing else []
         total = size if missing else 0
+        big: list[FileNode] = []
+        big_total = 0
+        full = False
         for node in after:
-            if 0 < node.size <= BATCH_MAX_BLOB and not self._fetched(node.digest):
+            if node.size > BATCH_MAX_BLOB:
+                if node.size <= DIRECT_READ_MAX and big_total + node.size <= BIG_AHEAD_BYTES:
+                    big.append(node)
+                    big_total += node.size
+            elif node.size > 0 and not full and not self._fetched(node.digest):
                 if total + node.size > BATCH_BYTES:
-                    break
-                if (node.digest, node.size) in wanted:  # two files of one content
-                    continue
-                wanted.append((node.digest, node.size))
-                total += node.size
+                    full = True
+                elif (node.digest, node.size) not in wanted:  # (two files of one content)
+                    wanted.append((node.digest, node.size))
+                    total += node.size
         self._start_batch(wanted)
+        self._fetch_ahead(big)
 
     async def _read_batch(
         self, wanted: list[tuple[B3Digest, int]], events: dict[B3Digest, trio.Event]
@@ -587,20 +597,24 @@ class GrpcBlobService:
         build reading a directory) keeps a window of files fetched ahead of it,
         while a program picking single files costs at most the window each.
         """
+        self._fetch_ahead(
+            node
+            for node in self.hints.after(digest, READ_AHEAD_FILES)
+            if 0 < node.size <= PREFETCH_MAX_BLOB
+        )
+
+    def _fetch_ahead(self, nodes: Iterable[FileNode]) -> None:
+        """Fetch ``nodes`` not fetched yet in the background, a Read each (a few at once)."""
         wanted = []
-        for node in self.hints.after(digest, READ_AHEAD_FILES):
-            if (
-                0 < node.size <= PREFETCH_MAX_BLOB
-                and not self._fetched(node.digest)
-                and node.digest not in self._ahead
-            ):
+        for node in nodes:
+            if not self._fetched(node.digest) and node.digest not in self._ahead:
                 wanted.append(node)
                 self._ahead.add(node.digest)
         if wanted:
             trio.lowlevel.spawn_system_task(self._prefetch, wanted, name="read blobs ahead")
 
-    async def _prefetch(self, nodes: list[Any]) -> None:
-        async def one(node: Any) -> None:
+    async def _prefetch(self, nodes: list[FileNode]) -> None:
+        async def one(node: FileNode) -> None:
             async with self._prefetch_limiter:
                 if node.digest in self._cache:
                     return
