@@ -160,13 +160,14 @@ def _fetch_many(
                     )
                 if part.missing:
                     break
-                received += len(part.data)
+                chunk = part.data  # (each access copies the bytes out of the message)
+                received += len(chunk)
                 if received > size:
                     raise IntegrityError(
                         f"blob {digest}: the server sent more than the {size} bytes it has"
                     )
-                hasher.update(part.data)
-                data.append(part.data)
+                hasher.update(chunk)
+                data.append(chunk)
                 if part.end:
                     break
             if part.missing:
