@@ -245,7 +245,40 @@ class GrpcDirectoryService:
         directory = await self._get(digest)
         if directory is not None and self._entered is not None:
             self._entered(directory, self._below(directory))
+            if self._arriving and (events := self._arrivals_below(directory)):
+                trio.lowlevel.spawn_system_task(self._enter_again, directory, events)
         return directory
+
+    def _arrivals_below(self, directory: Directory) -> list[trio.Event]:
+        """Of the Directories up to ``ENTERED_DEPTH`` levels below ``directory``, those a
+        reply in flight is still to send (their events)."""
+        events: list[trio.Event] = []
+        level = [directory]
+        for _ in range(ENTERED_DEPTH):
+            below: list[Directory] = []
+            for parent in level:
+                for node in parent.directories:
+                    event = self._arriving.get(node.digest)
+                    if event is not None:
+                        events.append(event)
+                    elif (child := self._cache.peek(node.digest)) is not None:
+                        below.append(child)
+            level = below
+        return events
+
+    async def _enter_again(self, directory: Directory, events: list[trio.Event]) -> None:
+        """Tell of ``directory`` again once the Directories below it arrived.
+
+        A walk looks into a store path's top Directories while the reply with
+        its closure still streams in; told again, its client reads ahead in
+        the Directories below as well.
+        """
+        while events:
+            for event in events:
+                await event.wait()
+            events = self._arrivals_below(directory)
+        if self._entered is not None:
+            self._entered(directory, self._below(directory))
 
     def _below(self, directory: Directory) -> list[Directory]:
         """Cached Directories up to ``ENTERED_DEPTH`` levels below ``directory``, nearest first."""
