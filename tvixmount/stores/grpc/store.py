@@ -33,11 +33,13 @@ def open_grpc(url: str, options: StoreOptions) -> Store:
             raise
         closers.append(cache.close)
     blobs = GrpcBlobService(transport, hints, cache_dir=cache)
+    pathinfos = GrpcPathInfoService(transport, keys, hints)
+    pathinfos.warm_up()
     return Store(
         url,
         blobs,
         GrpcDirectoryService(transport, hints, cache, entered=blobs.read_directory_ahead),
-        GrpcPathInfoService(transport, keys, hints),
+        pathinfos,
         closers,
     )
 
