@@ -1,7 +1,8 @@
 """Compression as a layer on the way out: a NAR stream into a compressed, hashed spool file.
 
 The counterpart of ``decompress.py``. :func:`start_spool` takes the NAR as
-the trio side produces it; a worker thread hashes it and compresses it,
+the caller produces it (under trio, or with no loop: :mod:`tvixmount.loopless`);
+a worker thread hashes it and compresses it,
 batch by batch, into a spool file whose bytes are hashed as they are
 written, so memory stays flat whatever the NAR's size. Compression runs
 beside the NAR's production, on both cores: zstd in libzstd's worker
