@@ -98,6 +98,29 @@ def test_a_closure_from_the_embedded_store_is_read_back_by_nix(
     assert not list(dest.rglob(".tmp-*"))
 
 
+def test_a_store_out_of_the_page_cache_copies_the_same(
+    source: NixCache, embedded: Path, tmp_path: Path
+):
+    """Reads that miss the page cache (no RWF_NOWAIT answer) are done inline too."""
+
+    def copy_to(dest: Path) -> list[str]:
+        done = run_tvixmount(
+            "copy", "--from", embedded, "--to", f"file://{dest}?compression=none", *source.paths
+        )
+        assert done.returncode == 0, done.stderr
+        # Uncompressed, a NAR is named by its SHA-256: the names say the bytes.
+        return sorted(str(p.relative_to(dest)) for p in dest.rglob("*.nar*"))
+
+    warm = copy_to(tmp_path / "warm")
+    for stored in [*embedded.glob("blobs/*/*"), *embedded.glob("packs/*")]:
+        fd = os.open(stored, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    assert copy_to(tmp_path / "cold") == warm
+
+
 def test_the_copy_never_imports_trio(source: NixCache, embedded: Path, tmp_path: Path):
     argv = tvixmount_command(
         "copy", "--from", embedded, "--to", f"file://{tmp_path}/dest", *source.paths
