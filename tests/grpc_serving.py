@@ -127,6 +127,8 @@ class FakeBackend:
     endless_directories: set[bytes] = field(default_factory=set)
     hung_blobs: set[bytes] = field(default_factory=set)  # Stat and Read of these hang
     hung_calls: int = 0  # calls that started hanging
+    # Set: a recursive Get sends the root Directory, then waits for it before the rest.
+    rest_of_closure: threading.Event | None = None
     release: threading.Event = field(default_factory=threading.Event)
 
     def put_directories(self, directories: Iterable[Directory]) -> None:
@@ -221,6 +223,11 @@ class _Directories(dir_grpc.DirectoryServiceServicer):  # type: ignore[misc]
         if request.recursive and request.digest in self.backend.endless_directories:
             while context.is_active():
                 yield messages[0]
+            return
+        if request.recursive and self.backend.rest_of_closure is not None:
+            yield messages[0]
+            self.backend.rest_of_closure.wait(30)
+            yield from messages[1:]
             return
         yield from messages if request.recursive else messages[:1]
 

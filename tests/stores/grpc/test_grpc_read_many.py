@@ -10,6 +10,7 @@ without ReadMany (tvix-store) is read blob by blob.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ from typing import Any
 
 import grpc
 import pytest
+import trio
 
 from tests.grpc_serving import FakeBackend, _Blobs, _Directories, serving
 from tvixmount._proto import rpc_blobstore_pb2_grpc as blob_grpc
@@ -28,6 +30,7 @@ from tvixmount.castore import B3Digest, Directory, DirectoryNode, FileNode
 from tvixmount.castore.blobservice import put_stream
 from tvixmount.stores import StoreOptions, open_store
 from tvixmount.stores.grpc.blobs import BATCH_FILES, GrpcBlobService
+from tvixmount.stores.grpc.directories import GrpcDirectoryService
 from tvixmount.stores.grpc.server import READ_MANY_DIGESTS, READ_MESSAGE_BYTES
 
 FILES = [bytes([i]) * (100 + 37 * i) for i in range(12)]
@@ -151,6 +154,68 @@ async def test_looking_into_a_directory_fetches_the_first_files_below_it_in_one_
             stats = _blobs(client).stats
             assert (stats.read_calls, stats.stat_calls) == (1, 0)
             assert stats.bytes_received == sum(map(len, FILES))
+        finally:
+            await client.aclose()
+
+
+async def test_opening_a_file_reads_the_big_files_of_its_window_beside_it(
+    tmp_path: Path,
+) -> None:
+    files = [*FILES[:3], BIG]  # BIG: too big for a ReadMany window
+    local = open_store(str(tmp_path / "store"), StoreOptions(create=True))
+    try:
+        for data in files:
+            await put_stream(local.blobs, [data])
+        await local.directories.put_many([_directory(files)])
+    finally:
+        await local.aclose()
+    with serving(str(tmp_path / "store"), tmp_path / "serve.log") as served:
+        client = open_store(served.url)
+        try:
+            await client.directories.get(_directory(files).digest())
+            blobs = _blobs(client)
+            reader = await blobs.open_read(B3Digest.of(FILES[0]))
+            assert reader is not None
+            with trio.fail_after(20):
+                while blobs.stats.bytes_received < sum(map(len, files)):
+                    await trio.sleep(0.01)
+            calls = blobs.stats.read_calls
+            for data in files:
+                reader = await blobs.open_read(B3Digest.of(data))
+                assert reader is not None and bytes(await reader.pread(0, len(data))) == data
+            assert (blobs.stats.read_calls, blobs.stats.stat_calls) == (calls, 0)
+            assert blobs.stats.bytes_received == sum(map(len, files))
+        finally:
+            await client.aclose()
+
+
+async def test_a_directory_looked_into_before_those_below_it_arrived_reads_ahead_in_them_after(
+    tmp_path: Path,
+) -> None:
+    backend = _backend()
+    below = _directory(FILES[7:])
+    top = Directory.from_nodes(
+        [*_directory(FILES[:3]).files, DirectoryNode(b"sub", below.digest(), below.size())]
+    )
+    backend.put_directories([below, top])
+    backend.rest_of_closure = threading.Event()
+    batch = _LyingBatch(backend, {}, "honest")
+    with _server(backend, batch) as url:
+        client = open_store(url)
+        try:
+            # Answered with the root alone: its own files are read ahead at once.
+            assert await client.directories.get(top.digest()) == top
+            backend.rest_of_closure.set()
+            with trio.fail_after(20):  # then the files below, once `sub` arrived
+                while batch.calls < 2:
+                    await trio.sleep(0.01)
+            assert await client.directories.get(below.digest()) == below
+            for data in FILES[7:]:
+                reader = await client.blobs.open_read(B3Digest.of(data))
+                assert reader is not None and bytes(await reader.pread(0, len(data))) == data
+            assert (batch.calls, backend.read_calls) == (2, [])
+            assert isinstance(client.directories, GrpcDirectoryService)
+            assert client.directories.get_calls == 1
         finally:
             await client.aclose()
 
