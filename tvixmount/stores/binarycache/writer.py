@@ -178,13 +178,9 @@ class BinaryCacheWriter:
     async def has(self, store_path: StorePath) -> bool:
         return await self.sink.exists(f"{store_path.encoded_digest}.narinfo")
 
-    async def add(self, info: PathInfo, nar: AsyncIterable[bytes], progress: Progress) -> Narinfo:
-        """Write ``info``'s NAR (the stream ``nar``), then its narinfo; the narinfo written."""
-        return await (await self.start(info, nar, progress)).finish()
-
     async def start(self, info: PathInfo, nar: AsyncIterable[bytes], progress: Progress) -> Adding:
-        """Take ``info``'s NAR (the stream ``nar``) into compression; the rest of
-        :meth:`add` is the :class:`Adding`'s to do."""
+        """Take ``info``'s NAR (the stream ``nar``) into compression; the :class:`Adding`
+        then writes it, and its narinfo."""
         spool = await start_spool(nar, self.compression, self.sink.spool_dir(), progress)
         return Adding(self, info, spool)
 
