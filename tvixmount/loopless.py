@@ -40,13 +40,13 @@ def run(fn: Callable[..., Awaitable[_T]], *args: object) -> _T:
         _ACTIVE.reset(token)
 
 
-async def to_thread(fn: Callable[..., _T], *args: object, abandon_on_cancel: bool = False) -> _T:
+async def to_thread(fn: Callable[..., _T], *args: object) -> _T:
     """``fn(*args)`` in a trio worker thread; inline (blocking) when no loop runs."""
     if active():
         return fn(*args)
     import trio  # a loop-less run never imports it
 
-    return await trio.to_thread.run_sync(fn, *args, abandon_on_cancel=abandon_on_cancel)
+    return await trio.to_thread.run_sync(fn, *args)
 
 
 __all__ = ["active", "run", "to_thread"]
