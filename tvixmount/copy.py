@@ -88,14 +88,11 @@ class Destination(Protocol):
     async def aclose(self) -> None: ...
 
 
-@dataclasses.dataclass(frozen=True)
 class _Added:
-    """A path added whole by ``start``."""
-
-    narinfo: Narinfo | None = None
+    """A path added whole by ``start`` (into a store: no narinfo)."""
 
     async def finish(self) -> Narinfo | None:
-        return self.narinfo
+        return None
 
     def discard(self) -> None:
         pass
