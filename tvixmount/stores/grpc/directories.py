@@ -323,14 +323,7 @@ class GrpcDirectoryService:
         arrivals = _Arrivals(digest)
         root_arrived = arrivals.waiting[digest]
         self._arriving[digest] = root_arrived
-        token = trio.lowlevel.current_trio_token()
-
-        def deliver(directory: Directory) -> None:  # in the worker thread
-            token.run_sync_soon(self._arrived, arrivals, directory)
-
-        trio.lowlevel.spawn_system_task(
-            self._stream, arrivals, deliver, name=f"get directory {digest}"
-        )
+        trio.lowlevel.spawn_system_task(self._stream, arrivals, name=f"get directory {digest}")
         await root_arrived.wait()
         if arrivals.received:
             return arrivals.received[0]
@@ -355,8 +348,13 @@ class GrpcDirectoryService:
                 del self._arriving[digest]
             event.set()
 
-    async def _stream(self, arrivals: _Arrivals, deliver: Callable[[Directory], None]) -> None:
+    async def _stream(self, arrivals: _Arrivals) -> None:
         what = f"get directory {arrivals.root}"
+        token = trio.lowlevel.current_trio_token()
+
+        def deliver(directory: Directory) -> None:  # in the worker thread
+            token.run_sync_soon(self._arrived, arrivals, directory)
+
         try:
             complete = await self._transport.call(
                 what,
