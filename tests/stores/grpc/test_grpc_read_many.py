@@ -54,17 +54,24 @@ def _tree() -> Directory:
     )
 
 
-async def _local_store(path: Path) -> str:
+async def _store_of(path: Path, blobs: list[bytes], directories: list[Directory]) -> str:
+    """A local store at ``path`` holding ``blobs`` and ``directories`` (leaves first)."""
     local = open_store(str(path), StoreOptions(create=True))
     try:
-        for data in [*FILES, BIG]:
+        for data in blobs:
             await put_stream(local.blobs, [data])
-        await local.directories.put_many(
-            [_directory(FILES), _directory(FILES[:5]), _directory(FILES[7:]), _tree()]
-        )
+        await local.directories.put_many(directories)
     finally:
         await local.aclose()
     return str(path)
+
+
+async def _local_store(path: Path) -> str:
+    return await _store_of(
+        path,
+        [*FILES, BIG],
+        [_directory(FILES), _directory(FILES[:5]), _directory(FILES[7:]), _tree()],
+    )
 
 
 def _read_many(url: str, digests: list[bytes]) -> list[Any]:
@@ -117,14 +124,8 @@ async def test_a_walk_through_a_big_directory_costs_a_call_per_window_not_per_fi
     tmp_path: Path,
 ) -> None:
     many = [i.to_bytes(2, "big") * (50 + i) for i in range(5 * BATCH_FILES // 2)]
-    local = open_store(str(tmp_path / "store"), StoreOptions(create=True))
-    try:
-        for data in many:
-            await put_stream(local.blobs, [data])
-        await local.directories.put_many([_directory(many)])
-    finally:
-        await local.aclose()
-    with serving(str(tmp_path / "store"), tmp_path / "serve.log") as served:
+    store = await _store_of(tmp_path / "store", many, [_directory(many)])
+    with serving(store, tmp_path / "serve.log") as served:
         client = open_store(served.url)
         try:
             await client.directories.get(_directory(many).digest())
@@ -162,14 +163,8 @@ async def test_opening_a_file_reads_the_big_files_of_its_window_beside_it(
     tmp_path: Path,
 ) -> None:
     files = [*FILES[:3], BIG]  # BIG: too big for a ReadMany window
-    local = open_store(str(tmp_path / "store"), StoreOptions(create=True))
-    try:
-        for data in files:
-            await put_stream(local.blobs, [data])
-        await local.directories.put_many([_directory(files)])
-    finally:
-        await local.aclose()
-    with serving(str(tmp_path / "store"), tmp_path / "serve.log") as served:
+    store = await _store_of(tmp_path / "store", files, [_directory(files)])
+    with serving(store, tmp_path / "serve.log") as served:
         client = open_store(served.url)
         try:
             await client.directories.get(_directory(files).digest())
