@@ -233,13 +233,16 @@ class GrpcDirectoryService:
         self._arriving: dict[B3Digest, trio.Event] = {}
         self.get_calls = 0  # Get calls made: lets tests and benchmarks count round trips
 
-    def _keep(self, directories: list[Directory], complete: bool) -> None:
-        for directory in directories:
-            digest = directory.digest()
-            self._cache.put(digest, directory)
-            self.hints.note_directory(digest, directory)
-        if complete and self._cache_dir is not None:
-            self._cache_dir.keep_directories(directories)
+    def _keep(self, directory: Directory) -> None:
+        """Cache ``directory`` (received, or read from disk) and note its files' sizes."""
+        digest = directory.digest()
+        self._cache.put(digest, directory)
+        self.hints.note_directory(digest, directory)
+
+    def _keep_on_disk(self, closure: list[Directory]) -> None:
+        """Keep a whole closure received (root first) in the local cache, if there is one."""
+        if self._cache_dir is not None:
+            self._cache_dir.keep_directories(closure)
 
     async def get(self, digest: B3Digest) -> Directory | None:
         directory = await self._get(digest)
@@ -302,7 +305,7 @@ class GrpcDirectoryService:
         if self._cache_dir is not None:
             kept = await self._cache_dir.directory(digest)
             if kept is not None:
-                self._keep([kept], complete=False)  # already on disk
+                self._keep(kept)  # already on disk
                 return kept
         arriving = self._arriving.get(digest)
         if arriving is not None:
@@ -334,7 +337,7 @@ class GrpcDirectoryService:
     def _arrived(self, arrivals: _Arrivals, directory: Directory) -> None:
         """A Directory of ``arrivals`` reached the loop: cached, and its waiters woken."""
         arrivals.received.append(directory)
-        self._keep([directory], complete=False)
+        self._keep(directory)
         for child in directory.directories:
             if child.digest not in arrivals.waiting and child.digest not in self._arriving:
                 event = arrivals.waiting[child.digest] = trio.Event()
@@ -363,8 +366,8 @@ class GrpcDirectoryService:
                 ),
                 stream=True,
             )
-            if complete and self._cache_dir is not None:
-                self._cache_dir.keep_directories(arrivals.received)
+            if complete:
+                self._keep_on_disk(arrivals.received)
         except (IntegrityError, ValidationError) as exc:
             log.warning("%s", exc)
             arrivals.error = exc
@@ -394,7 +397,9 @@ class GrpcDirectoryService:
         except (IntegrityError, ValidationError) as exc:
             log.warning("%s", exc)
             raise
-        self._keep(directories, True)
+        for directory in directories:
+            self._keep(directory)
+        self._keep_on_disk(directories)
         for directory in directories:
             yield directory
 
