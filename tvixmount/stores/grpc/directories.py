@@ -117,14 +117,6 @@ class RecursiveOrder:
             )
 
 
-def check_recursive_order(root: B3Digest, messages: Sequence[Any]) -> list[Directory]:
-    """Validate a whole recursive Get answer; returns the Directories in the order received."""
-    order = RecursiveOrder(root)
-    result = [order.add(msg) for msg in messages]
-    order.finish()
-    return result
-
-
 class _Bounded(Exception):
     """A recursive reply reached its bound before it ended."""
 
