@@ -119,6 +119,22 @@ async def test_absent_directory_is_none(client: Store) -> None:
     assert await client.directories.get(B3Digest.of(b"no directory")) is None
 
 
+async def test_a_directory_get_failing_unexpectedly_is_a_store_error_not_a_crash(
+    client: Store, url: str
+) -> None:
+    """The reply is read by a background task: what it does not expect (here grpc's
+    ValueError for a closed channel) fails the lookup, and the trio run goes on."""
+    root = await client.directories.put_many(fx.DIRECTORIES)
+    fresh = open_store(url)
+    try:
+        assert isinstance(fresh.directories, GrpcDirectoryService)
+        fresh.directories._transport.channel.close()
+        with pytest.raises(StoreError):
+            await fresh.directories.get(root)
+    finally:
+        await fresh.aclose()
+
+
 async def test_recursive_get_of_absent_root_raises_not_found(client: Store) -> None:
     with pytest.raises(NotFoundError):
         [d async for d in client.directories.get_recursive(B3Digest.of(b"no directory"))]

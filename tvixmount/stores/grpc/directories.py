@@ -273,7 +273,10 @@ class GrpcDirectoryService:
                 await event.wait()
             events = self._arrivals_below(directory)
         if self._entered is not None:
-            self._entered(directory, self._below(directory))
+            try:
+                self._entered(directory, self._below(directory))
+            except Exception:  # reading ahead only helps: never end the mount over it
+                log.exception("reading ahead below directory %s failed", directory.digest())
 
     def _below(self, directory: Directory) -> list[Directory]:
         """Cached Directories up to ``ENTERED_DEPTH`` levels below ``directory``, nearest first."""
@@ -366,6 +369,11 @@ class GrpcDirectoryService:
         except TvixmountError as exc:
             log.debug("%s", exc)
             arrivals.error = exc
+        except Exception as exc:
+            # A background task: what it does not expect must fail the lookups
+            # waiting on it (EIO), not end the mount.
+            log.exception("%s failed unexpectedly", what)
+            arrivals.error = StoreError(f"{what} failed: {exc}")
         finally:
             # Its deliveries were queued on the loop before its end: all have run.
             for digest in list(arrivals.waiting):
