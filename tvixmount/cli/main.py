@@ -46,9 +46,9 @@ _QUICK_EXIT_COMMANDS = frozenset({"mount", "umount", "ls", "path-info", "nar", "
 
 
 # Libraries that log one line per request or per protocol event: quiet unless -v.
-# Under -v, httpx shows each request; httpcore's and
-# hpack's DEBUG lines trace every connection event and header, which drowns the
-# rest, so they stop at INFO. Each logger's level under -v; WARNING without it.
+# Under -v, httpx shows each request; httpcore's and hpack's DEBUG lines trace
+# every connection event and header, which drowns the rest, so they stop at
+# INFO. Each logger's level under -v; WARNING without it.
 _CHATTY_LOGGERS = {
     "httpx": logging.DEBUG,
     "httpcore": logging.INFO,
