@@ -40,10 +40,6 @@ _NAR_QUERY = re.compile(rf"hash=({_HASH})")
 _IMMUTABLE = (b"cache-control", b"public, max-age=31536000, immutable")
 
 
-def _error(status: int, message: str) -> Response:
-    return Response.text(status, message + "\n")
-
-
 class CacheApp:
     """The binary cache's answers to requests (:class:`.http.Server` calls it), over ``store``."""
 
@@ -54,19 +50,19 @@ class CacheApp:
 
     async def __call__(self, request: Request) -> Response:
         if request.method not in ("GET", "HEAD"):
-            response = _error(405, "only GET and HEAD")
+            response = Response.error(405, "only GET and HEAD")
             response.headers.append((b"allow", b"GET, HEAD"))
             return response
         try:
             target = request.path.decode("ascii")
             query = request.query.decode("ascii")
         except UnicodeDecodeError:
-            return _error(400, "bad request path")
+            return Response.error(400, "bad request path")
         try:
             return await self._route(target, query, request)
         except TvixmountError as exc:
             log.error("%s: %s", target, exc)
-            return _error(500, str(exc))
+            return Response.error(500, str(exc))
 
     async def _route(self, target: str, query: str, request: Request) -> Response:
         if target == "/nix-cache-info":
@@ -74,32 +70,32 @@ class CacheApp:
         if match := _NARINFO.fullmatch(target):
             entry = await self._catalog.get(match[1])
             if entry is None:
-                return _error(404, "no such path")
+                return Response.error(404, "no such path")
             return Response(200, [(b"content-type", b"text/x-nix-narinfo")], entry.narinfo)
         if match := _NAR.fullmatch(target):
             hash_match = _NAR_QUERY.fullmatch(query)
             entry = await self._catalog.get(hash_match[1]) if hash_match else None
             if entry is None or nixbase32.encode(entry.info.narinfo.nar_sha256) != match[1]:
-                return _error(404, "no such NAR")
+                return Response.error(404, "no such NAR")
             return self._nar(
                 entry, compressed=bool(match[2]), range_header=request.header(b"range")
             )
         if match := _LISTING.fullmatch(target):
             return await self._listing(match[1])
         if ".." in target or "%" in target or "//" in target or "\\" in target:
-            return _error(400, "bad request path")
-        return _error(404, "not found")
+            return Response.error(400, "bad request path")
+        return Response.error(404, "not found")
 
     async def _listing(self, encoded: str) -> Response:
         entry = await self._catalog.get(encoded)
         if entry is None:
-            return _error(404, "no such path")
+            return Response.error(404, "no such path")
         try:
             listing = await list_path(
                 self._store, str(entry.info.store_path), depth=None, nar_offsets=True
             )
         except NotFoundError:
-            return _error(404, "no such path")
+            return Response.error(404, "no such path")
         body = json.dumps({"version": 1, "root": to_nix_json(listing)}, separators=(",", ":"))
         return Response.text(200, body, "application/json")
 
@@ -110,7 +106,7 @@ class CacheApp:
             try:
                 wanted = parse_range(range_header, size)
             except Unsatisfiable:
-                response = _error(416, "range not satisfiable")
+                response = Response.error(416, "range not satisfiable")
                 response.headers.append((b"content-range", f"bytes */{size}".encode()))
                 return response
         stream = checked_nar(entry, self._store, wanted)

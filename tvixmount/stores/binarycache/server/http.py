@@ -82,6 +82,11 @@ class Response:
     def text(cls, status: int, text: str, content_type: str = "text/plain") -> Response:
         return cls(status, [(b"content-type", content_type.encode())], text.encode())
 
+    @classmethod
+    def error(cls, status: int, message: str) -> Response:
+        """A plain-text error: ``message`` and a newline."""
+        return cls.text(status, message + "\n")
+
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -224,23 +229,24 @@ class Server:
                 return False
             received += len(data)
             if received > _MAX_REQUEST_BYTES:
-                await self._send_error(conn, 400, "request too large")
+                await self._refuse(conn, "request too large")
                 return False
             try:
                 parsed.parser.feed_data(data)
             except httptools.HttpParserUpgrade:
-                await self._send_error(conn, 400, "protocol upgrades are not served")
+                await self._refuse(conn, "protocol upgrades are not served")
                 return False
             except httptools.HttpParserError:
-                await self._send_error(conn, 400, "bad request")
+                await self._refuse(conn, "bad request")
                 return False
             if len(parsed.ready) > _MAX_PIPELINED:
-                await self._send_error(conn, 400, "too many pipelined requests")
+                await self._refuse(conn, "too many pipelined requests")
                 return False
         return True
 
-    async def _send_error(self, conn: _Connection, status: int, message: str) -> None:
-        response = Response.text(status, message + "\n")
+    async def _refuse(self, conn: _Connection, message: str) -> None:
+        """A 400 saying ``message``; the connection closes after it."""
+        response = Response.error(400, message)
         await conn.send_all(self._head(response, len(response.body), close=True) + response.body)
 
     def _head(self, response: Response, length: int | None, *, close: bool) -> bytes:
@@ -267,7 +273,7 @@ class Server:
             except TvixmountError as exc:
                 log.error("%s", exc)
                 await body_stream.aclose()
-                response, body_stream = Response.text(500, f"{exc}\n"), None
+                response, body_stream = Response.error(500, str(exc)), None
         length = len(response.body) if body_stream is None else response.length
         http11 = request.http_version == "1.1"
         chunked = length is None and http11 and not head_only
