@@ -7,18 +7,23 @@ whether it is stopped (SIGTERM) or killed.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
+import socket
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
+import trio
 
 from tests.mounting import run_tvixmount
 from tests.nixcache import make_tree, narinfo_name, requires_nix
 from tests.stores.binarycache.test_serve_http import serving_http
+from tvixmount.stores.binarycache.server.workers import Workers
 
 pytestmark = [
     requires_nix,
@@ -106,3 +111,23 @@ def test_a_memory_store_has_no_workers(tmp_path: Path) -> None:
     with serving_http(tmp_path, "--store", "memory://") as served:
         assert httpx.get(f"{served.url}/nix-cache-info").status_code == 200
         assert _children(served.process.pid) == []
+
+
+def test_a_worker_that_exited_early_does_not_break_the_stop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def main() -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            sock.listen()
+            workers = Workers([sys.executable, "-c", "pass"], sock, 1)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(workers.run)
+                with trio.fail_after(30):
+                    while "exited with status 0" not in caplog.text:
+                        await trio.sleep(0.05)
+                # Reaped by now: stopping must not look its pid up again.
+                workers.stop()
+
+    with caplog.at_level(logging.ERROR):
+        trio.run(main)

@@ -95,11 +95,13 @@ class Workers:
 
 
 async def _exited(process: subprocess.Popen[bytes]) -> int:
-    pidfd = os.pidfd_open(process.pid)
-    try:
-        await trio.lowlevel.wait_readable(pidfd)
-    finally:
-        os.close(pidfd)
+    # Once reaped, its pid is no longer its own (pidfd_open fails, or finds another process).
+    if process.returncode is None:
+        pidfd = os.pidfd_open(process.pid)
+        try:
+            await trio.lowlevel.wait_readable(pidfd)
+        finally:
+            os.close(pidfd)
     return process.wait()
 
 
