@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from . import loopless
@@ -259,33 +259,48 @@ async def copy_paths(
     infos = await closure(source, paths, recursive)
     missing = [info for info in infos if not await destination.has(info)]
     start = progress(missing) if progress is not None else None
-    done: dict[StorePath, Narinfo | None] = {}
 
     async def begin(info: PathInfo) -> Adding:
         return await destination.start(info, source, start(info) if start else _ignore)
 
-    if loopless.active():
-        # In the closure's order, each path finished once the next one is begun: the
-        # compressor's tail of one runs while the next one's NAR is made.
-        begun: deque[tuple[PathInfo, Adding]] = deque()
+    copy_all = _copy_pipelined if loopless.active() else _copy_concurrently
+    done = await copy_all(missing, begin)
+    return [Copied(info, info.store_path in done, done.get(info.store_path)) for info in infos]
 
-        async def finish_earliest() -> None:
-            earlier, adding = begun.popleft()
-            done[earlier.store_path] = await adding.finish()
 
-        try:
-            for info in missing:
-                begun.append((info, await begin(info)))
-                if len(begun) == JOBS:
-                    await finish_earliest()
-            while begun:
+async def _copy_pipelined(
+    missing: Sequence[PathInfo], begin: Callable[[PathInfo], Awaitable[Adding]]
+) -> dict[StorePath, Narinfo | None]:
+    """Without an event loop (:mod:`tvixmount.loopless`): in the closure's order, each path
+    finished once the next one is begun, so the compressor's tail of one runs while the
+    next one's NAR is made."""
+    done: dict[StorePath, Narinfo | None] = {}
+    begun: deque[tuple[PathInfo, Adding]] = deque()
+
+    async def finish_earliest() -> None:
+        earlier, adding = begun.popleft()
+        done[earlier.store_path] = await adding.finish()
+
+    try:
+        for info in missing:
+            begun.append((info, await begin(info)))
+            if len(begun) == JOBS:
                 await finish_earliest()
-        finally:
-            for _, adding in begun:
-                adding.discard()
-        return _outcome(infos, done)
+        while begun:
+            await finish_earliest()
+    finally:
+        for _, adding in begun:
+            adding.discard()
+    return done
+
+
+async def _copy_concurrently(
+    missing: Sequence[PathInfo], begin: Callable[[PathInfo], Awaitable[Adding]]
+) -> dict[StorePath, Narinfo | None]:
+    """Under trio: up to ``JOBS`` paths at once, each once its references have landed."""
     import trio
 
+    done: dict[StorePath, Narinfo | None] = {}
     # A path waits only for references placed before it: the closure's order breaks cycles.
     landed = {info.store_path: trio.Event() for info in missing}
     limiter = trio.CapacityLimiter(JOBS)
@@ -308,11 +323,7 @@ async def copy_paths(
         from .castore.ingest import sole_error  # castore.ingest is not on a copy's way otherwise
 
         raise sole_error(group) from None
-    return _outcome(infos, done)
-
-
-def _outcome(infos: Sequence[PathInfo], done: dict[StorePath, Narinfo | None]) -> list[Copied]:
-    return [Copied(info, info.store_path in done, done.get(info.store_path)) for info in infos]
+    return done
 
 
 def _ignore(_: int) -> None:
