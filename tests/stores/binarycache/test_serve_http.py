@@ -153,14 +153,22 @@ def nix_copy_from(
     )
 
 
-def raw_get(url: str, target: bytes, method: bytes = b"GET") -> tuple[int, bytes]:
-    """One request with ``target`` sent byte for byte; the status and the whole response."""
+def _exchange(url: str, request: bytes) -> bytes:
+    """``request`` sent byte for byte; everything the server sends until it closes."""
     address = urlsplit(url)
     with socket.create_connection((address.hostname, address.port), timeout=30) as conn:
-        conn.sendall(method + b" " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        conn.sendall(request)
         data = b""
         while chunk := conn.recv(65536):
             data += chunk
+    return data
+
+
+def raw_get(url: str, target: bytes, method: bytes = b"GET") -> tuple[int, bytes]:
+    """One request with ``target`` sent byte for byte; the status and the whole response."""
+    data = _exchange(
+        url, method + b" " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
     return int(data.split(b" ", 2)[1]), data
 
 
@@ -331,17 +339,6 @@ def test_other_methods_are_405(embedded: Embedded) -> None:
     status, response = raw_get(embedded.served.url, b"/nix-cache-info", b"PUT")
     assert status == 405
     assert b"\r\nallow: GET, HEAD\r\n" in response
-
-
-def _exchange(url: str, request: bytes) -> bytes:
-    """``request`` sent byte for byte; everything the server sends until it closes."""
-    address = urlsplit(url)
-    with socket.create_connection((address.hostname, address.port), timeout=30) as conn:
-        conn.sendall(request)
-        data = b""
-        while chunk := conn.recv(65536):
-            data += chunk
-    return data
 
 
 def test_pipelined_requests_are_answered_in_order(embedded: Embedded) -> None:
