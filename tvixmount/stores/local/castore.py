@@ -35,7 +35,8 @@ import secrets
 import sqlite3
 import stat
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -137,13 +138,10 @@ class LocalBlobReader:
         # every 1 MiB was a synchronous disk read: a cold 256 MiB read ran at
         # 650-800 MB/s in a third of the runs, else 1,750-1,950 (READ p50
         # 1.55 ms against 0.55). In order, 8 of 8 traced runs were fast.
-        # Reads the page cache answers take no turn (acquiring one yields).
-        # Without an event loop (loopless) they are serial anyway.
+        # Reads the page cache answers take no turn (acquiring one yields), so
+        # the lock is made at the first read that goes to the disk: most opens
+        # never need one.
         self._disk: trio.Lock | None = None
-        if not loopless.active():
-            import trio
-
-            self._disk = trio.Lock()
 
     @classmethod
     def of_file(cls, fd: int, size: int) -> LocalBlobReader:
@@ -161,13 +159,26 @@ class LocalBlobReader:
     def size(self) -> int:
         return self._size
 
+    def _disk_turn(self) -> AbstractAsyncContextManager[object]:
+        """This reader's turn to read from the disk (without an event loop,
+        loopless, reads are serial anyway)."""
+        if self._disk is None:
+            if loopless.active():
+                return contextlib.nullcontext()
+            import trio
+
+            self._disk = trio.Lock()
+        return self._disk
+
     async def pread(self, offset: int, length: int) -> bytes | memoryview:
         """Served inline from the page cache; a read that would wait on the disk
         goes to a worker thread, so concurrent readers' disk reads overlap."""
         length = max(0, min(length, self._size - offset))
         if self._data is not None:
             return self._data[offset : offset + length]
-        return await _pread_nowait(self._fd, length, self._base + offset, self._ahead, self._disk)
+        return await _pread_nowait(
+            self._fd, length, self._base + offset, self._ahead, self._disk_turn
+        )
 
     async def aclose(self) -> None:
         if self._owns_fd and self._fd >= 0:
@@ -183,12 +194,16 @@ def _read_ahead_and_pread(fd: int, length: int, offset: int, ahead: int) -> byte
 
 
 async def _pread_nowait(
-    fd: int, length: int, offset: int, ahead: int = 0, disk: trio.Lock | None = None
+    fd: int,
+    length: int,
+    offset: int,
+    ahead: int = 0,
+    disk: Callable[[], AbstractAsyncContextManager[object]] = contextlib.nullcontext,
 ) -> memoryview:
     """``length`` bytes at ``offset``: inline from the page cache, else in a thread.
 
     ``ahead``: on a disk read, also start reading that many bytes from
-    ``offset`` into the page cache. ``disk``: held while reading from the disk.
+    ``offset`` into the page cache. ``disk()``: held while reading from the disk.
     """
     buf = bytearray(length)
     try:
@@ -201,7 +216,7 @@ async def _pread_nowait(
             raise
         got = 0
     if got < length:
-        async with disk or contextlib.nullcontext():
+        async with disk():
             while got < length:
                 rest = await loopless.to_thread(
                     _read_ahead_and_pread, fd, length - got, offset + got, ahead
