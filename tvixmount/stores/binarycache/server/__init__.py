@@ -17,7 +17,7 @@ from ....nar.signing import SecretKey
 from ... import Store
 from .app import CacheApp
 from .catalog import Catalog
-from .http import GRACEFUL_SECONDS, Server
+from .http import Server
 
 DEFAULT_PRIORITY = 30  # what nix-serve and harmonia advertise
 # Connections the kernel queues before they are accepted: a burst of clients
@@ -59,7 +59,7 @@ def url_of(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if sock.family == socket.AF_INET6 else f"http://{host}:{port}"
 
 
-class HttpServer:
+class HttpServer(Server):
     """A binary cache on ``sock``, a listening socket (:func:`listen`).
 
     Binding up front makes a busy port one clear error before anything runs,
@@ -78,14 +78,7 @@ class HttpServer:
     ) -> None:
         self.url = url_of(sock)
         app = CacheApp(store, Catalog(store, secret_keys), priority)
-        self._server = Server(sock, app, access_log=log_requests)
-
-    async def serve(self) -> None:
-        await self._server.serve()
-
-    def stop(self) -> None:
-        """Stop accepting; responses in flight get ``GRACEFUL_SECONDS`` to finish."""
-        self._server.stop()
+        super().__init__(sock, app, access_log=log_requests)
 
 
-__all__ = ["DEFAULT_PRIORITY", "GRACEFUL_SECONDS", "HttpServer", "listen"]
+__all__ = ["DEFAULT_PRIORITY", "HttpServer", "listen"]
