@@ -230,10 +230,17 @@ class _TrioDone:
         await self._event.wait()
 
 
-class _Spooler:
-    """A worker thread that hashes the NAR and compresses it into the spool file, by batches."""
+class Spool:
+    """A NAR handed over to compression: a worker thread hashes it and compresses it into
+    the spool file, batch by batch, and may still be writing once the NAR is all fed.
 
-    def __init__(self, compression: str, handle: BinaryIO, progress: Progress) -> None:
+    :meth:`result` waits for it; :meth:`discard` stops it. Either removes the
+    spool file if it is not a result.
+    """
+
+    def __init__(self, compression: str, path: Path, handle: BinaryIO, progress: Progress) -> None:
+        self._path = path
+        self._handle = handle
         self._progress = progress
         # An uncompressed NAR's file hash is its NAR hash: one SHA-256 pass, not two.
         self._out = _HashingWriter(handle, hashed=compression != "none")
@@ -287,44 +294,24 @@ class _Spooler:
         self._pending_size = size
         self._queue.put((batch, self._pending))
 
-    async def finish(self, path: Path) -> Spooled:
-        """Once the end is handed over: wait for the compressor to write everything."""
-        await self._settle()
-        await loopless.to_thread(self._thread.join)
-        nar_sha256 = self._nar_sha256.digest()
-        file_sha256 = self._out.sha256.digest() if self._out.sha256 is not None else nar_sha256
-        return Spooled(path, nar_sha256, self._nar_size, file_sha256, self._out.size)
-
-    def abort(self) -> None:
-        """Stop the encoder and the thread; then nothing writes to the spool file."""
-        self._encoder.abort()
-        self._queue.put(None)
-        self._thread.join()
-
-
-class Spool:
-    """A NAR handed over to compression whole; the compressor may still be writing it.
-
-    :meth:`result` waits for it; :meth:`discard` stops it. Either removes the
-    spool file if it is not a result.
-    """
-
-    def __init__(self, path: Path, handle: BinaryIO, spooler: _Spooler) -> None:
-        self._path = path
-        self._handle = handle
-        self._spooler = spooler
-
     async def result(self) -> Spooled:
+        """Once the end is handed over: wait for the compressor to write everything."""
         try:
-            spooled = await self._spooler.finish(self._path)
+            await self._settle()
+            await loopless.to_thread(self._thread.join)
         except BaseException:
             self.discard()
             raise
         self._handle.close()
-        return spooled
+        nar_sha256 = self._nar_sha256.digest()
+        file_sha256 = self._out.sha256.digest() if self._out.sha256 is not None else nar_sha256
+        return Spooled(self._path, nar_sha256, self._nar_size, file_sha256, self._out.size)
 
     def discard(self) -> None:
-        self._spooler.abort()
+        """Stop the encoder and the thread, and remove the spool file."""
+        self._encoder.abort()
+        self._queue.put(None)
+        self._thread.join()
         self._handle.close()
         self._path.unlink(missing_ok=True)
 
@@ -345,12 +332,11 @@ async def start_spool(
     path = Path(name)
     handle = open(fd, "wb")
     try:
-        spooler = _Spooler(compression, handle, progress)
+        spool = Spool(compression, path, handle, progress)
     except BaseException:
         handle.close()
         path.unlink(missing_ok=True)
         raise
-    spool = Spool(path, handle, spooler)
     try:
         batch: list[bytes] = []
         size = 0
@@ -358,10 +344,10 @@ async def start_spool(
             batch.append(chunk)
             size += len(chunk)
             if size >= _BATCH:
-                await spooler.feed(batch, size)
+                await spool.feed(batch, size)
                 batch, size = [], 0
-        await spooler.feed(batch, size)
-        await spooler.feed(None)
+        await spool.feed(batch, size)
+        await spool.feed(None)
     except BaseException:
         spool.discard()
         raise
