@@ -492,27 +492,38 @@ class GrpcBlobService:
         if not self._batches:
             return
         wanted: dict[B3Digest, int] = {}
-        budget = [BATCH_BYTES]
-
-        def add(files: tuple[FileNode, ...], count: int) -> None:
-            for node in files:
-                if count == 0 or node.size > budget[0]:
-                    return
-                if 0 < node.size <= BATCH_MAX_BLOB and not self._fetched(node.digest):
-                    wanted.setdefault(node.digest, node.size)
-                    budget[0] -= node.size
-                    count -= 1
-
-        add(directory.files, BATCH_FILES // 2)
+        budget = self._add_small(wanted, directory.files, BATCH_FILES // 2, BATCH_BYTES)
         for nearby in below:
-            add(nearby.files, SUBDIRECTORY_FILES)
-        self._start_batch(list(wanted.items()))
+            budget = self._add_small(wanted, nearby.files, SUBDIRECTORY_FILES, budget)
+        self._start_batch(wanted)
 
-    def _start_batch(self, wanted: list[tuple[B3Digest, int]]) -> None:
+    def _add_small(
+        self, wanted: dict[B3Digest, int], files: Iterable[FileNode], count: int, budget: int
+    ) -> int:
+        """Add to ``wanted`` the first ``count`` of ``files`` a ReadMany window takes (small,
+        not fetched yet) until one would pass ``budget`` bytes; the bytes left."""
+        for node in files:
+            if count == 0:
+                break
+            if (
+                0 < node.size <= BATCH_MAX_BLOB
+                and node.digest not in wanted  # (two files of one content)
+                and not self._fetched(node.digest)
+            ):
+                if node.size > budget:
+                    break
+                wanted[node.digest] = node.size
+                budget -= node.size
+                count -= 1
+        return budget
+
+    def _start_batch(self, wanted: dict[B3Digest, int]) -> None:
         if wanted:
-            events = {digest: trio.Event() for digest, _ in wanted}
+            events = {digest: trio.Event() for digest in wanted}
             self._inflight.update(events)
-            trio.lowlevel.spawn_system_task(self._read_batch, wanted, events, name="read blobs")
+            trio.lowlevel.spawn_system_task(
+                self._read_batch, list(wanted.items()), events, name="read blobs"
+            )
 
     def _read_batch_ahead(self, digest: B3Digest, size: int, missing: bool) -> None:
         """Fetch ``digest`` if ``missing`` and the next small files of its Directory, in one call.
@@ -528,23 +539,16 @@ class GrpcBlobService:
         missing = missing and digest not in self._inflight
         if not missing and (half is None or self._fetched(half.digest)):
             return
-        wanted = [(digest, size)] if missing else []
-        total = size if missing else 0
+        wanted = {digest: size} if missing else {}
+        self._add_small(wanted, after, BATCH_FILES, BATCH_BYTES - sum(wanted.values()))
+        self._start_batch(wanted)
         big: list[FileNode] = []
         big_total = 0
-        full = False
         for node in after:
-            if node.size > BATCH_MAX_BLOB:
-                if node.size <= DIRECT_READ_MAX and big_total + node.size <= BIG_AHEAD_BYTES:
-                    big.append(node)
-                    big_total += node.size
-            elif node.size > 0 and not full and not self._fetched(node.digest):
-                if total + node.size > BATCH_BYTES:
-                    full = True
-                elif (node.digest, node.size) not in wanted:  # (two files of one content)
-                    wanted.append((node.digest, node.size))
-                    total += node.size
-        self._start_batch(wanted)
+            fits = big_total + node.size <= BIG_AHEAD_BYTES
+            if BATCH_MAX_BLOB < node.size <= DIRECT_READ_MAX and fits:
+                big.append(node)
+                big_total += node.size
         self._fetch_ahead(big)
 
     async def _read_batch(
