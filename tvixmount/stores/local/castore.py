@@ -250,19 +250,12 @@ class LocalBlobWriter:
 
     async def write(self, data: bytes | memoryview) -> None:
         try:
-            if self._fd >= 0:
-                if len(data) >= _THREADED_WRITE_MIN:
-                    await loopless.to_thread(self._hash_and_write_out, data)
-                else:
-                    self._hash_and_write_out(data)
-                return
+            step = self._hash_and_write_out if self._fd >= 0 else self._hash_and_keep
             if len(data) >= _THREADED_WRITE_MIN:
-                await loopless.to_thread(self._hasher.update, data)
+                await loopless.to_thread(step, data)
             else:
-                self._hasher.update(data)
-            self._parts.append(bytes(data))
-            self._buffered += len(data)
-            if self._buffered > _WRITE_BUFFER:
+                step(data)
+            if self._fd < 0 and self._buffered > _WRITE_BUFFER:
                 await loopless.to_thread(self._spill)
         except OSError as exc:  # the disk is full, the store read-only, ...
             await self.abort()
@@ -277,6 +270,11 @@ class LocalBlobWriter:
         self._fd, self._tmp = self._service.new_temp()
         data, self._parts = b"".join(self._parts), []
         self._write_out(data)
+
+    def _hash_and_keep(self, data: bytes | memoryview) -> None:
+        self._hasher.update(data)
+        self._parts.append(bytes(data))
+        self._buffered += len(data)
 
     def _hash_and_write_out(self, data: bytes | memoryview) -> None:
         self._hasher.update(data)
