@@ -1,4 +1,4 @@
-"""The ASGI application: a Nix binary cache's URL space over any store.
+"""The binary cache application: a Nix binary cache's URL space over any store.
 
 Routes (GET and HEAD), as Nix and its tools read a cache:
 
