@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.stores.local.blobs import opened
+from tests.stores.local.blobs import opened, read_blob
 from tvixmount.castore import B3Digest
-from tvixmount.castore.blobservice import put_stream, read_all
+from tvixmount.castore.blobservice import put_stream
 from tvixmount.errors import StoreError
 from tvixmount.stores.local import castore as local
 from tvixmount.stores.local.castore import PACK_MAX, LocalBlobService
@@ -96,11 +96,8 @@ def test_create_in_existing_empty_directory(tmp_path: Path) -> None:
 
 
 def test_database_uses_wal(tmp_path: Path) -> None:
-    _, _, _, db = open_local(tmp_path / "s", create=True)
-    try:
-        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    finally:
-        db.close()
+    with opened(tmp_path / "s", create=True) as store:
+        assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 def test_default_store_dir_prefers_tvixmount_store(
@@ -265,12 +262,7 @@ async def test_putting_a_blob_again_heals_a_corrupted_copy(
     with location.path.open("r+b") as f:
         os.pwrite(f.fileno(), b"rotten", location.offset)
     assert await put_stream(blobs, [data]) == digest
-    reader = await blobs.open_read(digest)
-    assert reader is not None
-    try:
-        assert await read_all(reader) == data
-    finally:
-        await reader.aclose()
+    assert await read_blob(blobs, digest) == data
 
 
 async def test_reads_of_one_reader_reach_the_disk_one_at_a_time_in_order(
