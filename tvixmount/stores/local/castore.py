@@ -76,9 +76,8 @@ _VERIFIED_ADMIT = 8
 _PACK_READ_AHEAD = 1 << 20
 # Blobs up to this size are collected in memory and written with one write(2).
 _WRITE_BUFFER = 1 << 20
-# Writes to a big blob's temp file from this size on are hashed and written in a thread.
+# Chunks written from this size on are hashed (and written out or kept) in a thread.
 _THREADED_WRITE_MIN = 64 << 10
-
 
 # A big blob's temp file is handed to writeback in steps of this size.
 _WRITEBACK_STEP = 8 << 20
