@@ -358,11 +358,9 @@ class GrpcBlobService:
 
     async def _read_whole(self, digest: B3Digest, size: int | None) -> MemoryBlobReader | None:
         try:
-            data = await self.fetch_verified(digest, size)
+            data = await self.fetch_verified(digest, size, keep=True)
         except NotFoundError:
             return None
-        if self._cache_dir is not None:
-            self._cache_dir.keep_blob(digest, data)
         return MemoryBlobReader(data)
 
     async def _verify_list(self, digest: B3Digest, chunks: list[tuple[B3Digest, int]]) -> None:
@@ -438,10 +436,15 @@ class GrpcBlobService:
         except NotFoundError:
             raise StoreError(f"chunk {digest} of blob {blob} is missing on {self.url}") from None
 
-    async def fetch_verified(self, digest: B3Digest, expected_size: int | None) -> bytes:
+    async def fetch_verified(
+        self, digest: B3Digest, expected_size: int | None, *, keep: bool = False
+    ) -> bytes:
         """The verified bytes of a blob or chunk, from the cache or one Read call.
 
-        Concurrent requests for the same digest share one fetch.
+        Concurrent requests for the same digest share one fetch. ``keep``: a
+        blob this call reads goes to the local cache too, once (bytes that were
+        in memory or fetched by another were kept by whoever fetched them; a
+        chunk is not kept: its blob is, whole, once verified).
         """
         while True:
             cached = self._cache.get(digest)
@@ -474,6 +477,8 @@ class GrpcBlobService:
         self.stats.read_calls += 1
         self.stats.bytes_received += len(data)
         self._cache.put(digest, data)
+        if keep and self._cache_dir is not None:
+            self._cache_dir.keep_blob(digest, data)
         return data
 
     def _fetched(self, digest: B3Digest) -> bool:
@@ -626,9 +631,7 @@ class GrpcBlobService:
                 try:
                     if self._cache_dir is not None and await self._cache_dir.blobs.has(node.digest):
                         return
-                    data = await self.fetch_verified(node.digest, node.size)
-                    if self._cache_dir is not None:
-                        self._cache_dir.keep_blob(node.digest, data)
+                    await self.fetch_verified(node.digest, node.size, keep=True)
                 except TvixmountError as exc:  # the open that needs it reports it
                     log.debug("prefetching blob %s: %s", node.digest, exc)
 
