@@ -31,6 +31,7 @@ from tvixmount._proto import rpc_blobstore_pb2 as blob_pb
 from tvixmount._proto import rpc_blobstore_pb2_grpc as blob_grpc
 from tvixmount._proto import rpc_directory_pb2_grpc as dir_grpc
 from tvixmount._proto import rpc_pathinfo_pb2_grpc as pi_grpc
+from tvixmount._proto import tvixmount_blobs_pb2_grpc as batch_grpc
 from tvixmount._proto.pathinfo_pb2 import PathInfo as PathInfoMsg
 from tvixmount.castore import B3Digest, DirectoryNode, FileNode
 from tvixmount.castore.directory import Directory
@@ -245,13 +246,20 @@ class _PathInfos(pi_grpc.PathInfoServiceServicer):  # type: ignore[misc]
 
 
 @contextmanager
-def fake_server(backend: FakeBackend) -> Iterator[str]:
-    """A dict-backed gRPC server on a free loopback port; yields its store URL."""
+def fake_server(
+    backend: FakeBackend, batch: batch_grpc.BatchBlobServiceServicer | None = None
+) -> Iterator[str]:
+    """A dict-backed gRPC server on a free loopback port; yields its store URL.
+
+    ``batch`` answers tvixmount's ReadMany (without it: UNIMPLEMENTED, as tvix-store).
+    """
     # Enough handler threads that calls a test leaves hanging do not queue the rest.
     server = grpc.server(ThreadPoolExecutor(max_workers=128))
     blob_grpc.add_BlobServiceServicer_to_server(_Blobs(backend), server)
     dir_grpc.add_DirectoryServiceServicer_to_server(_Directories(backend), server)
     pi_grpc.add_PathInfoServiceServicer_to_server(_PathInfos(backend), server)
+    if batch is not None:
+        batch_grpc.add_BatchBlobServiceServicer_to_server(batch, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:

@@ -12,8 +12,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +19,7 @@ import grpc
 import pytest
 import trio
 
-from tests.grpc_serving import FakeBackend, _Blobs, _Directories, serving
-from tvixmount._proto import rpc_blobstore_pb2_grpc as blob_grpc
-from tvixmount._proto import rpc_directory_pb2_grpc as dir_grpc
+from tests.grpc_serving import FakeBackend, fake_server, serving
 from tvixmount._proto import tvixmount_blobs_pb2 as batch_pb
 from tvixmount._proto import tvixmount_blobs_pb2_grpc as batch_grpc
 from tvixmount.castore import B3Digest, Directory, DirectoryNode, FileNode
@@ -195,7 +191,7 @@ async def test_a_directory_looked_into_before_those_below_it_arrived_reads_ahead
     backend.put_directories([below, top])
     backend.rest_of_closure = threading.Event()
     batch = _LyingBatch(backend, {}, "honest")
-    with _server(backend, batch) as url:
+    with fake_server(backend, batch) as url:
         client = open_store(url)
         try:
             # Answered with the root alone: its own files are read ahead at once.
@@ -239,21 +235,6 @@ class _LyingBatch(batch_grpc.BatchBlobServiceServicer):  # type: ignore[misc]
         yield batch_pb.BlobParts(parts=parts[1:])
 
 
-@contextmanager
-def _server(backend: FakeBackend, batch: _LyingBatch | None) -> Iterator[str]:
-    server = grpc.server(ThreadPoolExecutor(max_workers=16))
-    blob_grpc.add_BlobServiceServicer_to_server(_Blobs(backend), server)
-    dir_grpc.add_DirectoryServiceServicer_to_server(_Directories(backend), server)
-    if batch is not None:
-        batch_grpc.add_BatchBlobServiceServicer_to_server(batch, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        yield f"grpc+http://127.0.0.1:{port}"
-    finally:
-        server.stop(0).wait()
-
-
 def _backend() -> FakeBackend:
     backend = FakeBackend()
     for data in FILES:
@@ -288,7 +269,7 @@ async def test_a_lying_read_many_answer_is_refused_and_its_blobs_read_one_by_one
     }.get(how, {})
     batch = _LyingBatch(backend, lies, how)
     caplog.set_level(logging.DEBUG, logger="tvixmount.stores.grpc.blobs")
-    with _server(backend, batch) as url:
+    with fake_server(backend, batch) as url:
         assert await _open_all(url) == FILES
     assert batch.calls >= 1
     if how != "extra blob":  # there every blob asked for came, and verified
@@ -299,6 +280,6 @@ async def test_a_lying_read_many_answer_is_refused_and_its_blobs_read_one_by_one
 
 async def test_a_server_without_read_many_is_read_blob_by_blob() -> None:
     backend = _backend()
-    with _server(backend, None) as url:
+    with fake_server(backend) as url:
         assert await _open_all(url) == FILES
     assert sorted(backend.read_calls) == sorted(bytes(B3Digest.of(d)) for d in set(FILES))
