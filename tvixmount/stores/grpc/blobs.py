@@ -331,7 +331,7 @@ class GrpcBlobService:
             if kept is not None:
                 return kept  # its neighbours are most likely on disk too: no read-ahead
         if size is not None and self._batches and size <= BATCH_MAX_BLOB:
-            self._read_batch_ahead(digest, size, cached is None)
+            self._read_batch_ahead(digest, size)
         elif size is not None and size <= PREFETCH_MAX_BLOB:
             self._read_ahead(digest)
         if cached is not None:
@@ -530,8 +530,8 @@ class GrpcBlobService:
                 self._read_batch, list(wanted.items()), events, name="read blobs"
             )
 
-    def _read_batch_ahead(self, digest: B3Digest, size: int, missing: bool) -> None:
-        """Fetch ``digest`` if ``missing`` and the next small files of its Directory, in one call.
+    def _read_batch_ahead(self, digest: B3Digest, size: int) -> None:
+        """Fetch ``digest`` (unless fetched) and the next small files of its Directory, in one call.
 
         The window is fetched again once the file half a window ahead is not
         fetched yet: a walk in name order then has the files it opens next in
@@ -541,7 +541,7 @@ class GrpcBlobService:
         """
         after = self.hints.after(digest, BATCH_FILES)
         half = after[min(BATCH_FILES // 2, len(after)) - 1] if after else None
-        missing = missing and digest not in self._inflight
+        missing = not self._fetched(digest)
         if not missing and (half is None or self._fetched(half.digest)):
             return
         wanted = {digest: size} if missing else {}
