@@ -7,10 +7,11 @@ MNT    ?= mnt
 
 .PHONY: run stop test lint proto bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml scripts/install-pyfuse3 $(wildcard patches/*.patch)
 	scripts/install-system-deps
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	scripts/install-pyfuse3 $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 

@@ -1,4 +1,10 @@
-"""Small files reach the kernel's page cache with their open: no READ round trip."""
+"""Small files reach the kernel's page cache with their open: no READ round trip.
+
+That is when files are opened the stock way (one OPEN per open). In FUSE's
+no-open mode, the default where available, no OPEN reaches the daemon and a
+small file's first READ brings it whole (``test_mount_no_open``); these
+mounts are started with the mode turned off.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +17,15 @@ import pytest
 from tests.fixtures.cachestat import PAGE, cached_pages, page_count
 from tests.mounting import import_trees, mounted, requires_fuse
 from tests.reliability import drop_caches
+from tvixmount.fs.mount import NO_OPEN_ENV
 from tvixmount.fs.operations import PUSH_MAX
 
 pytestmark = requires_fuse
+
+
+@pytest.fixture(autouse=True)
+def _open_per_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(NO_OPEN_ENV, "0")
 
 
 @pytest.fixture(scope="module")

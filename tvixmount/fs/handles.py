@@ -2,18 +2,25 @@
 
 A file handle owns at most one BlobReader for as long as the kernel keeps the
 file open (none until a read reaches the daemon, for a re-opened file whose
-blob was already checked); reads are positioned reads on it. A directory handle pins the listing
-it serves so that a readdir resumed at an offset continues the same list.
+blob was already checked); reads are positioned reads on it. In FUSE's
+no-open mode the kernel opens files without asking, and a file's handle is
+kept by inode instead (:class:`FilesByInode`). A directory handle pins the
+listing it serves so that a readdir resumed at an offset continues the same
+list.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from ..castore.blobservice import BlobReader
 from ..castore.nodes import Node
 from .inodes import FileInode
+
+if TYPE_CHECKING:
+    import trio
 
 
 @dataclass(slots=True)
@@ -21,6 +28,10 @@ class FileHandle:
     data: FileInode
     # Opened by the filesystem, checked to be ``data.size`` bytes long.
     reader: BlobReader | None = None
+    # Held while the reader is opened, so that concurrent reads open it once.
+    opening: trio.Lock | None = None
+    # Reads using the handle now (no-open mode: it is not closed under them).
+    users: int = 0
 
     async def read(self, offset: int, size: int) -> bytes | memoryview:
         assert self.reader is not None, "read before the blob was opened"
@@ -61,3 +72,66 @@ class HandleTable(Generic[H]):
 
     def pop(self, fh: int) -> H | None:
         return self._open.pop(fh, None)
+
+
+class FilesByInode:
+    """File handles by inode, for FUSE's no-open mode (no OPEN, no RELEASE).
+
+    The kernel then reads a file by its inode, never saying when it is done
+    with it, so a handle (and its open blob) is kept between reads: the
+    kernel sends a file's READs in a burst, and afterwards serves it from its
+    page cache. At most ``limit`` files, of ``bytes_limit`` bytes in all, are
+    kept (a remote store's reader may hold its blob in memory): past either,
+    the least recently read that no read is using go back to the caller to be
+    closed. The most recently read file always stays, however big, so a big
+    file read from start to end keeps its blob open throughout.
+    """
+
+    def __init__(self, limit: int, bytes_limit: int) -> None:
+        self._handles: OrderedDict[int, FileHandle] = OrderedDict()
+        self._limit = limit
+        self._bytes_limit = bytes_limit
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._handles)
+
+    def use(self, inode: int, data: FileInode) -> FileHandle:
+        """The inode's handle, made if it has none, counted as in use until :meth:`done`."""
+        handle = self._handles.get(inode)
+        if handle is None:
+            handle = self._handles[inode] = FileHandle(data)
+            self._bytes += data.size
+        else:
+            self._handles.move_to_end(inode)
+        handle.users += 1
+        return handle
+
+    def done(self, handle: FileHandle) -> list[FileHandle]:
+        """A read of ``handle`` is over; the handles now over the limits, to close."""
+        handle.users -= 1
+        count, size = len(self._handles), self._bytes
+        if count <= self._limit and size <= self._bytes_limit:
+            return []
+        idle: list[int] = []
+        newest = next(reversed(self._handles))
+        for inode, kept in self._handles.items():  # least recently read first
+            if (count <= self._limit and size <= self._bytes_limit) or inode == newest:
+                break
+            if kept.users == 0:
+                idle.append(inode)
+                count -= 1
+                size -= kept.data.size
+        return [self._pop(inode) for inode in idle]
+
+    def forget(self, inode: int) -> FileHandle | None:
+        """The kernel forgot ``inode``: its handle, to close (if no read is using it)."""
+        handle = self._handles.get(inode)
+        if handle is None or handle.users:
+            return None
+        return self._pop(inode)
+
+    def _pop(self, inode: int) -> FileHandle:
+        handle = self._handles.pop(inode)
+        self._bytes -= handle.data.size
+        return handle

@@ -39,6 +39,31 @@ from .root_nodes import RootNodes
 
 log = logging.getLogger(__name__)
 
+# Linux 4.19 brought FUSE's no-open mode (a daemon answering OPEN with ENOSYS).
+_NO_OPEN_KERNEL = (4, 19)
+# Set to 0, mounts open files the stock way even where no-open mode is available.
+NO_OPEN_ENV = "TVIXMOUNT_NO_OPEN"
+
+
+def no_open_available(release: str | None = None) -> bool:
+    """Whether files can be opened without the daemon (FUSE's no-open mode).
+
+    It needs pyfuse3 with tvixmount's patch (``patches/``, installed by
+    ``scripts/install-pyfuse3``), which gives ``read`` the inode of a file
+    opened that way, and a kernel that has the mode. A stock pyfuse3 works
+    too, sending an OPEN and a RELEASE per file opened (as does a mount
+    started with ``TVIXMOUNT_NO_OPEN=0`` in its environment).
+    """
+    if os.environ.get(NO_OPEN_ENV) == "0":
+        return False
+    if not getattr(pyfuse3, "NO_OPEN_READS_BY_INODE", False):
+        return False
+    try:
+        major, minor = (int(part) for part in (release or os.uname().release).split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= _NO_OPEN_KERNEL
+
 
 @dataclass(frozen=True)
 class MountOptions:
@@ -96,6 +121,7 @@ def mount(
         list_root=options.list_root,
         xattr=options.xattr,
         timeout=options.timeout,
+        no_open=no_open_available(),
     )
     try:
         pyfuse3.init(fs, mountpoint, options.fuse_options())
