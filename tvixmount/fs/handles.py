@@ -28,8 +28,8 @@ class FileHandle:
     data: FileInode
     # Opened by the filesystem, checked to be ``data.size`` bytes long.
     reader: BlobReader | None = None
-    # Held while the reader is opened, so that concurrent reads open it once.
-    opening: trio.Lock | None = None
+    # Set while the reader is being opened, so that concurrent reads open it once.
+    opening: trio.Event | None = None
     # Reads using the handle now (no-open mode: it is not closed under them).
     users: int = 0
 

@@ -465,12 +465,21 @@ class TvixmountFS(pyfuse3.Operations):
 
     async def _open_reader(self, handle: FileHandle) -> None:
         """Open the handle's blob; reads of it meanwhile (the kernel sends a few
-        at once) wait for that instead of opening it again, and leaking a reader."""
-        if handle.opening is None:
-            handle.opening = trio.Lock()
-        async with handle.opening:
-            if handle.reader is None:
+        at once) wait for that instead of opening it again, and leaking a reader.
+
+        Not a trio.Lock: acquiring one always yields to the scheduler, and a
+        handler that yields costs the request loop a hand-over (fuse_loop).
+        """
+        while handle.reader is None:
+            if handle.opening is not None:
+                await handle.opening.wait()  # then open it here if that failed
+                continue
+            opening = handle.opening = trio.Event()
+            try:
                 handle.reader = await self._open_blob(handle.data)
+            finally:
+                handle.opening = None
+                opening.set()
 
     # pyfuse3 replies from any buffer; a memoryview slice avoids a copy.
     @_answers
