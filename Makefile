@@ -7,7 +7,7 @@ MNT    ?= mnt
 
 .PHONY: run stop test lint proto bench clean
 
-$(STAMP): pyproject.toml scripts/install-pyfuse3 $(wildcard patches/*.patch)
+$(STAMP): pyproject.toml scripts/install-pyfuse3 $(wildcard patches/*)
 	scripts/install-system-deps
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip

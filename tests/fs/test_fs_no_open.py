@@ -233,13 +233,17 @@ async def test_forget_closes_the_inodes_blob() -> None:
     assert blobs.closed == 1
 
 
-def test_kept_files_are_bounded_in_bytes_but_the_file_being_read_stays() -> None:
-    files = FilesByInode(limit=10, bytes_limit=100)
-
+def _reader_of(files: FilesByInode) -> Any:
     def read(inode: int, size: int) -> list[int]:
         handle = files.use(inode, FileInode(B3Digest(bytes(32)), size, False))
-        return [h.data.size for h in files.done(handle)]
+        return [h.data.size for h in files.done(inode, handle)]
 
+    return read
+
+
+def test_kept_files_are_bounded_in_bytes_but_the_file_being_read_stays() -> None:
+    files = FilesByInode(limit=10, bytes_limit=100, keep=1)
+    read = _reader_of(files)
     assert read(1, 40) == []
     assert read(2, 50) == []
     assert read(3, 30) == [40]  # 120 bytes kept: the least recently read goes
@@ -247,3 +251,50 @@ def test_kept_files_are_bounded_in_bytes_but_the_file_being_read_stays() -> None
     assert read(4, 500) == []  # and is kept while it is read on
     assert len(files) == 1
     assert read(5, 10) == [500]
+
+
+def test_big_files_read_side_by_side_keep_their_blobs_open() -> None:
+    files = FilesByInode(limit=10, bytes_limit=100, keep=2)
+    read = _reader_of(files)
+    for _ in range(5):
+        assert read(1, 80) == []
+        assert read(2, 90) == []
+    assert read(3, 10) == [80]  # a third file: the least recently read goes
+
+
+async def test_concurrent_reads_of_a_blob_failing_to_open_fail_together() -> None:
+    """Each waiting read fails with the first one's error, not after its own try:
+    else a store that never answers makes the nth read wait n deadlines."""
+    node = FileNode(fx.ROOT_BLOB_B, fx.BLOB_B_DIGEST, len(fx.BLOB_B) + 1, False)
+    fs, blobs = await _fs(node)
+    inode = await _file(fs, fx.ROOT_BLOB_B)
+    blobs.opens_go = trio.Event()
+    errnos: list[int] = []
+
+    async def read(offset: int) -> None:
+        errnos.append(await _errno_of(fs.read(inode, offset, 100)))
+
+    async with trio.open_nursery() as nursery:
+        for offset in (0, 100, 200, 300):
+            nursery.start_soon(read, offset)
+        await trio.testing.wait_all_tasks_blocked()
+        blobs.opens_go.set()
+    assert errnos == [errno.EIO] * 4
+    assert blobs.opened == 1
+    # Nothing is remembered: the next read tries again.
+    assert await _errno_of(fs.read(inode, 0, 100)) == errno.EIO
+    assert blobs.opened == 2
+
+
+async def test_a_file_forgotten_during_its_read_is_closed_when_the_read_is_done() -> None:
+    fs, blobs = await _fs()
+    inode = await _file(fs, fx.ROOT_BLOB_B)
+    await fs.read(inode, 0, 10)  # the blob is open
+    blobs.reads_go = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fs.read, inode, 100, 10)
+        await trio.testing.wait_all_tasks_blocked()
+        await fs.forget([(inode, 1)])
+        assert blobs.closed == 0  # not under the read
+        blobs.reads_go.set()
+    assert blobs.closed == 1

@@ -102,7 +102,6 @@ def test_files_read_right_and_reopen_without_the_daemon(
             assert _open_all_within(files, 30), "an open waited for the stopped daemon"
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="drop_caches needs root")
 def test_stock_opens_wait_for_the_daemon(
     imported: tuple[Path, str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

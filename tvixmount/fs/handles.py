@@ -24,14 +24,25 @@ if TYPE_CHECKING:
 
 
 @dataclass(slots=True)
+class Opening:
+    """A blob being opened for a handle: ``done`` is set once that is over,
+    ``error`` the failure other reads waiting for it answer with."""
+
+    done: trio.Event
+    error: Exception | None = None
+
+
+@dataclass(slots=True)
 class FileHandle:
     data: FileInode
     # Opened by the filesystem, checked to be ``data.size`` bytes long.
     reader: BlobReader | None = None
-    # Set while the reader is being opened, so that concurrent reads open it once.
-    opening: trio.Event | None = None
+    # While the reader is being opened, so that concurrent reads open it once.
+    opening: Opening | None = None
     # Reads using the handle now (no-open mode: it is not closed under them).
     users: int = 0
+    # No-open mode: the kernel forgot the inode while a read was using it.
+    forgotten: bool = False
 
     async def read(self, offset: int, size: int) -> bytes | memoryview:
         assert self.reader is not None, "read before the blob was opened"
@@ -83,14 +94,15 @@ class FilesByInode:
     page cache. At most ``limit`` files, of ``bytes_limit`` bytes in all, are
     kept (a remote store's reader may hold its blob in memory): past either,
     the least recently read that no read is using go back to the caller to be
-    closed. The most recently read file always stays, however big, so a big
-    file read from start to end keeps its blob open throughout.
+    closed. The ``keep`` most recently read files always stay, however big,
+    so big files read side by side do not close each other's blobs.
     """
 
-    def __init__(self, limit: int, bytes_limit: int) -> None:
+    def __init__(self, limit: int, bytes_limit: int, keep: int) -> None:
         self._handles: OrderedDict[int, FileHandle] = OrderedDict()
         self._limit = limit
         self._bytes_limit = bytes_limit
+        self._keep = keep
         self._bytes = 0
 
     def __len__(self) -> int:
@@ -107,27 +119,32 @@ class FilesByInode:
         handle.users += 1
         return handle
 
-    def done(self, handle: FileHandle) -> list[FileHandle]:
-        """A read of ``handle`` is over; the handles now over the limits, to close."""
+    def done(self, inode: int, handle: FileHandle) -> list[FileHandle]:
+        """A read of ``handle`` is over; the handles to close now."""
         handle.users -= 1
+        if handle.forgotten and not handle.users:
+            return [self._pop(inode)]
         count, size = len(self._handles), self._bytes
         if count <= self._limit and size <= self._bytes_limit:
             return []
         idle: list[int] = []
-        newest = next(reversed(self._handles))
-        for inode, kept in self._handles.items():  # least recently read first
-            if (count <= self._limit and size <= self._bytes_limit) or inode == newest:
+        for inode_, kept in self._handles.items():  # least recently read first
+            if (count <= self._limit and size <= self._bytes_limit) or count <= self._keep:
                 break
             if kept.users == 0:
-                idle.append(inode)
+                idle.append(inode_)
                 count -= 1
                 size -= kept.data.size
-        return [self._pop(inode) for inode in idle]
+        return [self._pop(inode_) for inode_ in idle]
 
     def forget(self, inode: int) -> FileHandle | None:
-        """The kernel forgot ``inode``: its handle, to close (if no read is using it)."""
+        """The kernel forgot ``inode``: its handle, to close now (or, if a read is
+        using it, once that read is done)."""
         handle = self._handles.get(inode)
-        if handle is None or handle.users:
+        if handle is None:
+            return None
+        if handle.users:
+            handle.forgotten = True
             return None
         return self._pop(inode)
 

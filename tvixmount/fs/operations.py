@@ -42,7 +42,7 @@ from ..castore.digest import B3Digest
 from ..castore.directoryservice import DirectoryService
 from ..castore.nodes import Node
 from ..errors import NotFoundError
-from .handles import DirectoryHandle, FileHandle, FilesByInode, HandleTable
+from .handles import DirectoryHandle, FileHandle, FilesByInode, HandleTable, Opening
 from .inode_tracker import ROOT_INODE, InodeTracker
 from .inodes import (
     DirectoryInode,
@@ -71,6 +71,7 @@ PUSH_MAX = 128 << 10
 # all (see FilesByInode).
 OPEN_FILES = 64
 OPEN_BYTES = 64 << 20
+OPEN_KEPT = 4  # the most recently read, kept whatever their size
 
 DEFAULT_TIMEOUT = 30.0  # seconds a store call may take before its request fails with EIO
 
@@ -207,7 +208,7 @@ class TvixmountFS(pyfuse3.Operations):
         self._timeout = math.inf if timeout is None else timeout
         self._files: HandleTable[FileHandle] = HandleTable()
         self._no_open = no_open
-        self._by_inode = FilesByInode(OPEN_FILES, OPEN_BYTES)
+        self._by_inode = FilesByInode(OPEN_FILES, OPEN_BYTES, OPEN_KEPT)
         self._dirs: HandleTable[DirectoryHandle] = HandleTable()
         # File inodes whose blob was opened and found to be the node's size:
         # opening them again needs no store call (see open).
@@ -294,13 +295,14 @@ class TvixmountFS(pyfuse3.Operations):
         short), a larger one a read past the end: either is EIO.
         """
         reader = await self._fetch("blob", data.digest, self._blobs.open_read(data.digest))
-        if reader.size != data.size:
+        size = reader.size  # a closed reader may no longer know it
+        if size != data.size:
             await self._store(reader.aclose(), "closing blob %s", data.digest)
             _refuse(
                 Situation.CONTENT_INVALID,
                 "blob %s has %d bytes, its file node says %d",
                 data.digest,
-                reader.size,
+                size,
                 data.size,
             )
         return reader
@@ -471,15 +473,24 @@ class TvixmountFS(pyfuse3.Operations):
         handler that yields costs the request loop a hand-over (fuse_loop).
         """
         while handle.reader is None:
-            if handle.opening is not None:
-                await handle.opening.wait()  # then open it here if that failed
-                continue
-            opening = handle.opening = trio.Event()
+            opening = handle.opening
+            if opening is not None:
+                await opening.done.wait()
+                # Its own request logged why; this one fails alike, at once.
+                if isinstance(opening.error, _Refused):
+                    _refuse(opening.error.situation)
+                if opening.error is not None:
+                    _refuse(Situation.STORE_FAILED)
+                continue  # the opening read was cancelled: open it here
+            opening = handle.opening = Opening(trio.Event())
             try:
                 handle.reader = await self._open_blob(handle.data)
+            except Exception as exc:
+                opening.error = exc
+                raise
             finally:
                 handle.opening = None
-                opening.set()
+                opening.done.set()
 
     # pyfuse3 replies from any buffer; a memoryview slice avoids a copy.
     @_answers
@@ -500,8 +511,10 @@ class TvixmountFS(pyfuse3.Operations):
         try:
             return await self._read(handle, off, size)
         finally:
-            for evicted in self._by_inode.done(handle):
-                await self._close_quietly(evicted)
+            # Shielded: once out of the table, a handle not closed now never is.
+            with trio.CancelScope(shield=True):
+                for evicted in self._by_inode.done(inode, handle):
+                    await self._close_quietly(evicted)
 
     async def _close_quietly(self, handle: FileHandle) -> None:
         """Close a handle no request asked to close (no-open mode): a failure is only logged."""
