@@ -49,7 +49,7 @@ from tests.grpc_serving import serving
 from . import peers
 
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
-WARM_RUNS = int(os.environ.get("BENCH_WARM_RUNS", "3"))
+WARM_RUNS = int(os.environ.get("BENCH_WARM_RUNS", "5"))
 DAMON = Path("/sys/kernel/mm/damon/admin/kdamonds")
 DATA = Path(os.environ.get("TVIXMOUNT_BENCH_DIR", "/var/tmp/tvixmount-bench")) / "realsoftware"
 RESULTS = Path(__file__).parent / "results"
