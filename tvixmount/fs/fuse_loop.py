@@ -172,6 +172,12 @@ def install() -> bool:
     if fd is None:
         log.debug("cannot identify the /dev/fuse descriptor; keeping pyfuse3's loop")
         return False
+    if getattr(pyfuse3, "RECEIVE_RETRIES_EAGAIN", False):
+        # pyfuse3 reads a request once the fd polled readable; the kernel may
+        # withdraw it meanwhile (its process killed), and a blocking read then
+        # stalls the whole loop, signals included, until the next request. A
+        # pyfuse3 with tvixmount's patch (patches/) retries on EAGAIN instead.
+        os.set_blocking(fd, False)
     _installed = _FastWait(fd)
     setattr(pyfuse3, _HOOK, _installed)
     return True
