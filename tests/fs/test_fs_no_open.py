@@ -17,17 +17,15 @@ import trio
 import trio.testing
 
 from tests.fixtures import castore as fx
+from tests.fs.memory_fs import memory_services
 from tvixmount.castore.blobservice import BlobReader, put_stream
 from tvixmount.castore.digest import B3Digest
-from tvixmount.castore.nodes import DirectoryNode, FileNode
+from tvixmount.castore.nodes import FileNode
 from tvixmount.fs.handles import FilesByInode
 from tvixmount.fs.inode_tracker import ROOT_INODE
 from tvixmount.fs.inodes import FileInode
 from tvixmount.fs.operations import OPEN_FILES, TvixmountFS
-from tvixmount.pathinfo.model import NarInfo, PathInfo
-from tvixmount.pathinfo.root_nodes import PathInfoRootNodes
-from tvixmount.stores.memory.castore import MemoryBlobService, MemoryDirectoryService
-from tvixmount.stores.memory.pathinfo import MemoryPathInfoService
+from tvixmount.stores.memory.castore import MemoryBlobService
 
 CTX = cast(pyfuse3.RequestContext, None)
 
@@ -83,18 +81,10 @@ class _Blobs:
         return None if inner is None else _Reader(inner, self)
 
 
-async def _fs(*roots: FileNode | DirectoryNode) -> tuple[TvixmountFS, _Blobs]:
-    memory = MemoryBlobService()
-    for blob in fx.BLOBS:
-        await put_stream(memory, [blob])
-    directories = MemoryDirectoryService()
-    await directories.put_many(fx.DIRECTORIES)
-    pathinfos = MemoryPathInfoService()
-    for node in roots or fx.ROOT_NODES:
-        await pathinfos.put(PathInfo(node, (), NarInfo(0, bytes(32))))
+async def _fs(*roots: FileNode) -> tuple[TvixmountFS, _Blobs]:
+    memory, directories, root_nodes = await memory_services(*roots)
     blobs = _Blobs(memory)
-    fs = TvixmountFS(PathInfoRootNodes(pathinfos), blobs, directories, no_open=True)
-    return fs, blobs
+    return TvixmountFS(root_nodes, blobs, directories, no_open=True), blobs
 
 
 async def _errno_of(call: Any) -> int:

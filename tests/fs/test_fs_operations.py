@@ -13,7 +13,7 @@ import trio
 import trio.testing
 
 from tests.fixtures import castore as fx
-from tvixmount.castore.blobservice import put_stream
+from tests.fs.memory_fs import memory_services
 from tvixmount.castore.nodes import DirectoryNode, FileNode
 from tvixmount.errors import NotFoundError, StoreError
 from tvixmount.fs.inode_tracker import ROOT_INODE
@@ -46,15 +46,8 @@ class FailingPathInfos:
 
 
 async def _fs(**kwargs: Any) -> TvixmountFS:
-    blobs = MemoryBlobService()
-    for blob in fx.BLOBS:
-        await put_stream(blobs, [blob])
-    directories = MemoryDirectoryService()
-    await directories.put_many(fx.DIRECTORIES)
-    pathinfos = MemoryPathInfoService()
-    for node in fx.ROOT_NODES:
-        await pathinfos.put(PathInfo(node, (), NarInfo(0, bytes(32))))
-    return TvixmountFS(PathInfoRootNodes(pathinfos), blobs, directories, **kwargs)
+    blobs, directories, root_nodes = await memory_services()
+    return TvixmountFS(root_nodes, blobs, directories, **kwargs)
 
 
 async def _errno_of(call: Any) -> int:
@@ -252,12 +245,8 @@ async def test_opens_during_a_push_wait_for_it_and_only_the_first_pushes(
 
 
 async def _fs_with_root(node: FileNode) -> TvixmountFS:
-    blobs = MemoryBlobService()
-    for blob in fx.BLOBS:
-        await put_stream(blobs, [blob])
-    pathinfos = MemoryPathInfoService()
-    await pathinfos.put(PathInfo(node, (), NarInfo(0, bytes(32))))
-    return TvixmountFS(PathInfoRootNodes(pathinfos), blobs, MemoryDirectoryService())
+    blobs, directories, root_nodes = await memory_services(node)
+    return TvixmountFS(root_nodes, blobs, directories)
 
 
 @pytest.mark.parametrize("lie", [-100, -1, 1], ids=["smaller", "one-smaller", "larger"])
