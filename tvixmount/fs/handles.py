@@ -22,14 +22,16 @@ from .inodes import FileInode
 if TYPE_CHECKING:
     import trio
 
+    from .operations import Situation
+
 
 @dataclass(slots=True)
 class Opening:
     """A blob being opened for a handle: ``done`` is set once that is over,
-    ``error`` the failure other reads waiting for it answer with."""
+    ``failed`` the situation other reads waiting for it answer with."""
 
     done: trio.Event
-    error: Exception | None = None
+    failed: Situation | None = None
 
 
 @dataclass(slots=True)

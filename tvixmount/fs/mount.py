@@ -45,7 +45,7 @@ _NO_OPEN_KERNEL = (4, 19)
 NO_OPEN_ENV = "TVIXMOUNT_NO_OPEN"
 
 
-def no_open_available(release: str | None = None) -> bool:
+def no_open_available() -> bool:
     """Whether files can be opened without the daemon (FUSE's no-open mode).
 
     It needs pyfuse3 with tvixmount's patch (``patches/``, installed by
@@ -59,7 +59,7 @@ def no_open_available(release: str | None = None) -> bool:
     if not getattr(pyfuse3, "NO_OPEN_READS_BY_INODE", False):
         return False
     try:
-        major, minor = (int(part) for part in (release or os.uname().release).split(".")[:2])
+        major, minor = (int(part) for part in os.uname().release.split(".")[:2])
     except ValueError:
         return False
     return (major, minor) >= _NO_OPEN_KERNEL

@@ -476,17 +476,18 @@ class TvixmountFS(pyfuse3.Operations):
             opening = handle.opening
             if opening is not None:
                 await opening.done.wait()
-                # Its own request logged why; this one fails alike, at once.
-                if isinstance(opening.error, _Refused):
-                    _refuse(opening.error.situation)
-                if opening.error is not None:
-                    _refuse(Situation.STORE_FAILED)
+                if opening.failed is not None:
+                    # Its own request logged why; this one fails alike, at once.
+                    _refuse(opening.failed)
                 continue  # the opening read was cancelled: open it here
             opening = handle.opening = Opening(trio.Event())
             try:
                 handle.reader = await self._open_blob(handle.data)
-            except Exception as exc:
-                opening.error = exc
+            except _Refused as refused:
+                opening.failed = refused.situation
+                raise
+            except Exception:
+                opening.failed = Situation.STORE_FAILED
                 raise
             finally:
                 handle.opening = None
